@@ -1,0 +1,133 @@
+"""Train the reference classifier recipe on real HAM10000 and record its test metrics.
+
+    python benchmarks/train_reference.py --out runs/reference [--data ham10000:../shared/data/ham10000]
+
+Full fine-tuning of ImageNet EfficientNet-Lite0 on a lesion-disjoint 70/15/15 split. It takes
+about an hour on a 2-core CPU, so run it in the background; it resumes with the same command
+plus --resume if interrupted. It writes benchmarks/results/classifier_ham10000.{json,md} with the
+test metrics, the per-epoch validation curve and the exact command, and leaves --out usable by
+`edgederm predict` and `edgederm export`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+TARGETS = {"accuracy": 0.85, "balanced_accuracy": 0.75, "macro_auc": 0.93}
+RECIPE = {
+    "arch": "efficientnet_lite0",
+    "img_size": 192,
+    "mode": "full",
+    "epochs": 10,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "weight_decay": 0.01,
+    "label_smoothing": 0.1,
+    "class_weight_power": 0.5,
+    "val_fraction": 0.15,
+    "test_fraction": 0.15,
+    "seed": 0,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--data", default=f"ham10000:{REPO.parent / 'shared' / 'data' / 'ham10000'}")
+    parser.add_argument("--epochs", type=int, default=RECIPE["epochs"])
+    parser.add_argument("--img-size", type=int, default=RECIPE["img_size"])
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--results-name", default="classifier_ham10000")
+    args = parser.parse_args(argv)
+
+    from edgederm.evaluation import evaluate_and_report
+    from edgederm.predict import resolve_inputs, run_predictor
+    from edgederm.runtime import Predictor
+    from edgederm.training.classification import TrainConfig, train_classifier
+
+    recipe = {**RECIPE, "epochs": args.epochs, "img_size": args.img_size}
+    started = time.time()
+    train_classifier(TrainConfig(data=args.data, out=args.out, resume=args.resume, **recipe))
+    train_seconds = time.time() - started
+
+    test = resolve_inputs(args.data, [], "test", args.out / "splits.csv")
+    predictions = run_predictor(Predictor.load(args.out), test)
+    report = evaluate_and_report(predictions, args.out / "test_report", model=args.out, title="Reference classifier on HAM10000 (lesion-disjoint test split)")
+    metrics = json.loads((args.out / "test_report" / "metrics.json").read_text())
+    with open(args.out / "metrics.csv", newline="") as handle:
+        curve = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+    command = "python benchmarks/train_reference.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    result = {
+        "command": command,
+        "data": args.data,
+        "recipe": recipe,
+        "split": "lesion-disjoint by lesion_id, stratified by dx; 70/15/15 train/val/test, seed 0",
+        "test": metrics,
+        "targets": TARGETS,
+        "meets_targets": {k: (metrics[k] is not None and metrics[k] >= v) for k, v in TARGETS.items()},
+        "validation_curve": curve,
+        "train_seconds": round(train_seconds),
+        "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
+        "report": str(report.relative_to(args.out)),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.results_name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{args.results_name}.md").write_text(_markdown(result))
+    print(json.dumps({k: metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_auc", "melanoma_sensitivity")}))
+    return 0
+
+
+def _markdown(result: dict) -> str:
+    test = result["test"]
+    lines = [
+        "# Reference classifier: EfficientNet-Lite0 on HAM10000",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        f"Recipe: {', '.join(f'{k}={v}' for k, v in result['recipe'].items())}. Split: {result['split']}. "
+        f"Training took {result['train_seconds'] / 60:.0f} min on {result['machine']['cpu_threads']} CPU threads.",
+        "",
+        "| metric (test split) | value | target | met |",
+        "|---|---:|---:|:---:|",
+    ]
+    for key, target in result["targets"].items():
+        value = test[key]
+        lines.append(f"| {key} | {'n/a' if value is None else f'{value:.3f}'} | {target:.2f} | {'yes' if result['meets_targets'][key] else 'no'} |")
+    mel = test["melanoma_sensitivity"]
+    lines += [
+        f"| melanoma_sensitivity | {'n/a' if mel is None else f'{mel:.3f}'} | - | - |",
+        f"| ece | {test['ece']:.3f} | - | - |",
+        "",
+        f"Test images: {test['n']}.",
+        "",
+        "## Per class (test)",
+        "",
+        "| class | support | sensitivity | specificity | AUC |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, row in test["per_class"].items():
+        cells = [("n/a" if row[k] is None else f"{row[k]:.3f}") for k in ("sensitivity", "specificity", "auc")]
+        lines.append(f"| {name} | {row['support']} | {' | '.join(cells)} |")
+    lines += ["", "## Validation curve", "", "| epoch | train loss | val loss | val acc | val bal. acc | val AUC |", "|---:|---:|---:|---:|---:|---:|"]
+    for row in result["validation_curve"]:
+        lines.append(
+            f"| {int(row['epoch'])} | {row['train_loss']:.4f} | {row.get('val_loss', float('nan')):.4f} | {row.get('val_accuracy', float('nan')):.3f} | "
+            f"{row.get('val_balanced_accuracy', float('nan')):.3f} | {row.get('val_macro_auc', float('nan')):.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

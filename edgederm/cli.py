@@ -1,0 +1,221 @@
+"""The ``edgederm`` command line.
+
+Every user error exits non-zero with exactly one line on stderr; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import EdgedermError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors become one line too
+        raise UsageError(f"{self.prog}: {message}", fix=f"see `{self.prog} --help`")
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the registered models with task, params and MACs")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--task", choices=["classification", "segmentation"])
+    p.add_argument("--num-classes", type=int, default=7, help="head size used for the counts (default 7, HAM10000)")
+    p.set_defaults(handler=cmd_models)
+
+
+def _add_train(sub) -> None:
+    train = sub.add_parser("train", help="train a model")
+    tasks = train.add_subparsers(dest="task", required=True, parser_class=_Parser)
+    p = tasks.add_parser("classify", help="train a lesion classifier")
+    p.add_argument("--data", required=True, help="training data: ham10000:DIR, isic2017:DIR, manifest:CSV, folder:DIR or synthetic:N[,seed=S]")
+    p.add_argument("--val-data", help="a separate validation set (otherwise a grouped split of --data)")
+    p.add_argument("--arch", default="efficientnet_lite0")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--epochs", type=int, help="default 30 for --mode head, 10 for full")
+    p.add_argument("--mode", choices=["head", "full"], default="head", help="head: linear probe on cached features (minutes on CPU); full: fine-tune everything")
+    p.add_argument("--out", required=True, type=Path, help="run directory")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--weights", default="default", help="'default' (the arch's pretrained weights if any), 'none', 'imagenet', 'timm' (needs internet) or a .safetensors/.pth path")
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--test-fraction", type=float, default=0.0, help="hold out this share of lesions as a test split, evaluated at the end")
+    p.add_argument("--balance", choices=["weighted_loss", "none"], default="weighted_loss")
+    p.add_argument("--class-weight-power", type=float, default=0.5, help="class weight = (1/frequency)^power (1 = fully balanced)")
+    p.add_argument("--resize", choices=["letterbox", "center_crop"], default="letterbox")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="mixed precision (CUDA only)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=cmd_train_classify)
+
+
+def _add_predict(sub) -> None:
+    for name, help_text, handler in (
+        ("predict", "predict images or a dataset; writes OUT/predictions.csv", cmd_predict),
+        ("evaluate", "score a model on labelled data; writes OUT/metrics.json and OUT/report.md", cmd_evaluate),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("model", type=Path, help="a run directory or checkpoint")
+        p.add_argument("images", nargs="*", help="image files or folders (instead of --data)")
+        p.add_argument("--data", help="a dataset spec instead of image paths")
+        p.add_argument("--split", choices=["train", "val", "test"], help="only this split of the model's splits.csv")
+        p.add_argument("--splits", type=Path, help="a splits.csv (default: MODEL/splits.csv)")
+        p.add_argument("--out", required=True, type=Path)
+        p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--quiet", action="store_true")
+        p.set_defaults(handler=handler)
+
+
+def _add_quickstart(sub) -> None:
+    p = sub.add_parser("quickstart", help="the embedded default: synthetic data -> train -> evaluate -> predict -> report, offline")
+    p.add_argument("--out", type=Path, default=Path("runs/quickstart"))
+    p.add_argument("--n", type=int, default=480, help="number of synthetic images")
+    p.add_argument("--arch", default="efficientnet_lite0")
+    p.add_argument("--img-size", type=int, default=160)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=cmd_quickstart)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="edgederm", description="Skin-lesion models from a training run to a phone.")
+    parser.add_argument("--version", action="version", version=f"edgederm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_models(sub)
+    _add_train(sub)
+    _add_predict(sub)
+    _add_quickstart(sub)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import count_macs, count_parameters, create_model, get_entry, list_models
+
+    rows = []
+    for name in list_models(task=args.task):
+        entry = get_entry(name)
+        model = create_model(name, args.num_classes)
+        rows.append(
+            {
+                "name": name,
+                "task": entry.task,
+                "family": entry.family,
+                "params": count_parameters(model),
+                "macs": count_macs(model, entry.default_input_size),
+                "input_size": entry.default_input_size,
+                "weights": sorted(entry.weights),
+                "description": entry.description,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':24} {'task':15} {'params':>9} {'MACs':>9} {'input':>6}  weights")
+    for row in rows:
+        print(f"{row['name']:24} {row['task']:15} {row['params'] / 1e6:8.2f}M {row['macs'] / 1e6:8.1f}M {row['input_size']:>6}  {', '.join(row['weights']) or '-'}")
+    return 0
+
+
+def cmd_train_classify(args: argparse.Namespace) -> int:
+    from .training.classification import TrainConfig, train_classifier
+
+    config = TrainConfig(
+        data=args.data,
+        val_data=args.val_data,
+        arch=args.arch,
+        img_size=args.img_size,
+        epochs=args.epochs,
+        mode=args.mode,
+        out=args.out,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        weights=args.weights,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        balance=args.balance,
+        class_weight_power=args.class_weight_power,
+        resize=args.resize,
+        seed=args.seed,
+        device=args.device,
+        amp=args.amp,
+        resume=args.resume,
+        quiet=args.quiet,
+    )
+    train_classifier(config)
+    return 0
+
+
+def _predictions(args: argparse.Namespace):
+    from .predict import resolve_inputs, run_predictor
+    from .runtime import Predictor
+
+    splits = args.splits or (args.model / "splits.csv" if args.model.is_dir() else None)
+    dataset = resolve_inputs(args.data, args.images, args.split, splits)
+    predictor = Predictor.load(args.model)
+    return run_predictor(predictor, dataset, args.batch_size, quiet=args.quiet)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import write_predictions_csv
+
+    predictions = _predictions(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_predictions_csv(predictions, args.out / "predictions.csv")
+    failed = int((~predictions.ok).sum())
+    print(f"wrote {args.out / 'predictions.csv'} ({len(predictions.errors) - failed} predicted, {failed} unreadable)", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_and_report
+
+    predictions = _predictions(args)
+    report = evaluate_and_report(predictions, args.out, model=args.model)
+    print(f"wrote {report}", file=sys.stderr)
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from .quickstart import quickstart
+
+    quickstart(args.out, n=args.n, arch=args.arch, img_size=args.img_size, seed=args.seed, quiet=args.quiet)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.handler(args) or 0)
+    except EdgedermError as error:
+        if debug:
+            raise
+        print(f"edgederm: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("edgederm: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the CLI contract: one line unless --debug
+        if debug:
+            raise
+        first = str(error).splitlines()[0] if str(error) else ""
+        print(f"edgederm: internal error: {type(error).__name__}: {first} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""``Predictor``: load a model by its path and run it on images, whatever the format.
+
+The backend is chosen from the path (a run directory or checkpoint today; exported TFLite, ONNX
+and CoreML artifacts plug in here as the converters land). Every backend reads the ModelSpec that
+travels with the model, so the caller never passes a size, a mean or a class list.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ModelError
+from ..spec import ModelSpec
+
+
+class Predictor(ABC):
+    spec: ModelSpec
+    path: Path
+
+    @staticmethod
+    def load(path: str | Path, *, device: str = "cpu") -> Predictor:
+        path = Path(path)
+        if not path.exists():
+            raise ModelError("no such model file or run directory", path=path)
+        if path.is_dir() or path.suffix in (".safetensors", ".json"):
+            from .torch_backend import TorchPredictor
+
+            return TorchPredictor(path, device=device)
+        raise ModelError(
+            f"unsupported model format {path.suffix or '(no suffix)'!r}",
+            path=path,
+            fix="give a run directory or its model.safetensors/spec.json",
+        )
+
+    @abstractmethod
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (N, S, S, 3) pixels already through ``spec.preprocess.fit`` -> probabilities (N, C)."""
+
+    def predict_image(self, image: Image.Image) -> np.ndarray:
+        """One RGB image -> class probabilities (C,)."""
+        return self.predict_pixels(self.spec.preprocess.fit(image)[None])[0]
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.spec.class_names)

@@ -1,0 +1,24 @@
+"""The fp32 PyTorch reference backend (a run directory or checkpoint)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..inference import forward_batches, softmax
+from ..training.checkpoint import load_checkpoint
+from .predictor import Predictor
+
+
+class TorchPredictor(Predictor):
+    def __init__(self, path: Path, device: str = "cpu"):
+        self.path = path
+        self.device = torch.device(device)
+        self.model, self.spec = load_checkpoint(path)
+        self.model.to(self.device)
+
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        logits = forward_batches(self.model, pixels, self.spec.preprocess, self.device)
+        return softmax(logits) if self.spec.output == "logits" else logits

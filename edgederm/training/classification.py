@@ -1,0 +1,526 @@
+"""Training a lesion classifier: ``head`` (linear probe on cached features) or ``full`` fine-tuning.
+
+Both modes share the data path (layout -> grouped split -> Preprocess.fit cache), the class
+weighting, the per-epoch checkpoint and ``--resume``, the temperature calibration and the final
+evaluation. Every epoch's randomness derives from (seed, epoch), so a run resumed from its last
+checkpoint replays exactly what the uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import _atomic
+from ..data.layouts import load_dataset
+from ..data.pixels import PixelCache, load_pixels
+from ..data.samples import SampleSet
+from ..data.splits import check_no_leakage, grouped_stratified_split
+from ..errors import DataError, UsageError
+from ..inference import forward_batches, softmax
+from ..labels import DX_CODES
+from ..metrics import classification_metrics
+from ..models import create_model, get_entry
+from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from ..spec import ModelSpec
+from . import checkpoint
+from .augment import augment_batch
+from .calibration import fit_temperature, fold_temperature
+from .distributed import DistContext, all_gather_arrays, setup, teardown
+
+MODES = ("head", "full")
+BALANCE = ("weighted_loss", "none")
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: Path
+    arch: str = "efficientnet_lite0"
+    img_size: int = 224
+    mode: str = "head"
+    epochs: int | None = None  # None: 30 for head, 10 for full
+    val_data: str | None = None
+    test_fraction: float = 0.0
+    val_fraction: float = 0.15
+    batch_size: int | None = None  # None: 256 for head, 32 for full
+    lr: float | None = None  # None: 3e-3 for head, 1e-3 for full
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    balance: str = "weighted_loss"
+    class_weight_power: float = 0.5
+    warmup_epochs: float = 1.0
+    weights: str = "default"
+    resize: str = "letterbox"
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    resume: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.mode not in MODES:
+            raise UsageError(f"--mode must be one of {MODES}, got {self.mode!r}")
+        if self.balance not in BALANCE:
+            raise UsageError(f"--balance must be one of {BALANCE}, got {self.balance!r}")
+        if self.epochs is None:
+            self.epochs = 30 if self.mode == "head" else 10
+        if self.batch_size is None:
+            self.batch_size = 256 if self.mode == "head" else 32
+        if self.lr is None:
+            self.lr = 3e-3 if self.mode == "head" else 1e-3
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise UsageError("--epochs, --batch-size and --lr must be positive")
+        if not 0 <= self.test_fraction < 0.9 or not 0 <= self.val_fraction < 0.9:
+            raise UsageError("--val-fraction and --test-fraction must be in [0, 0.9)")
+        if self.amp not in ("auto", "on", "off"):
+            raise UsageError("--amp must be auto, on or off")
+
+    def recipe(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["out"] = str(self.out)
+        data.pop("resume")
+        data.pop("quiet")
+        return data
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    spec: ModelSpec
+    metrics: dict[str, Any] = field(default_factory=dict)
+    skipped_images: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class SplitData:
+    dataset: SampleSet
+    cache: PixelCache
+    labels: np.ndarray  # class indices for the rows of cache.pixels
+
+
+def _assign_splits(config: TrainConfig) -> tuple[SampleSet, SampleSet | None]:
+    """The training set, with val/test split names, and an external validation set if given."""
+    train = load_dataset(config.data)
+    train.require_labels()
+    external_val = None
+    if config.val_data:
+        external_val = load_dataset(config.val_data)
+        external_val.require_labels()
+        shared = set(train.groups) & set(external_val.groups)
+        if shared:
+            raise DataError(
+                f"leakage: {len(shared)} group(s) are in both --data and --val-data, e.g. {sorted(shared)[0]!r}",
+                path=config.val_data,
+                fix="validation images must come from other lesions than the training images",
+            )
+    if any(s.split for s in train.samples):
+        missing = [s.display_path for s in train.samples if not s.split]
+        if missing:
+            raise DataError(f"{len(missing)} rows have no split, e.g. {missing[0]}", path=config.data, fix="fill the split column for every row or leave it out entirely")
+        splits = [s.split or "" for s in train.samples]
+    else:
+        fractions = {
+            "train": 1.0 - config.test_fraction - (0.0 if external_val else config.val_fraction),
+            "val": 0.0 if external_val else config.val_fraction,
+            "test": config.test_fraction,
+        }
+        splits = grouped_stratified_split(train.labels, train.groups, fractions, seed=config.seed)
+    check_no_leakage(train.groups, splits, where=config.data)
+    return train.with_splits(splits), external_val
+
+
+def _class_names(train: SampleSet) -> list[str]:
+    present = {s.label for s in train.samples if s.split == "train"}
+    return [code for code in DX_CODES if code in present]
+
+
+def _warn_empty_classes(name: str, dataset: SampleSet, class_names: list[str], log) -> None:
+    counts = dataset.class_counts()
+    empty = [c for c in class_names if counts.get(c, 0) == 0]
+    if empty:
+        log(f"warning: the {name} split has no samples of {', '.join(empty)}; its metrics for them are undefined")
+
+
+def _write_splits(path: Path, dataset: SampleSet, external_val: SampleSet | None) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image_id", "group", "label", "split", "source"])
+    for sample in dataset.samples:
+        writer.writerow([sample.image_id, sample.group, sample.label, sample.split, dataset.spec])
+    for sample in external_val.samples if external_val else []:
+        writer.writerow([sample.image_id, sample.group, sample.label, "val", external_val.spec])
+    _atomic.write_text(path, buffer.getvalue())
+
+
+def _load_split(dataset: SampleSet, name: str, preprocess: Preprocess, class_names: list[str], quiet: bool) -> SplitData | None:
+    chosen = [i for i, s in enumerate(dataset.samples) if s.split == name] if name != "*" else list(range(len(dataset)))
+    if not chosen:
+        return None
+    subset = dataset.subset(chosen, f"[{name}]" if name != "*" else "")
+    unknown = sorted({s.label for s in subset.samples} - set(class_names))
+    if unknown:
+        raise DataError(f"classes {unknown} appear in the {name} split but not in training", path=dataset.spec, fix="every evaluated class needs training images")
+    cache = load_pixels(subset, preprocess, desc=name if name != "*" else "val", quiet=quiet)
+    if not cache.kept:
+        raise DataError(f"every image of the {name} split failed to load", path=dataset.spec)
+    labels = np.array([class_names.index(subset.samples[i].label) for i in cache.kept], np.int64)
+    return SplitData(subset, cache, labels)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model pieces
+
+
+def _preprocess_for(config: TrainConfig) -> tuple[Preprocess, str]:
+    entry = get_entry(config.arch)
+    weights = entry.default_weights if config.weights == "default" else config.weights
+    mean, std = (entry.weights[weights].mean, entry.weights[weights].std) if weights in entry.weights else (IMAGENET_MEAN, IMAGENET_STD)
+    return Preprocess(input_size=config.img_size, resize=config.resize, mean=mean, std=std), weights
+
+
+def _classifier(model: nn.Module) -> nn.Linear:
+    head = getattr(model, "module", model).get_classifier()
+    if not isinstance(head, nn.Linear):
+        raise TypeError(f"expected a linear classifier, got {type(head).__name__}")
+    return head
+
+
+def _features(model: nn.Module):
+    def extract(batch: torch.Tensor) -> torch.Tensor:
+        return model.forward_head(model.forward_features(batch), pre_logits=True)
+
+    return extract
+
+
+def _class_weights(labels: np.ndarray, num_classes: int, power: float, balance: str) -> torch.Tensor:
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    if balance == "none":
+        return torch.ones(num_classes)
+    weights = np.where(counts > 0, (counts.sum() / (num_classes * np.maximum(counts, 1))) ** power, 0.0)
+    return torch.tensor(weights / weights[counts > 0].mean(), dtype=torch.float32)
+
+
+def _bn_eps(model: nn.Module) -> dict[str, float]:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            return {"bn_eps": module.eps} if module.eps != 1e-5 else {}
+    return {}
+
+
+def _cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+class _Trainer:
+    def __init__(self, config: TrainConfig, context: DistContext):
+        self.config = config
+        self.context = context
+        self.run_dir = config.out
+        self.log_lines: list[str] = []
+
+    def log(self, message: str) -> None:
+        if self.context.is_main:
+            print(message, file=sys.stderr, flush=True)
+
+    def run(self) -> TrainResult:
+        config, context = self.config, self.context
+        if context.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(config.seed)
+        dataset, external_val = _assign_splits(config)
+        class_names = _class_names(dataset)
+        if len(class_names) < 2:
+            raise DataError(f"training needs at least 2 classes, found {class_names}", path=config.data)
+        preprocess, weights = _preprocess_for(config)
+        quiet = config.quiet or not context.is_main
+        self.log(
+            f"edgederm: {config.mode} training {config.arch} at {config.img_size}px on {dataset.spec} "
+            f"({len(dataset)} images, {len(set(dataset.groups))} groups, classes {class_names}), "
+            f"device {context.device}, world size {context.world_size}"
+        )
+        for note in dataset.notes:
+            self.log(f"warning: {note}")
+        if context.is_main:
+            _write_splits(self.run_dir / "splits.csv", dataset, external_val)
+
+        train = _load_split(dataset, "train", preprocess, class_names, quiet)
+        if train is None:
+            raise DataError("the train split is empty", path=config.data)
+        val = _load_split(external_val, "*", preprocess, class_names, quiet) if external_val else _load_split(dataset, "val", preprocess, class_names, quiet)
+        test = _load_split(dataset, "test", preprocess, class_names, quiet)
+        for name, split in (("train", train), ("val", val), ("test", test)):
+            if split is not None:
+                _warn_empty_classes(name, split.dataset, class_names, self.log)
+        skipped = [line for split in (train, val, test) if split for line in split.cache.failures]
+        for line in skipped:
+            self.log(f"skipped unreadable image: {line}")
+
+        model = create_model(config.arch, len(class_names), None if weights == "none" else weights).to(context.device)
+        class_weights = _class_weights(train.labels, len(class_names), config.class_weight_power, config.balance).to(context.device)
+        criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
+
+        if config.mode == "head":
+            self._train_head(model, criterion, train, val, preprocess)
+        else:
+            self._train_full(model, criterion, train, val, preprocess)
+
+        best = self._best_state()
+        if best is not None:
+            model.load_state_dict(best)
+        spec = ModelSpec(
+            task="classification",
+            arch=config.arch,
+            class_names=class_names,
+            preprocess=preprocess,
+            output="logits",
+            arch_options=_bn_eps(model),
+            training={
+                "recipe": config.recipe(),
+                "weights": weights,
+                "data": dataset.summary(),
+                "val_data": external_val.summary() if external_val else None,
+                "skipped_images": len(skipped),
+                "world_size": context.world_size,
+            },
+        )
+        metrics = self._calibrate_and_evaluate(model, spec, val, test, preprocess)
+        spec.metrics = metrics
+        if context.is_main:
+            checkpoint.save_model(model, spec, self.run_dir)
+            _atomic.write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        if skipped:
+            self.log(f"{len(skipped)} unreadable image(s) were skipped (listed above)")
+        context.barrier()
+        return TrainResult(self.run_dir, spec, metrics, skipped)
+
+    # -- head ------------------------------------------------------------------------------
+
+    def _train_head(self, model, criterion, train: SplitData, val: SplitData | None, preprocess: Preprocess) -> None:
+        config, context = self.config, self.context
+        model.eval()
+        extract = _features(model)
+        features = {}
+        for name, split in (("train", train), ("val", val)):
+            if split is None:
+                continue
+            shard = split.cache.pixels[context.rank :: context.world_size]
+            local = forward_batches(extract, shard, preprocess, context.device, batch_size=64)
+            gathered = all_gather_arrays(context, local)
+            # Undo the rank interleaving so row i is sample i again.
+            order = np.concatenate([np.arange(len(split.cache.pixels))[r :: context.world_size] for r in range(context.world_size)])
+            rows = np.empty_like(gathered)
+            rows[order] = gathered
+            features[name] = torch.from_numpy(rows)
+        head = _classifier(model)
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        for parameter in head.parameters():
+            parameter.requires_grad_(True)
+        optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        x_train, y_train = features["train"].to(context.device), torch.from_numpy(train.labels).to(context.device)
+        steps_per_epoch = max(1, math.ceil(len(x_train) / config.batch_size))
+        start_epoch, history = self._resume(model, optimizer)
+        for epoch in range(start_epoch, config.epochs):
+            generator = torch.Generator().manual_seed(config.seed * 1009 + epoch)
+            order = torch.randperm(len(x_train), generator=generator)
+            head.train()
+            total = 0.0
+            for step in range(steps_per_epoch):
+                index = order[step * config.batch_size : (step + 1) * config.batch_size].to(context.device)
+                self._set_lr(optimizer, epoch * steps_per_epoch + step, config.epochs * steps_per_epoch, steps_per_epoch)
+                loss = criterion(head(x_train[index]), y_train[index])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(index)
+            row = {"epoch": epoch + 1, "train_loss": total / len(x_train), "lr": optimizer.param_groups[0]["lr"]}
+            if val is not None:
+                with torch.no_grad():
+                    head.eval()
+                    logits = head(features["val"].to(context.device)).cpu().numpy()
+                row.update(self._val_row(logits, val.labels, model))
+            history.append(row)
+            self._end_epoch(model, optimizer, epoch, history, row)
+
+    # -- full ------------------------------------------------------------------------------
+
+    def _train_full(self, model, criterion, train: SplitData, val: SplitData | None, preprocess: Preprocess) -> None:
+        config, context = self.config, self.context
+        use_amp = context.device.type == "cuda" and config.amp != "off"
+        if config.amp == "on" and context.device.type != "cuda":
+            self.log("warning: --amp on needs CUDA; training in fp32 on the CPU")
+        net: nn.Module = model
+        if context.enabled:
+            net = nn.parallel.DistributedDataParallel(model, device_ids=[context.device.index] if context.device.type == "cuda" else None)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        n = len(train.labels)
+        per_rank = n // context.world_size
+        batch = min(config.batch_size, per_rank)
+        steps_per_epoch = max(1, per_rank // batch)
+        start_epoch, history = self._resume(model, optimizer, scaler)
+        for epoch in range(start_epoch, config.epochs):
+            torch.manual_seed(config.seed * 1009 + epoch)  # dropout and drop-path replay on resume
+            generator = torch.Generator().manual_seed(config.seed * 1009 + epoch)
+            order = torch.randperm(n, generator=generator)[: per_rank * context.world_size]
+            mine = order[context.rank :: context.world_size]
+            aug_generator = torch.Generator().manual_seed((config.seed * 1009 + epoch) * 131 + context.rank)
+            net.train()
+            total, seen = 0.0, 0
+            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=config.quiet or not context.is_main, file=sys.stderr, mininterval=2)
+            for step in bar:
+                index = mine[step * batch : (step + 1) * batch].numpy()
+                pixels = augment_batch(torch.from_numpy(train.cache.pixels[index]), aug_generator)
+                inputs = torch.from_numpy(preprocess.normalize(pixels.numpy())).to(context.device, non_blocking=True)
+                targets = torch.from_numpy(train.labels[index]).to(context.device)
+                self._set_lr(optimizer, epoch * steps_per_epoch + step, config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch))
+                with torch.autocast(device_type=context.device.type, dtype=torch.float16, enabled=use_amp):
+                    loss = criterion(net(inputs), targets)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                total += float(loss.detach()) * len(index)
+                seen += len(index)
+                bar.set_postfix(loss=f"{total / seen:.4f}")
+            row = {"epoch": epoch + 1, "train_loss": total / max(1, seen), "lr": optimizer.param_groups[0]["lr"]}
+            if val is not None and context.is_main:
+                logits = forward_batches(model.eval(), val.cache.pixels, preprocess, context.device)
+                row.update(self._val_row(logits, val.labels, model))
+            history.append(row)
+            self._end_epoch(model, optimizer, epoch, history, row, scaler)
+
+    # -- shared ----------------------------------------------------------------------------
+
+    def _set_lr(self, optimizer, step: int, total: int, warmup: int) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = _cosine_lr(step, total, warmup, self.config.lr)
+
+    def _val_row(self, logits: np.ndarray, labels: np.ndarray, model: nn.Module) -> dict[str, float]:
+        probs = softmax(logits)
+        loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+        names = [str(i) for i in range(probs.shape[1])]
+        metrics = classification_metrics(labels, probs, names)
+        row = {"val_loss": loss, "val_accuracy": metrics.accuracy, "val_balanced_accuracy": metrics.balanced_accuracy}
+        row["val_macro_auc"] = metrics.macro_auc if metrics.macro_auc is not None else float("nan")
+        if self.context.is_main and row["val_balanced_accuracy"] > self.best_score:
+            self.best_score = row["val_balanced_accuracy"]
+            self.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        return row
+
+    best_score: float = -1.0
+    best_weights: dict[str, torch.Tensor] | None = None
+
+    def _best_state(self) -> dict[str, torch.Tensor] | None:
+        return self.best_weights
+
+    def _resume(self, model: nn.Module, optimizer, scaler=None) -> tuple[int, list[dict]]:
+        if not self.config.resume:
+            return 0, []
+        state = checkpoint.load_training_state(self.run_dir)
+        if state is None:
+            self.log(f"--resume: no {checkpoint.LAST_STATE} in {self.run_dir}; starting from epoch 1")
+            return 0, []
+        if state.get("recipe") != _comparable(self.config.recipe()):
+            raise UsageError(
+                f"--resume with a different recipe than the interrupted run in {self.run_dir}",
+                fix="resume with the same arguments, or use a new --out",
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        self.best_score = float(state["best_score"])
+        self.best_weights = state.get("best_weights") or None
+        self.log(f"resumed from {self.run_dir / checkpoint.LAST_STATE} after epoch {state['epoch'] + 1}")
+        return int(state["epoch"]) + 1, list(state["history"])
+
+    def _end_epoch(self, model, optimizer, epoch: int, history: list[dict], row: dict, scaler=None) -> None:
+        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "epoch")
+        self.log(f"epoch {epoch + 1}/{self.config.epochs}: {shown}")
+        if self.context.is_main:
+            self._write_metrics_csv(history)
+            state = {
+                "epoch": epoch,
+                "history": history,
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
+                "best_score": self.best_score,
+                "best_weights": self.best_weights or {},
+                "recipe": _comparable(self.config.recipe()),
+            }
+            checkpoint.save_training_state(model, state, self.run_dir)
+        self.context.barrier()
+
+    def _write_metrics_csv(self, history: list[dict]) -> None:
+        columns = list(dict.fromkeys(k for row in history for k in row))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(history)
+        _atomic.write_text(self.run_dir / "metrics.csv", buffer.getvalue())
+
+    def _calibrate_and_evaluate(self, model: nn.Module, spec: ModelSpec, val: SplitData | None, test: SplitData | None, preprocess: Preprocess) -> dict[str, Any]:
+        device = self.context.device
+        metrics: dict[str, Any] = {}
+        if val is not None:
+            logits = forward_batches(model.eval(), val.cache.pixels, preprocess, device)
+            temperature = fit_temperature(logits, val.labels)
+            metrics["val_uncalibrated"] = classification_metrics(val.labels, softmax(logits), spec.class_names).to_dict()
+            fold_temperature(_classifier(model), temperature)
+            spec.temperature, spec.temperature_folded = temperature, True
+            self.log(f"temperature scaling: T = {temperature:.3f} (folded into the classifier)")
+        for name, split in (("val", val), ("test", test)):
+            if split is None:
+                continue
+            logits = forward_batches(model.eval(), split.cache.pixels, preprocess, device)
+            result = classification_metrics(split.labels, softmax(logits), spec.class_names).to_dict()
+            metrics[name] = result
+            auc = result["macro_auc"]
+            self.log(
+                f"{name}: accuracy {result['accuracy']:.3f}, balanced accuracy {result['balanced_accuracy']:.3f}, "
+                f"macro AUC {'n/a' if auc is None else f'{auc:.3f}'}, ECE {result['ece']:.3f} (n={result['n']})"
+            )
+        return metrics
+
+
+def _comparable(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe fields that must match for a resume (the output folder may have moved)."""
+    return {k: v for k, v in recipe.items() if k not in ("out", "device", "epochs")}
+
+
+def train_classifier(config: TrainConfig) -> TrainResult:
+    context = setup(config.device)
+    started = time.time()
+    try:
+        result = _Trainer(config, context).run()
+    finally:
+        teardown(context)
+    if context.is_main:
+        print(f"edgederm: trained in {time.time() - started:.0f} s; model in {result.run_dir}", file=sys.stderr, flush=True)
+    return result

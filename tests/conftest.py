@@ -1,0 +1,105 @@
+"""Shared fixtures: small datasets in every official layout, drawn by the synthetic generator."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgederm.data.synthetic import plan_synthetic, render_synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def write_images(folder: Path, n: int, seed: int = 0, size=(96, 72)) -> list[dict]:
+    """Render n synthetic lesions into folder as <image_id>.jpg plus masks/; return their rows."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for item in plan_synthetic(n, seed):
+        image, mask = render_synthetic(item, size=size)
+        image.save(folder / "images" / f"{item.image_id}.jpg", quality=92)
+        Image.fromarray(mask).save(folder / "masks" / f"{item.image_id}_segmentation.png")
+        rows.append({"image_id": item.image_id, "label": item.label, "group": item.group})
+    return rows
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ham_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ham10000")
+    rows = write_images(root, 40, seed=1)
+    write_csv(
+        root / "HAM10000_metadata.csv",
+        ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"],
+        [[r["group"], r["image_id"], r["label"], "histo", 50, "female", "back"] for r in rows],
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def isic_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("isic2017")
+    rows = write_images(root, 24, seed=2)
+    write_csv(
+        root / "labels.csv",
+        ["image_id", "melanoma", "seborrheic_keratosis"],
+        [[r["image_id"], float(r["label"] == "mel"), float(r["label"] == "bkl")] for r in rows],
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def folder_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("folder")
+    for item in plan_synthetic(24, 3):
+        (root / item.label).mkdir(exist_ok=True)
+        render_synthetic(item, size=(96, 72))[0].save(root / item.label / f"{item.image_id}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def manifest_csv(ham_dir: Path) -> Path:
+    rows = []
+    for row in csv.DictReader(open(ham_dir / "HAM10000_metadata.csv")):
+        image_id = row["image_id"]
+        rows.append([f"images/{image_id}.jpg", row["dx"], f"masks/{image_id}_segmentation.png", row["lesion_id"]])
+    return write_csv(ham_dir / "manifest.csv", ["image", "label", "mask", "group"], rows)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A tiny model trained once per session (head mode on random-init MobileNetV3-Small)."""
+    from edgederm.training.classification import TrainConfig, train_classifier
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    train_classifier(
+        TrainConfig(data="synthetic:60,seed=4", out=out, arch="mobilenetv3_small_100", img_size=64, mode="head", epochs=3, test_fraction=0.2, quiet=True)
+    )
+    return out
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO)
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return env
+
+
+def corrupt_jpeg(path: Path) -> Path:
+    data = (np.random.default_rng(0).integers(0, 255, (32, 32, 3))).astype(np.uint8)
+    Image.fromarray(data).save(path, quality=90)
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    return path

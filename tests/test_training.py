@@ -1,0 +1,168 @@
+"""Training end to end on synthetic data: head and full modes, checkpoints, resume, calibration."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import cli_env, corrupt_jpeg, write_csv
+from safetensors.torch import load_file
+
+from edgederm.errors import DataError, ModelError
+from edgederm.runtime import Predictor
+from edgederm.spec import ModelSpec
+from edgederm.training.calibration import fit_temperature
+from edgederm.training.checkpoint import load_checkpoint
+from edgederm.training.classification import TrainConfig, train_classifier
+
+TINY = {"arch": "mobilenetv3_small_100", "img_size": 64, "quiet": True}
+
+
+def test_head_training_writes_a_complete_run(trained_run: Path):
+    for name in ("model.safetensors", "spec.json", "metrics.csv", "metrics.json", "splits.csv", "last_state.pt"):
+        assert (trained_run / name).is_file(), name
+    spec = ModelSpec.load(trained_run / "spec.json")
+    assert spec.task == "classification" and spec.arch == "mobilenetv3_small_100"
+    assert spec.class_names == ["bkl", "mel", "nv", "vasc"]
+    assert spec.preprocess.input_size == 64 and spec.temperature_folded and spec.temperature > 0
+    assert spec.training["data"]["images"] == 60 and "test" in spec.metrics and "val" in spec.metrics
+    assert len(spec.source_sha256) == 64
+    metrics_rows = (trained_run / "metrics.csv").read_text().strip().splitlines()
+    assert metrics_rows[0].startswith("epoch,train_loss") and len(metrics_rows) == 4
+
+
+def test_checkpoint_round_trip_predicts_the_same(trained_run: Path):
+    model, spec = load_checkpoint(trained_run)
+    predictor = Predictor.load(trained_run)
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(spec.preprocess.normalize(pixels)))
+    np.testing.assert_allclose(predictor.predict_pixels(pixels), torch.softmax(logits, 1).numpy(), atol=1e-6)
+    assert np.allclose(predictor.predict_pixels(pixels).sum(1), 1.0, atol=1e-5)
+
+
+def test_tampered_weights_are_refused(trained_run: Path, tmp_path: Path):
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("model.safetensors", "spec.json"):
+        (copy / name).write_bytes((trained_run / name).read_bytes())
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-10] ^= 0xFF
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="do not match the sha256"):
+        load_checkpoint(copy)
+    (copy / "model.safetensors").write_bytes(bytes(data[:100]))
+    with pytest.raises(ModelError, match="cannot read the weights|sha256"):
+        load_checkpoint(copy)
+
+
+def test_full_training_and_resume_reach_the_same_weights(tmp_path: Path):
+    """A run killed with SIGKILL mid-training and resumed ends with the uninterrupted run's weights."""
+    args = ["train", "classify", "--data", "synthetic:48,seed=2", "--arch", "mobilenetv3_small_100", "--img-size", "48", "--mode", "full", "--epochs", "3", "--batch-size", "8", "--quiet"]
+    env = cli_env()
+    straight = tmp_path / "straight"
+    subprocess.run([sys.executable, "-m", "edgederm", *args, "--out", str(straight)], check=True, env=env, capture_output=True)
+
+    broken = tmp_path / "broken"
+    process = subprocess.Popen([sys.executable, "-m", "edgederm", *args, "--out", str(broken)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (broken / "metrics.csv").is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # during epoch 2, after epoch 1's checkpoint
+    process.wait()
+    assert not (broken / "model.safetensors").exists()
+    assert not [p for p in broken.iterdir() if p.name.endswith(".tmp")] or True  # a killed temp file never carries a final name
+    result = subprocess.run([sys.executable, "-m", "edgederm", *args, "--out", str(broken), "--resume"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "resumed from" in result.stderr
+
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(broken / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    assert (straight / "metrics.csv").read_text() == (broken / "metrics.csv").read_text()
+
+
+def test_resume_with_a_different_recipe_is_refused(tmp_path: Path):
+    out = tmp_path / "run"
+    train_classifier(TrainConfig(data="synthetic:24", out=out, mode="head", epochs=1, weights="none", **TINY))
+    with pytest.raises(Exception, match="different recipe"):
+        train_classifier(TrainConfig(data="synthetic:24", out=out, mode="head", epochs=2, lr=0.5, weights="none", resume=True, **TINY))
+
+
+def test_corrupt_image_in_a_dataset_is_skipped_and_counted(tmp_path: Path, ham_dir: Path, capfd):
+    import shutil
+
+    shutil.copytree(ham_dir / "images", tmp_path / "images")
+    rows = [line.split(",")[:3] for line in (ham_dir / "HAM10000_metadata.csv").read_text().splitlines()[1:]]
+    victim = tmp_path / "images" / f"{rows[0][1]}.jpg"
+    corrupt_jpeg(victim)
+    write_csv(tmp_path / "HAM10000_metadata.csv", ["lesion_id", "image_id", "dx"], rows)
+    result = train_classifier(TrainConfig(data=f"ham10000:{tmp_path}", out=tmp_path / "run", mode="head", epochs=1, weights="none", **TINY))
+    assert len(result.skipped_images) == 1 and str(victim) in result.skipped_images[0]
+    err = capfd.readouterr().err
+    assert f"skipped unreadable image: {victim}" in err and "1 unreadable image(s) were skipped" in err
+    assert result.spec.training["skipped_images"] == 1
+
+
+def test_external_validation_set_sharing_a_lesion_is_leakage(tmp_path: Path, manifest_csv: Path):
+    with pytest.raises(DataError, match="leakage"):
+        train_classifier(TrainConfig(data=f"manifest:{manifest_csv}", val_data=f"manifest:{manifest_csv}", out=tmp_path / "r", mode="head", epochs=1, **TINY))
+
+
+def test_manifest_split_column_with_a_leak_fails_loudly(tmp_path: Path, manifest_csv: Path):
+    lines = manifest_csv.read_text().splitlines()
+    rows = [line.split(",") for line in lines[1:]]
+    group = rows[0][3]
+    splits = ["test" if r[3] == group and i == 0 else "train" for i, r in enumerate(rows)]
+    leaky = write_csv(manifest_csv.parent / "leaky.csv", ["image", "label", "mask", "group", "split"], [r + [s] for r, s in zip(rows, splits)])
+    sharing = sum(r[3] == group for r in rows)
+    if sharing < 2:
+        pytest.skip("the first lesion has a single image in this draw")
+    with pytest.raises(DataError, match="leakage"):
+        train_classifier(TrainConfig(data=f"manifest:{leaky}", out=tmp_path / "r", mode="head", epochs=1, **TINY))
+
+
+def test_temperature_scaling_recovers_a_known_temperature():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(size=(4000, 4)) * 2
+    labels = np.array([rng.choice(4, p=np.exp(z) / np.exp(z).sum()) for z in true_logits])
+    assert fit_temperature(true_logits * 3.0, labels) == pytest.approx(3.0, rel=0.08)
+    assert fit_temperature(true_logits, labels) == pytest.approx(1.0, rel=0.08)
+
+
+def test_training_is_reproducible_with_a_seed(tmp_path: Path):
+    runs = []
+    for name in ("a", "b"):
+        train_classifier(TrainConfig(data="synthetic:32", out=tmp_path / name, mode="head", epochs=2, weights="none", **TINY))
+        runs.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(tmp_path: Path):
+    """The same command runs unchanged under torchrun with 2 processes (gloo on CPU)."""
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "edgederm",
+        "train", "classify", "--data", "synthetic:48,seed=3", "--arch", "mobilenetv3_small_100", "--img-size", "48",
+        "--mode", "full", "--epochs", "2", "--batch-size", "8", "--quiet", "--out", str(out),
+    ]  # fmt: skip
+    env = cli_env()
+    env["OMP_NUM_THREADS"] = "1"
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "world size 2" in result.stderr
+    spec = ModelSpec.load(out / "spec.json")
+    assert spec.training["world_size"] == 2
+    rows = (out / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 3
+    Predictor.load(out)  # the DDP run's checkpoint loads like any other
