@@ -3,7 +3,7 @@
     python benchmarks/train_reference.py --out runs/reference [--data ham10000:../shared/data/ham10000]
 
 Full fine-tuning of ImageNet EfficientNet-Lite0 on a lesion-disjoint 70/15/15 split. It takes
-about an hour on a 2-core CPU, so run it in the background; it resumes with the same command
+about 50 minutes on a 2-core CPU, so run it in the background; it resumes with the same command
 plus --resume if interrupted. It writes benchmarks/results/classifier_ham10000.{json,md} with the
 test metrics, the per-epoch validation curve and the exact command, and leaves --out usable by
 `edgederm predict` and `edgederm export`.
@@ -27,9 +27,9 @@ RESULTS = REPO / "benchmarks" / "results"
 TARGETS = {"accuracy": 0.85, "balanced_accuracy": 0.75, "macro_auc": 0.93}
 RECIPE = {
     "arch": "efficientnet_lite0",
-    "img_size": 192,
+    "img_size": 160,
     "mode": "full",
-    "epochs": 10,
+    "epochs": 14,
     "batch_size": 32,
     "lr": 1e-3,
     "weight_decay": 0.01,
@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
 
     test = resolve_inputs(args.data, [], "test", args.out / "splits.csv")
     predictions = run_predictor(Predictor.load(args.out), test)
-    report = evaluate_and_report(predictions, args.out / "test_report", model=args.out, title="Reference classifier on HAM10000 (lesion-disjoint test split)")
+    report = evaluate_and_report(
+        predictions, args.out / "test_report", model=args.out, title="Reference classifier on HAM10000 (lesion-disjoint test split)"
+    )
     metrics = json.loads((args.out / "test_report" / "metrics.json").read_text())
     with open(args.out / "metrics.csv", newline="") as handle:
         curve = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
@@ -104,7 +106,9 @@ def _markdown(result: dict) -> str:
     ]
     for key, target in result["targets"].items():
         value = test[key]
-        lines.append(f"| {key} | {'n/a' if value is None else f'{value:.3f}'} | {target:.2f} | {'yes' if result['meets_targets'][key] else 'no'} |")
+        lines.append(
+            f"| {key} | {'n/a' if value is None else f'{value:.3f}'} | {target:.2f} | {'yes' if result['meets_targets'][key] else 'no'} |"
+        )
     mel = test["melanoma_sensitivity"]
     lines += [
         f"| melanoma_sensitivity | {'n/a' if mel is None else f'{mel:.3f}'} | - | - |",
@@ -120,7 +124,13 @@ def _markdown(result: dict) -> str:
     for name, row in test["per_class"].items():
         cells = [("n/a" if row[k] is None else f"{row[k]:.3f}") for k in ("sensitivity", "specificity", "auc")]
         lines.append(f"| {name} | {row['support']} | {' | '.join(cells)} |")
-    lines += ["", "## Validation curve", "", "| epoch | train loss | val loss | val acc | val bal. acc | val AUC |", "|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Validation curve",
+        "",
+        "| epoch | train loss | val loss | val acc | val bal. acc | val AUC |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in result["validation_curve"]:
         lines.append(
             f"| {int(row['epoch'])} | {row['train_loss']:.4f} | {row.get('val_loss', float('nan')):.4f} | {row.get('val_accuracy', float('nan')):.3f} | "

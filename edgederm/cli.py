@@ -16,7 +16,7 @@ from .errors import EdgedermError, UsageError
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own errors become one line too
-        raise UsageError(f"{self.prog}: {message}", fix=f"see `{self.prog} --help`")
+        raise UsageError(message, fix=f"see `{self.prog} --help`")
 
 
 def _add_models(sub) -> None:
@@ -31,18 +31,29 @@ def _add_train(sub) -> None:
     train = sub.add_parser("train", help="train a model")
     tasks = train.add_subparsers(dest="task", required=True, parser_class=_Parser)
     p = tasks.add_parser("classify", help="train a lesion classifier")
-    p.add_argument("--data", required=True, help="training data: ham10000:DIR, isic2017:DIR, manifest:CSV, folder:DIR or synthetic:N[,seed=S]")
+    p.add_argument(
+        "--data", required=True, help="training data: ham10000:DIR, isic2017:DIR, manifest:CSV, folder:DIR or synthetic:N[,seed=S]"
+    )
     p.add_argument("--val-data", help="a separate validation set (otherwise a grouped split of --data)")
     p.add_argument("--arch", default="efficientnet_lite0")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--epochs", type=int, help="default 30 for --mode head, 10 for full")
-    p.add_argument("--mode", choices=["head", "full"], default="head", help="head: linear probe on cached features (minutes on CPU); full: fine-tune everything")
+    p.add_argument(
+        "--mode",
+        choices=["head", "full"],
+        default="head",
+        help="head: linear probe on cached features (minutes on CPU); full: fine-tune everything",
+    )
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--weights", default="default", help="'default' (the arch's pretrained weights if any), 'none', 'imagenet', 'timm' (needs internet) or a .safetensors/.pth path")
+    p.add_argument(
+        "--weights",
+        default="default",
+        help="'default' (the arch's pretrained weights if any), 'none', 'imagenet', 'timm' (needs internet) or a .safetensors/.pth path",
+    )
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--test-fraction", type=float, default=0.0, help="hold out this share of lesions as a test split, evaluated at the end")
     p.add_argument("--balance", choices=["weighted_loss", "none"], default="weighted_loss")
@@ -123,7 +134,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     print(f"{'name':24} {'task':15} {'params':>9} {'MACs':>9} {'input':>6}  weights")
     for row in rows:
-        print(f"{row['name']:24} {row['task']:15} {row['params'] / 1e6:8.2f}M {row['macs'] / 1e6:8.1f}M {row['input_size']:>6}  {', '.join(row['weights']) or '-'}")
+        print(
+            f"{row['name']:24} {row['task']:15} {row['params'] / 1e6:8.2f}M {row['macs'] / 1e6:8.1f}M {row['input_size']:>6}  {', '.join(row['weights']) or '-'}"
+        )
     return 0
 
 
@@ -162,9 +175,9 @@ def _predictions(args: argparse.Namespace):
     from .predict import resolve_inputs, run_predictor
     from .runtime import Predictor
 
+    predictor = Predictor.load(args.model)  # a bad model fails before any image is read
     splits = args.splits or (args.model / "splits.csv" if args.model.is_dir() else None)
     dataset = resolve_inputs(args.data, args.images, args.split, splits)
-    predictor = Predictor.load(args.model)
     return run_predictor(predictor, dataset, args.batch_size, quiet=args.quiet)
 
 
@@ -199,7 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        # argparse cannot take positional images after an option (`predict RUN --data X a.jpg`).
+        if extra and hasattr(args, "images") and not any(e.startswith("-") for e in extra):
+            args.images += extra
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return int(args.handler(args) or 0)
     except EdgedermError as error:
         if debug:
@@ -209,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgederm: interrupted", file=sys.stderr)
         return 130
-    except Exception as error:  # noqa: BLE001 - the CLI contract: one line unless --debug
+    except Exception as error:
         if debug:
             raise
         first = str(error).splitlines()[0] if str(error) else ""

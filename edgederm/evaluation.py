@@ -10,7 +10,9 @@ from .predict import Predictions, labelled_metrics, write_metrics_json, write_pr
 from .report import write_classification_report
 
 
-def evaluate_and_report(predictions: Predictions, out_dir: Path, *, model: Path, title: str | None = None, extra_lines: list[str] | None = None) -> Path:
+def evaluate_and_report(
+    predictions: Predictions, out_dir: Path, *, model: Path, title: str | None = None, extra_lines: list[str] | None = None
+) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = labelled_metrics(predictions)
     write_metrics_json(metrics, out_dir / "metrics.json")

@@ -52,10 +52,7 @@ def _as_labels(y: Any, name: str, num_classes: int | None = None) -> np.ndarray:
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= num_classes:
             bad = low if low < 0 else high
-            raise ValueError(
-                f"{name} contains label {bad}, outside 0..{num_classes - 1} "
-                f"for {num_classes} classes"
-            )
+            raise ValueError(f"{name} contains label {bad}, outside 0..{num_classes - 1} for {num_classes} classes")
     return labels
 
 
@@ -63,7 +60,7 @@ def _check_num_classes(num_classes: int) -> int:
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
         # Every bad input is a ValueError here, so callers need catch only one type.
         got = type(num_classes).__name__
-        raise ValueError(f"num_classes must be an int, got {got}")  # noqa: TRY004
+        raise ValueError(f"num_classes must be an int, got {got}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     return int(num_classes)
@@ -96,10 +93,7 @@ def _as_prob_matrix(probs: Any, n_rows: int, num_classes: int | None = None) -> 
     arr = _as_score_matrix(probs, n_rows, num_classes)
     low, high = float(arr.min()), float(arr.max())
     if low < -_PROB_TOLERANCE or high > 1 + _PROB_TOLERANCE:
-        raise ValueError(
-            f"probs must be probabilities in [0, 1], got values in [{low:.4g}, {high:.4g}]; "
-            "apply softmax to logits first"
-        )
+        raise ValueError(f"probs must be probabilities in [0, 1], got values in [{low:.4g}, {high:.4g}]; apply softmax to logits first")
     return np.clip(arr, 0.0, 1.0)
 
 
@@ -160,9 +154,7 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) 
     return float(np.mean(_recalls_of_present_classes(cm)))
 
 
-def roc_curve(
-    y_binary: np.ndarray, scores: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def roc_curve(y_binary: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds) as ``sklearn.metrics.roc_curve(..., drop_intermediate=False)``.
 
     The first threshold is ``inf`` so the curve starts at (0, 0). With no negatives (positives)
@@ -274,7 +266,7 @@ def reliability_bins(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) ->
     bins = _top_label_bins(y_true, probs, n_bins)
 
     def per_bin_mean(sums: np.ndarray) -> list[float | None]:
-        return [float(s / c) if c else None for s, c in zip(sums, bins.count)]
+        return [float(s / c) if c else None for s, c in zip(sums, bins.count, strict=True)]
 
     return {
         "bin_edges": [float(e) for e in bins.edges],
@@ -327,7 +319,7 @@ def _class_metrics(cm: np.ndarray, c: int, auc: float | None) -> ClassMetrics:
 
 def _check_class_names(class_names: Sequence[str]) -> list[str]:
     if isinstance(class_names, str):
-        raise ValueError("class_names must be a sequence of names, not one string")  # noqa: TRY004
+        raise ValueError("class_names must be a sequence of names, not one string")
     names = list(class_names)
     if not names:
         raise ValueError("class_names is empty")
@@ -339,9 +331,7 @@ def _check_class_names(class_names: Sequence[str]) -> list[str]:
     return names
 
 
-def classification_metrics(
-    y_true: Sequence[int] | np.ndarray, probs: np.ndarray, class_names: Sequence[str]
-) -> ClassificationMetrics:
+def classification_metrics(y_true: Sequence[int] | np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> ClassificationMetrics:
     """All classification metrics for one evaluation; ``y_pred`` is ``argmax(probs)``."""
     names = _check_class_names(class_names)
     num_classes = len(names)
@@ -455,15 +445,13 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(_jaccard(_pixel_counts(a, b)))
 
 
-def segmentation_metrics(
-    true_masks: Sequence[np.ndarray], pred_masks: Sequence[np.ndarray]
-) -> SegmentationMetrics:
+def segmentation_metrics(true_masks: Sequence[np.ndarray], pred_masks: Sequence[np.ndarray]) -> SegmentationMetrics:
     """ISIC-style metrics, computed per image and averaged over images."""
     if len(true_masks) != len(pred_masks):
         raise ValueError(f"got {len(true_masks)} true masks but {len(pred_masks)} predicted masks")
     if len(true_masks) == 0:
         raise ValueError("no masks given; segmentation metrics need at least one image")
-    counts = [_pixel_counts(t, p) for t, p in zip(true_masks, pred_masks)]
+    counts = [_pixel_counts(t, p) for t, p in zip(true_masks, pred_masks, strict=True)]
 
     def mean_of(metric: Any) -> float:
         return float(np.mean([metric(c) for c in counts]))

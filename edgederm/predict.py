@@ -42,7 +42,11 @@ def select_split(dataset: SampleSet, split: str, splits_csv: Path) -> SampleSet:
         raise DataError(f"no images in split {split!r}", path=splits_csv)
     indices = [i for i, s in enumerate(dataset.samples) if s.image_id in chosen]
     if not indices:
-        raise DataError(f"none of the {split} images of {splits_csv} are in {dataset.spec}", path=splits_csv, fix="use the --data the model was trained on")
+        raise DataError(
+            f"none of the {split} images of {splits_csv} are in {dataset.spec}",
+            path=splits_csv,
+            fix="use the --data the model was trained on",
+        )
     return dataset.subset(indices, f"[{split}]")
 
 
@@ -96,11 +100,7 @@ def write_predictions_csv(predictions: Predictions, path: Path) -> None:
 
 def labelled_metrics(predictions: Predictions) -> dict:
     """Metrics over the rows that have a known label and a prediction."""
-    keep = [
-        i
-        for i, (s, ok) in enumerate(zip(predictions.dataset.samples, predictions.ok, strict=True))
-        if ok and s.label is not None
-    ]
+    keep = [i for i, (s, ok) in enumerate(zip(predictions.dataset.samples, predictions.ok, strict=True)) if ok and s.label is not None]
     unknown = sorted({predictions.dataset.samples[i].label for i in keep} - set(predictions.class_names))
     if unknown:
         raise DataError(f"labels {unknown} are not classes of this model {predictions.class_names}", path=predictions.dataset.spec)

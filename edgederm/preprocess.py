@@ -94,9 +94,7 @@ class Preprocess:
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 RGB (..., H, W, 3) to float32 in the model's layout, batch axis kept if given."""
-        array = (np.asarray(pixels, np.float32) / 255.0 - np.asarray(self.mean, np.float32)) / (
-            np.asarray(self.std, np.float32)
-        )
+        array = (np.asarray(pixels, np.float32) / 255.0 - np.asarray(self.mean, np.float32)) / (np.asarray(self.std, np.float32))
         if self.layout == "NCHW":
             array = np.moveaxis(array, -1, -3)
         return np.ascontiguousarray(array, dtype=np.float32)

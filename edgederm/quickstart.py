@@ -16,13 +16,26 @@ from .runtime import Predictor
 from .training.classification import TrainConfig, train_classifier
 
 
-def quickstart(out: Path, *, n: int = 480, arch: str = "efficientnet_lite0", img_size: int = 160, seed: int = 0, quiet: bool = False) -> Path:
+def quickstart(
+    out: Path, *, n: int = 480, arch: str = "efficientnet_lite0", img_size: int = 160, seed: int = 0, quiet: bool = False
+) -> Path:
     started = time.time()
     data = f"synthetic:{n},seed={seed}"
     run_dir = out / "run"
     print(f"edgederm quickstart: {data} -> {arch} at {img_size}px -> {out}", file=sys.stderr, flush=True)
     train_classifier(
-        TrainConfig(data=data, out=run_dir, arch=arch, img_size=img_size, mode="head", epochs=40, val_fraction=0.15, test_fraction=0.2, seed=seed, quiet=quiet)
+        TrainConfig(
+            data=data,
+            out=run_dir,
+            arch=arch,
+            img_size=img_size,
+            mode="head",
+            epochs=40,
+            val_fraction=0.15,
+            test_fraction=0.2,
+            seed=seed,
+            quiet=quiet,
+        )
     )
     test = resolve_inputs(data, [], "test", run_dir / "splits.csv")
     predictions = run_predictor(Predictor.load(run_dir), test, quiet=quiet)

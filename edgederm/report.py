@@ -8,12 +8,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from . import _atomic  # noqa: E402
-from .labels import full_name  # noqa: E402
-from .metrics import reliability_bins, roc_auc, roc_curve  # noqa: E402
+from . import _atomic
+from .labels import full_name
+from .metrics import reliability_bins, roc_auc, roc_curve
 
 
 def _save(fig, path: Path) -> None:
@@ -29,7 +29,15 @@ def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path:
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(class_names)):
         for j in range(len(class_names)):
-            ax.text(j, i, f"{int(counts[i, j])}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=8, color="white" if share[i, j] > 0.6 else "black")
+            ax.text(
+                j,
+                i,
+                f"{int(counts[i, j])}\n{share[i, j]:.0%}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if share[i, j] > 0.6 else "black",
+            )
     ax.set_xticks(range(len(class_names)), class_names)
     ax.set_yticks(range(len(class_names)), class_names)
     ax.set_xlabel("predicted")
@@ -126,11 +134,13 @@ def write_classification_report(
         "",
         "## Headline",
         "",
-        f"- Images evaluated: {metrics['n']}" + (f" ({metrics['failed_images']} could not be read)" if metrics.get("failed_images") else ""),
+        f"- Images evaluated: {metrics['n']}"
+        + (f" ({metrics['failed_images']} could not be read)" if metrics.get("failed_images") else ""),
         f"- Accuracy: {_fmt(metrics['accuracy'])} (share of images whose top class was right)",
         f"- Balanced accuracy: {_fmt(metrics['balanced_accuracy'])} (average of the per-class sensitivities; not flattered by the common classes)",
         f"- Macro AUC: {_fmt(metrics['macro_auc'])} (how well each class is ranked above the others, 0.5 = chance, 1 = perfect)",
-        f"- Melanoma sensitivity: {_fmt(mel)}" + (" (share of melanomas the model called melanoma)" if mel is not None else " (no melanoma in this model or set)"),
+        f"- Melanoma sensitivity: {_fmt(mel)}"
+        + (" (share of melanomas the model called melanoma)" if mel is not None else " (no melanoma in this model or set)"),
         f"- Calibration error (ECE): {_fmt(metrics['ece'])} (0 = the stated confidence matches how often it is right)",
         "",
         "## Per class",
@@ -140,7 +150,9 @@ def write_classification_report(
     ]
     for name in class_names:
         row = metrics["per_class"][name]
-        lines.append(f"| {name} | {full_name(name)} | {row['support']} | {_fmt(row['sensitivity'])} | {_fmt(row['specificity'])} | {_fmt(row['auc'])} |")
+        lines.append(
+            f"| {name} | {full_name(name)} | {row['support']} | {_fmt(row['sensitivity'])} | {_fmt(row['specificity'])} | {_fmt(row['auc'])} |"
+        )
     lines += [
         "",
         "Sensitivity: of the lesions that truly are this class, the share the model found. "

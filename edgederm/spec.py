@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ class ModelSpec:
     metrics: dict[str, Any] = field(default_factory=dict)  # reference metrics per split
     source_sha256: str | None = None
     edgederm_version: str = __version__
-    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     format: int = SPEC_FORMAT
 
     def __post_init__(self) -> None:

@@ -86,7 +86,16 @@ def trained_run(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("run") / "run"
     train_classifier(
-        TrainConfig(data="synthetic:60,seed=4", out=out, arch="mobilenetv3_small_100", img_size=64, mode="head", epochs=3, test_fraction=0.2, quiet=True)
+        TrainConfig(
+            data="synthetic:60,seed=4",
+            out=out,
+            arch="mobilenetv3_small_100",
+            img_size=64,
+            mode="head",
+            epochs=3,
+            test_fraction=0.2,
+            quiet=True,
+        )
     )
     return out
 

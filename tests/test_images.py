@@ -44,17 +44,11 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def png_bytes(
-    width: int, height: int, depth: int, colour_type: int, rows: bytes, after_idat: bytes = b""
-) -> bytes:
+def png_bytes(width: int, height: int, depth: int, colour_type: int, rows: bytes, after_idat: bytes = b"") -> bytes:
     """A minimal PNG built by hand, for files Pillow cannot write (16-bit RGB, lying headers)."""
     header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
     return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", header)
-        + png_chunk(b"IDAT", zlib.compress(rows))
-        + after_idat
-        + png_chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(rows)) + after_idat + png_chunk(b"IEND", b"")
     )
 
 
@@ -132,9 +126,7 @@ def test_one_bit(tmp_path):
 
 def test_greyscale(tmp_path):
     img = Image.fromarray(np.array([[0, 77, 255]], dtype=np.uint8))
-    assert pixels(load_image(save(tmp_path, "l.png", img))) == [
-        [[0, 0, 0], [77, 77, 77], [255, 255, 255]]
-    ]
+    assert pixels(load_image(save(tmp_path, "l.png", img))) == [[[0, 0, 0], [77, 77, 77], [255, 255, 255]]]
 
 
 def test_greyscale_alpha_composited_on_white(tmp_path):
@@ -180,12 +172,8 @@ def test_rgba_fully_transparent_becomes_white(tmp_path):
 def test_colour_key_transparency_composited(tmp_path):
     grey = Image.fromarray(np.array([[0, 100]], dtype=np.uint8))
     rgb = Image.fromarray(np.array([[[1, 2, 3], [10, 20, 30]]], dtype=np.uint8))
-    assert pixels(load_image(save(tmp_path, "l.png", grey, transparency=100))) == [
-        [[0, 0, 0], [255, 255, 255]]
-    ]
-    assert pixels(load_image(save(tmp_path, "rgb.png", rgb, transparency=(10, 20, 30)))) == [
-        [[1, 2, 3], [255, 255, 255]]
-    ]
+    assert pixels(load_image(save(tmp_path, "l.png", grey, transparency=100))) == [[[0, 0, 0], [255, 255, 255]]]
+    assert pixels(load_image(save(tmp_path, "rgb.png", rgb, transparency=(10, 20, 30)))) == [[[1, 2, 3], [255, 255, 255]]]
 
 
 @pytest.mark.parametrize("suffix", [".jpg", ".tif"])
@@ -578,9 +566,7 @@ def test_mask_size_mismatch(tmp_path):
 # ---------------------------------------------------------------------------- properties
 
 
-@settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     data=arrays(
         np.uint8,

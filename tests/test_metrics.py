@@ -75,9 +75,7 @@ def test_accuracy_and_balanced_accuracy_match_sklearn() -> None:
     y_true = rng.integers(0, 4, size=300)
     y_pred = np.where(rng.random(300) < 0.6, y_true, rng.integers(0, 4, size=300))
     assert m.accuracy(y_true, y_pred) == pytest.approx(skm.accuracy_score(y_true, y_pred))
-    assert m.balanced_accuracy(y_true, y_pred, 4) == pytest.approx(
-        skm.balanced_accuracy_score(y_true, y_pred)
-    )
+    assert m.balanced_accuracy(y_true, y_pred, 4) == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
 
 
 def test_balanced_accuracy_ignores_class_absent_from_y_true() -> None:
@@ -352,13 +350,9 @@ def test_segmentation_matches_sklearn_on_random_masks() -> None:
     flat = [((t >= 128).ravel(), (p >= 0.5).ravel()) for t, p in zip(truths, preds)]
     assert result.jaccard == pytest.approx(np.mean([skm.jaccard_score(t, p) for t, p in flat]))
     assert result.dice == pytest.approx(np.mean([skm.f1_score(t, p) for t, p in flat]))
-    assert result.pixel_accuracy == pytest.approx(
-        np.mean([skm.accuracy_score(t, p) for t, p in flat])
-    )
+    assert result.pixel_accuracy == pytest.approx(np.mean([skm.accuracy_score(t, p) for t, p in flat]))
     assert result.sensitivity == pytest.approx(np.mean([skm.recall_score(t, p) for t, p in flat]))
-    assert result.specificity == pytest.approx(
-        np.mean([skm.recall_score(t, p, pos_label=False) for t, p in flat])
-    )
+    assert result.specificity == pytest.approx(np.mean([skm.recall_score(t, p, pos_label=False) for t, p in flat]))
 
 
 @pytest.mark.parametrize(

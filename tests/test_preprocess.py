@@ -27,7 +27,7 @@ def test_letterbox_keeps_aspect_and_pads_with_the_mean():
 def test_center_crop_fills_the_square():
     pre = Preprocess(input_size=32, resize="center_crop")
     image = Image.new("RGB", (300, 100), (0, 0, 255))
-    image.paste((0, 255, 0), (0, 0, 100, 100))  # the left third is cropped away
+    image.paste((0, 255, 0), (0, 0, 75, 100))  # inside the left third, which is cropped away
     pixels = pre.fit(image)
     assert pixels.shape == (32, 32, 3) and (pixels[..., 2] > 250).all()
 

@@ -39,10 +39,7 @@ def _features(rgb: np.ndarray, inside: np.ndarray) -> np.ndarray:
 
 
 def _by_class(rendered, value) -> dict[str, float]:
-    return {
-        c: float(np.mean([value(rgb, m) for item, rgb, m in rendered if item.label == c]))
-        for c in SYNTHETIC_CLASSES
-    }
+    return {c: float(np.mean([value(rgb, m) for item, rgb, m in rendered if item.label == c])) for c in SYNTHETIC_CLASSES}
 
 
 # --- plan ------------------------------------------------------------------------------------
@@ -193,13 +190,9 @@ def test_image_edge_follows_mask_edge(rendered) -> None:
     for _, rgb, inside in rendered[:60]:
         grey = rgb.mean(axis=2)
         grad = np.zeros_like(grey)
-        grad[1:-1, 1:-1] = np.hypot(
-            grey[1:-1, 2:] - grey[1:-1, :-2], grey[2:, 1:-1] - grey[:-2, 1:-1]
-        )
+        grad[1:-1, 1:-1] = np.hypot(grey[1:-1, 2:] - grey[1:-1, :-2], grey[2:, 1:-1] - grey[:-2, 1:-1])
         border = np.zeros_like(inside)
-        border[1:-1, 1:-1] = inside[1:-1, 1:-1] & ~(
-            inside[:-2, 1:-1] & inside[2:, 1:-1] & inside[1:-1, :-2] & inside[1:-1, 2:]
-        )
+        border[1:-1, 1:-1] = inside[1:-1, 1:-1] & ~(inside[:-2, 1:-1] & inside[2:, 1:-1] & inside[1:-1, :-2] & inside[1:-1, 2:])
         ratios.append(grad[border].mean() / grad.mean())
     assert np.median(ratios) > 2.0, ratios
 

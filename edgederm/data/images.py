@@ -28,9 +28,7 @@ __all__ = [
     "load_mask",
 ]
 
-IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-)
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 MAX_IMAGE_PIXELS: int = 64_000_000
 
 # Pillow plugins allowed to parse a file. Restricting them keeps exotic parsers (and EPS, which
@@ -132,8 +130,7 @@ def _pil_errors(path: Path, what: str, fix: str) -> Iterator[None]:
         raise ImageError(
             f"not a {_FORMAT_NAMES} image (the contents are not a recognised image format)",
             path=path,
-            fix="check the file really is an image (its suffix alone does not make it one) "
-            "and re-export it as PNG or JPEG",
+            fix="check the file really is an image (its suffix alone does not make it one) and re-export it as PNG or JPEG",
         ) from exc
     except _DECODE_ERRORS as exc:
         detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
@@ -173,13 +170,10 @@ def _open(path: Path, max_pixels: int | None) -> ImageFile.ImageFile:
 def _check_dimensions(img: Image.Image, path: Path, max_pixels: int | None) -> None:
     width, height = img.size
     if width <= 0 or height <= 0:
-        raise ImageError(
-            f"image has a zero-size dimension ({width}x{height})", path=path, fix=_FIX_RECOPY
-        )
+        raise ImageError(f"image has a zero-size dimension ({width}x{height})", path=path, fix=_FIX_RECOPY)
     if max_pixels is not None and width * height > max_pixels:
         raise ImageError(
-            f"image is {width}x{height} = {width * height} pixels, over the limit of "
-            f"max_pixels={max_pixels} (possible decompression bomb)",
+            f"image is {width}x{height} = {width * height} pixels, over the limit of max_pixels={max_pixels} (possible decompression bomb)",
             path=path,
             fix=f"downscale it to at most {max_pixels} pixels, or raise max_pixels if you trust it",
         )

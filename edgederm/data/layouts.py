@@ -132,9 +132,7 @@ def _mask_for(root: Path, image_id: str) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def _samples_from_ids(
-    root: Path, csv_path: Path, rows: list[tuple[str, str, str]], image_dirs: list[Path], spec: str
-) -> SampleSet:
+def _samples_from_ids(root: Path, csv_path: Path, rows: list[tuple[str, str, str]], image_dirs: list[Path], spec: str) -> SampleSet:
     """rows: (image_id, label, group). Missing image files are counted in notes, not fatal."""
     samples, missing = [], []
     for image_id, label, group in rows:
@@ -192,7 +190,11 @@ def read_isic2017(arg: str, options: dict[str, str]) -> SampleSet:
     if not csv_path.is_file():
         official = sorted(root.glob("*Part3_GroundTruth*.csv"))
         if not official:
-            raise DataError("labels.csv not found", path=root, fix="isic2017:DIR needs DIR/labels.csv (image_id, melanoma, seborrheic_keratosis) and DIR/images/")
+            raise DataError(
+                "labels.csv not found",
+                path=root,
+                fix="isic2017:DIR needs DIR/labels.csv (image_id, melanoma, seborrheic_keratosis) and DIR/images/",
+            )
         csv_path = official[0]
     table = read_csv(csv_path, ("image_id", "melanoma", "seborrheic_keratosis"))
     _check_unique([r["image_id"] for r in table], csv_path)
@@ -215,7 +217,9 @@ def _inside(root: Path, relative: str, csv_path: Path, line: int, column: str) -
             fix="paths in a manifest must be relative to the CSV's folder, without '..'",
         )
     if not resolved.is_file():
-        raise DataError(f"line {line}: {column} file {relative!r} not found", path=csv_path, fix="check the path relative to the CSV's folder")
+        raise DataError(
+            f"line {line}: {column} file {relative!r} not found", path=csv_path, fix="check the path relative to the CSV's folder"
+        )
     return root / candidate
 
 
@@ -246,7 +250,9 @@ def read_folder(arg: str, options: dict[str, str]) -> SampleSet:
     root = _existing_dir(arg, "folder")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
-        raise DataError("no class sub-folders", path=root, fix=f"folder:DIR needs one sub-folder per class named by dx code ({', '.join(DX_CODES)})")
+        raise DataError(
+            "no class sub-folders", path=root, fix=f"folder:DIR needs one sub-folder per class named by dx code ({', '.join(DX_CODES)})"
+        )
     unknown = [d.name for d in class_dirs if d.name.lower() not in DX_CODES]
     if unknown:
         raise DataError(f"sub-folder(s) {unknown} are not dx codes", path=root, fix=f"name class folders {', '.join(DX_CODES)}")

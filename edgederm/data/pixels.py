@@ -25,7 +25,9 @@ def load_pixels(dataset: SampleSet, preprocess: Preprocess, desc: str = "images"
     pixels = np.empty((len(dataset), side, side, 3), np.uint8)
     kept: list[int] = []
     failures: list[str] = []
-    for index, sample in enumerate(tqdm(dataset.samples, desc=f"loading {desc}", unit="img", disable=quiet, file=sys.stderr, mininterval=2)):
+    for index, sample in enumerate(
+        tqdm(dataset.samples, desc=f"loading {desc}", unit="img", disable=quiet, file=sys.stderr, mininterval=2)
+    ):
         try:
             pixels[len(kept)] = preprocess.fit(sample.load_image())
         except ImageError as error:

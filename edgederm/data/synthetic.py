@@ -109,9 +109,7 @@ def plan_synthetic(n: int, seed: int = 0) -> list[SyntheticItem]:
     return items
 
 
-def render_synthetic(
-    item: SyntheticItem, size: tuple[int, int] = SYNTHETIC_SIZE
-) -> tuple[Image.Image, np.ndarray]:
+def render_synthetic(item: SyntheticItem, size: tuple[int, int] = SYNTHETIC_SIZE) -> tuple[Image.Image, np.ndarray]:
     """Draw one item: an RGB image of ``size`` (w, h) and its (h, w) uint8 mask of 0/255."""
     if item.label not in SYNTHETIC_CLASSES:
         raise ValueError(f"unknown synthetic label {item.label!r}; expected {SYNTHETIC_CLASSES}")
@@ -293,9 +291,7 @@ def _lesion_frame(
     )
 
 
-def _harmonic_sum(
-    cos_t: np.ndarray, sin_t: np.ndarray, amps: np.ndarray, phases: np.ndarray
-) -> np.ndarray:
+def _harmonic_sum(cos_t: np.ndarray, sin_t: np.ndarray, amps: np.ndarray, phases: np.ndarray) -> np.ndarray:
     """sum_k amps[k] cos((k+1) theta + phases[k]) via the angle-addition recurrence (no trig)."""
     total = np.zeros_like(cos_t)
     ck, sk = cos_t, sin_t
@@ -328,9 +324,7 @@ def _local_noise(rng: np.random.Generator, frame: _LesionFrame, cell_px: float) 
     return frame.sample(field)
 
 
-def _network(
-    rng: np.random.Generator, frame: _LesionFrame, cell_px: float, sharpness: float
-) -> np.ndarray:
+def _network(rng: np.random.Generator, frame: _LesionFrame, cell_px: float, sharpness: float) -> np.ndarray:
     """A reticular mesh in [0, 1]: 1 on the lines, 0 in the holes.
 
     The zero crossings of one noise field are loose worm-like curves; overlaying those of two
@@ -369,9 +363,7 @@ def _lerp(a: Colour, b: Colour, t: float) -> Colour:
     return (a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t, a[2] + (b[2] - a[2]) * t)
 
 
-def _polar_points(
-    rng: np.random.Generator, shape: _LesionShape, n: int, rho_range: tuple[float, float]
-) -> tuple[np.ndarray, np.ndarray]:
+def _polar_points(rng: np.random.Generator, shape: _LesionShape, n: int, rho_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
     """``n`` points in local coordinates, uniform by area between two fractions of r(theta)."""
     theta = rng.uniform(0.0, 2.0 * math.pi, n)
     lo, hi = rho_range
@@ -513,9 +505,7 @@ def _paint_vasc(rng: np.random.Generator, frame: _LesionFrame, shape: _LesionSha
 _PAINTERS = {"bkl": _paint_bkl, "mel": _paint_mel, "nv": _paint_nv, "vasc": _paint_vasc}
 
 
-def _composite_lesion(
-    albedo: np.ndarray, pigment: np.ndarray, edge: np.ndarray, frame: _LesionFrame
-) -> None:
+def _composite_lesion(albedo: np.ndarray, pigment: np.ndarray, edge: np.ndarray, frame: _LesionFrame) -> None:
     # Signed distance to the border is about r - d, so alpha crosses 0.5 exactly on the mask edge.
     alpha = _smoothstep((frame.radius - frame.dist) / np.maximum(edge, 0.5) + 0.5)
     region = albedo[:, frame.y0 : frame.y1, frame.x0 : frame.x1]
@@ -533,9 +523,7 @@ def _skin_tone(rng: np.random.Generator) -> np.ndarray:
     return np.clip(colour, 0.1, 1.0).astype(np.float32)
 
 
-def _skin_albedo(
-    rng: np.random.Generator, tone: np.ndarray, w: int, h: int, scale: float
-) -> np.ndarray:
+def _skin_albedo(rng: np.random.Generator, tone: np.ndarray, w: int, h: int, scale: float) -> np.ndarray:
     blotch = _noise(rng, (3, 4), (h, w))
     erythema = _noise(rng, (4, 5), (h, w))
     cells = (max(2, round(h / (6.0 * scale))), max(2, round(w / (6.0 * scale))))
@@ -604,9 +592,7 @@ def _draw_artefacts(rng: np.random.Generator, albedo: np.ndarray, scale: float) 
         _mix(albedo, hair_colour, layer)
 
 
-def _draw_hairs(
-    rng: np.random.Generator, draw: ImageDraw.ImageDraw, w: int, h: int, scale: float
-) -> None:
+def _draw_hairs(rng: np.random.Generator, draw: ImageDraw.ImageDraw, w: int, h: int, scale: float) -> None:
     n = int(rng.integers(1, 14))
     for _ in range(n):
         x0, y0 = rng.uniform(-0.1 * w, 1.1 * w), rng.uniform(-0.1 * h, 1.1 * h)
@@ -652,9 +638,7 @@ def _draw_ruler(
         tick_draw.line(line, fill=230, width=tick_w)
 
 
-def _draw_bubbles(
-    rng: np.random.Generator, draw: ImageDraw.ImageDraw, w: int, h: int, scale: float
-) -> None:
+def _draw_bubbles(rng: np.random.Generator, draw: ImageDraw.ImageDraw, w: int, h: int, scale: float) -> None:
     for _ in range(int(rng.integers(1, 6))):
         x, y = rng.uniform(0, w), rng.uniform(0, h)
         r = rng.uniform(3.0, 22.0) * scale

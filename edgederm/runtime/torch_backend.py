@@ -17,7 +17,7 @@ class TorchPredictor(Predictor):
         self.path = path
         self.device = torch.device(device)
         self.model, self.spec = load_checkpoint(path)
-        self.model.to(self.device)
+        self.model.to(self.device, memory_format=torch.channels_last)
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         logits = forward_batches(self.model, pixels, self.spec.preprocess, self.device)

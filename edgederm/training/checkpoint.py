@@ -66,7 +66,9 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
         raise ModelError("not an edgederm checkpoint", path=path, fix="give a run directory, its spec.json or model.safetensors")
     for needed in (weights, spec):
         if not needed.is_file():
-            raise ModelError(f"{needed.name} not found", path=needed.parent, fix="train first (edgederm train ...) or point at the run directory")
+            raise ModelError(
+                f"{needed.name} not found", path=needed.parent, fix="train first (edgederm train ...) or point at the run directory"
+            )
     return weights, spec
 
 

