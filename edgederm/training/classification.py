@@ -211,6 +211,16 @@ def _classifier(model: nn.Module) -> nn.Linear:
     return head
 
 
+@torch.no_grad()
+def _zero_head(model: nn.Module) -> None:
+    # A zero head starts at uniform probabilities (loss = log C); timm's fan-out init of a fresh
+    # head gives logits in the tens on pretrained features and wastes the first epochs.
+    head = _classifier(model)
+    head.weight.zero_()
+    if head.bias is not None:
+        head.bias.zero_()
+
+
 def _features(model: nn.Module):
     def extract(batch: torch.Tensor) -> torch.Tensor:
         return model.forward_head(model.forward_features(batch), pre_logits=True)
@@ -293,6 +303,7 @@ class _Trainer:
             self.log(f"skipped unreadable image: {line}")
 
         model = create_model(config.arch, len(class_names), None if weights == "none" else weights)
+        _zero_head(model)
         model = model.to(context.device, memory_format=torch.channels_last)
         class_weights = _class_weights(train.labels, len(class_names), config.class_weight_power, config.balance).to(context.device)
         criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
