@@ -36,6 +36,7 @@ class ModelSpec:
     training: dict[str, Any] = field(default_factory=dict)  # data summary, recipe, seed
     metrics: dict[str, Any] = field(default_factory=dict)  # reference metrics per split
     source_sha256: str | None = None
+    artifact: dict[str, Any] = field(default_factory=dict)  # set in exported files: format, quant, input/output tensors
     edgederm_version: str = __version__
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     format: int = SPEC_FORMAT

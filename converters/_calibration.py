@@ -1,0 +1,43 @@
+"""Representative inputs for static quantization, through the one Preprocess."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgederm.data.layouts import load_dataset
+from edgederm.data.pixels import load_pixels
+from edgederm.errors import DataError
+from edgederm.preprocess import Preprocess
+
+
+@dataclass
+class Calibration:
+    pixels: np.ndarray  # uint8 (N, S, S, 3) after Preprocess.fit
+    preprocess: Preprocess
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def batches(self, batch_size: int = 1, layout: str = "NCHW") -> Iterator[np.ndarray]:
+        """Normalised float32 batches in the requested layout."""
+        for start in range(0, len(self.pixels), batch_size):
+            array = self.preprocess.normalize(self.pixels[start : start + batch_size])  # preprocess.layout
+            if layout != self.preprocess.layout:
+                array = np.ascontiguousarray(np.moveaxis(array, 1, -1) if layout == "NHWC" else np.moveaxis(array, -1, 1))
+            yield array
+
+
+def load_calibration(spec_data: str, preprocess: Preprocess, n: int = 300, seed: int = 0, quiet: bool = False) -> Calibration:
+    """Up to ``n`` images of ``spec_data``, a seeded random subset, never failing on one bad image."""
+    dataset = load_dataset(spec_data)
+    if len(dataset) > n:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(dataset), n, replace=False))
+        dataset = dataset.subset(chosen.tolist())
+    cache = load_pixels(dataset, preprocess, desc="calibration", quiet=quiet)
+    if not cache.kept:
+        raise DataError("no calibration image could be read", path=spec_data)
+    return Calibration(cache.pixels, preprocess, dataset.spec)

@@ -1,0 +1,169 @@
+"""``edgederm export``: one run directory -> artifacts for every format x quantization, plus manifest.json.
+
+Each artifact is written under a temporary name and renamed into place only when complete, and
+the manifest is rewritten after every artifact, so an interrupted export (or a full disk) leaves
+the earlier artifacts intact and listed. A format that fails becomes a status row with a readable
+message; the other formats still export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import _atomic
+from .errors import EdgedermError, UsageError
+from .formats import FORMATS, Format
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class ArtifactRecord:
+    format: str
+    quant: str
+    path: str | None  # relative to the export directory
+    status: str  # ok | failed | skipped
+    message: str = ""
+    size: int | None = None
+    sha256: str | None = None
+    seconds: float | None = None
+    runtime: str = ""
+
+
+def artifact_sha256(path: Path) -> str:
+    """sha256 of a file, or of a directory artifact (.mlpackage) over its sorted relative paths and bytes."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def artifact_size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def artifact_name(spec_arch: str, fmt: Format, quant: str) -> str:
+    return f"{spec_arch}_{quant}{fmt.suffix}"
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    if tmp.is_dir():
+        if final.exists():
+            old = final.with_name(final.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    else:
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, final)
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) < 400 else text[:397] + "..."
+
+
+def write_manifest(out_dir: Path, run_dir: Path, records: list[ArtifactRecord], spec_sha: str | None) -> None:
+    manifest = {
+        "edgederm_manifest": 1,
+        "source": str(run_dir),
+        "source_sha256": spec_sha,
+        "artifacts": [asdict(r) for r in records],
+    }
+    _atomic.write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+
+def read_manifest(out_dir: Path) -> dict:
+    path = out_dir / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not isinstance(data.get("artifacts"), list):
+            raise ValueError("no artifacts list")
+        return data
+    except FileNotFoundError:
+        raise UsageError("manifest.json not found", fix="give an export directory made by `edgederm export`") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EdgedermError(f"not a valid manifest ({exc})", path=path, fix="re-run `edgederm export`") from None
+
+
+def export_run(
+    run_dir: Path,
+    formats: list[Format],
+    quant_modes: list[str],
+    out_dir: Path,
+    *,
+    calib_data: str | None = None,
+    calib_n: int = 300,
+    options: dict | None = None,
+    quiet: bool = False,
+) -> list[ArtifactRecord]:
+    from .converters._calibration import load_calibration
+    from .converters._job import ExportJob
+
+    from .training.checkpoint import load_checkpoint
+
+    model, spec = load_checkpoint(run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    needs_calibration = "int8" in quant_modes and any("int8" in f.quant_modes for f in formats)
+    calibration = None
+    if needs_calibration:
+        source = calib_data or spec.training.get("data", {}).get("spec")
+        if not source:
+            raise UsageError("int8 export needs representative images", fix="pass --calib-data SPEC (e.g. the training data)")
+        calibration = load_calibration(source, spec.preprocess, n=calib_n, quiet=quiet)
+    records: list[ArtifactRecord] = []
+    for fmt in formats:
+        converter = importlib.import_module(f"edgederm.converters.{fmt.converter}")
+        for quant in quant_modes:
+            if quant not in fmt.quant_modes:
+                records.append(ArtifactRecord(fmt.name, quant, None, "skipped", f"{fmt.name} has no {quant} mode (it has {', '.join(fmt.quant_modes)})"))
+                continue
+            final = out_dir / artifact_name(spec.arch, fmt, quant)
+            tmp_dir = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+            tmp = tmp_dir / final.name  # converters may check the suffix
+            started = time.time()
+            if not quiet:
+                print(f"exporting {fmt.name} {quant} -> {final}", file=sys.stderr, flush=True)
+            try:
+                job = ExportJob(model=model, spec=spec, quant=quant, target=tmp, calibration=calibration, options=dict(options or {}))
+                converter.export(job)
+                if not tmp.exists():
+                    raise RuntimeError(f"the {fmt.name} converter wrote nothing")
+                _move_into_place(tmp, final)
+                record = ArtifactRecord(
+                    fmt.name, quant, final.name, "ok", "", artifact_size(final), artifact_sha256(final), round(time.time() - started, 2), fmt.runtime
+                )
+            except OSError as error:
+                if error.errno == 28:  # ENOSPC: stop, keeping what was written
+                    shutil.rmtree(tmp_dir, ignore_errors=True)
+                    records.append(ArtifactRecord(fmt.name, quant, None, "failed", "no space left on the device"))
+                    write_manifest(out_dir, run_dir, records, spec.source_sha256)
+                    raise EdgedermError("no space left on the device", path=out_dir, fix="free disk space; the artifacts listed in manifest.json are intact") from None
+                record = ArtifactRecord(fmt.name, quant, None, "failed", _one_line(error), seconds=round(time.time() - started, 2))
+            except Exception as error:  # noqa: BLE001 - a failing format is a status row, not a crash
+                record = ArtifactRecord(fmt.name, quant, None, "failed", f"{type(error).__name__}: {_one_line(error)}", seconds=round(time.time() - started, 2))
+            finally:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+            records.append(record)
+            write_manifest(out_dir, run_dir, records, spec.source_sha256)
+            if not quiet:
+                print(f"  {record.status}: {record.message or f'{record.size} bytes in {record.seconds} s'}", file=sys.stderr, flush=True)
+    return records
