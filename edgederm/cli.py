@@ -84,6 +84,21 @@ def _add_predict(sub) -> None:
         p.set_defaults(handler=handler)
 
 
+def _add_export(sub) -> None:
+    from .formats import FORMATS, QUANT_MODES
+
+    p = sub.add_parser("export", help="export a run to TFLite / ONNX / CoreML artifacts + manifest.json")
+    p.add_argument("run_dir", type=Path, help="a run directory (model.safetensors + spec.json)")
+    p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated, from {', '.join(FORMATS)}")
+    p.add_argument("--quant", default="fp32,fp16,int8", help=f"comma-separated, from {', '.join(QUANT_MODES)}")
+    p.add_argument("--calib-data", help="representative images for int8 (default: the run's training data)")
+    p.add_argument("--calib-n", type=int, default=300)
+    p.add_argument("--nchw", action="store_true", help="TFLite: keep NCHW input instead of the phone-friendly NHWC")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=cmd_export)
+
+
 def _add_quickstart(sub) -> None:
     p = sub.add_parser("quickstart", help="the embedded default: synthetic data -> train -> evaluate -> predict -> report, offline")
     p.add_argument("--out", type=Path, default=Path("runs/quickstart"))
@@ -103,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(sub)
     _add_train(sub)
     _add_predict(sub)
+    _add_export(sub)
     _add_quickstart(sub)
     return parser
 
@@ -199,6 +215,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_and_report(predictions, args.out, model=args.model)
     print(f"wrote {report}", file=sys.stderr)
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+    from .formats import parse_formats, parse_quant_modes
+
+    formats, quants = parse_formats(args.formats), parse_quant_modes(args.quant)
+    if args.calib_n < 1:
+        raise UsageError("--calib-n must be at least 1")
+    records = export_run(
+        args.run_dir,
+        formats,
+        quants,
+        args.out,
+        calib_data=args.calib_data,
+        calib_n=args.calib_n,
+        options={"nhwc": not args.nchw},
+        quiet=args.quiet,
+    )
+    print(f"{'format':8} {'quant':13} {'status':8} {'size':>10} {'seconds':>8}  path / message")
+    for r in records:
+        size = f"{r.size / 1e6:.2f} MB" if r.size else ""
+        print(f"{r.format:8} {r.quant:13} {r.status:8} {size:>10} {r.seconds or '':>8}  {r.path or r.message}")
+    failed = [r for r in records if r.status == "failed"]
+    return 1 if failed else 0
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:

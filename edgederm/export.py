@@ -8,7 +8,6 @@ message; the other formats still export.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -21,9 +20,8 @@ from pathlib import Path
 
 from . import _atomic
 from .errors import EdgedermError, UsageError
-from .formats import FORMATS, Format
-
-MANIFEST = "manifest.json"
+from .formats import Format
+from .manifest import MANIFEST, artifact_sha256, artifact_size
 
 
 @dataclass
@@ -37,23 +35,6 @@ class ArtifactRecord:
     sha256: str | None = None
     seconds: float | None = None
     runtime: str = ""
-
-
-def artifact_sha256(path: Path) -> str:
-    """sha256 of a file, or of a directory artifact (.mlpackage) over its sorted relative paths and bytes."""
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        if path.is_dir():
-            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def artifact_size(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def artifact_name(spec_arch: str, fmt: Format, quant: str) -> str:
@@ -91,19 +72,6 @@ def write_manifest(out_dir: Path, run_dir: Path, records: list[ArtifactRecord], 
     _atomic.write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
-def read_manifest(out_dir: Path) -> dict:
-    path = out_dir / MANIFEST
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or not isinstance(data.get("artifacts"), list):
-            raise ValueError("no artifacts list")
-        return data
-    except FileNotFoundError:
-        raise UsageError("manifest.json not found", fix="give an export directory made by `edgederm export`") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise EdgedermError(f"not a valid manifest ({exc})", path=path, fix="re-run `edgederm export`") from None
-
-
 def export_run(
     run_dir: Path,
     formats: list[Format],
@@ -117,7 +85,6 @@ def export_run(
 ) -> list[ArtifactRecord]:
     from .converters._calibration import load_calibration
     from .converters._job import ExportJob
-
     from .training.checkpoint import load_checkpoint
 
     model, spec = load_checkpoint(run_dir)
@@ -134,7 +101,11 @@ def export_run(
         converter = importlib.import_module(f"edgederm.converters.{fmt.converter}")
         for quant in quant_modes:
             if quant not in fmt.quant_modes:
-                records.append(ArtifactRecord(fmt.name, quant, None, "skipped", f"{fmt.name} has no {quant} mode (it has {', '.join(fmt.quant_modes)})"))
+                records.append(
+                    ArtifactRecord(
+                        fmt.name, quant, None, "skipped", f"{fmt.name} has no {quant} mode (it has {', '.join(fmt.quant_modes)})"
+                    )
+                )
                 continue
             final = out_dir / artifact_name(spec.arch, fmt, quant)
             tmp_dir = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
@@ -149,17 +120,29 @@ def export_run(
                     raise RuntimeError(f"the {fmt.name} converter wrote nothing")
                 _move_into_place(tmp, final)
                 record = ArtifactRecord(
-                    fmt.name, quant, final.name, "ok", "", artifact_size(final), artifact_sha256(final), round(time.time() - started, 2), fmt.runtime
+                    fmt.name,
+                    quant,
+                    final.name,
+                    "ok",
+                    "",
+                    artifact_size(final),
+                    artifact_sha256(final),
+                    round(time.time() - started, 2),
+                    fmt.runtime,
                 )
             except OSError as error:
                 if error.errno == 28:  # ENOSPC: stop, keeping what was written
                     shutil.rmtree(tmp_dir, ignore_errors=True)
                     records.append(ArtifactRecord(fmt.name, quant, None, "failed", "no space left on the device"))
                     write_manifest(out_dir, run_dir, records, spec.source_sha256)
-                    raise EdgedermError("no space left on the device", path=out_dir, fix="free disk space; the artifacts listed in manifest.json are intact") from None
+                    raise EdgedermError(
+                        "no space left on the device", path=out_dir, fix="free disk space; the artifacts listed in manifest.json are intact"
+                    ) from None
                 record = ArtifactRecord(fmt.name, quant, None, "failed", _one_line(error), seconds=round(time.time() - started, 2))
             except Exception as error:  # noqa: BLE001 - a failing format is a status row, not a crash
-                record = ArtifactRecord(fmt.name, quant, None, "failed", f"{type(error).__name__}: {_one_line(error)}", seconds=round(time.time() - started, 2))
+                record = ArtifactRecord(
+                    fmt.name, quant, None, "failed", f"{type(error).__name__}: {_one_line(error)}", seconds=round(time.time() - started, 2)
+                )
             finally:
                 shutil.rmtree(tmp_dir, ignore_errors=True)
             records.append(record)

@@ -18,6 +18,7 @@ class Format:
     quant_modes: tuple[str, ...]  # the first is the reference precision of the format
     runtime: str  # what reads it (see edgederm.runtime)
     converter: str  # module under edgederm.converters with export(...)
+    backend: str  # "module:Class" under edgederm.runtime that reads it
     runs_on_linux: bool = True
 
 
@@ -35,14 +36,22 @@ QUANT_MODES: dict[str, str] = {
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
-        Format("tflite", ".tflite", ("fp32", "fp16", "int8-dynamic", "int8"), "tflite_runtime or ai_edge_litert", "tflite"),
-        Format("onnx", ".onnx", ("fp32", "fp16", "int8"), "onnxruntime", "onnx"),
+        Format(
+            "tflite",
+            ".tflite",
+            ("fp32", "fp16", "int8-dynamic", "int8"),
+            "tflite_runtime or ai_edge_litert",
+            "tflite",
+            "tflite_backend:TFLitePredictor",
+        ),
+        Format("onnx", ".onnx", ("fp32", "fp16", "int8"), "onnxruntime", "onnx", "onnx_backend:OnnxPredictor"),
         Format(
             "coreml",
             ".mlpackage",
             ("fp32", "fp16", "int8-weights", "palettize4", "palettize6", "palettize8", "int8"),
             "coremltools (macOS/iOS only)",
             "coreml",
+            "coreml_backend:CoreMLPredictor",
             runs_on_linux=False,
         ),
     )

@@ -7,6 +7,7 @@ travels with the model, so the caller never passes a size, a mean or a class lis
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ModelError
+from ..formats import FORMATS, format_for_path
+from ..manifest import verify_against_manifest
 from ..spec import ModelSpec
 
 
@@ -22,10 +25,20 @@ class Predictor(ABC):
     path: Path
 
     @staticmethod
-    def load(path: str | Path, *, device: str = "cpu") -> Predictor:
+    def load(path: str | Path, *, device: str = "cpu", threads: int | None = None) -> Predictor:
+        """The backend is the FORMATS table's for the suffix; a run dir or checkpoint uses torch.
+
+        An artifact listed in a manifest.json beside it is checked against its sha256 first.
+        """
         path = Path(path)
         if not path.exists():
             raise ModelError("no such model file or run directory", path=path)
+        fmt = format_for_path(path.name)
+        if fmt is not None:
+            verify_against_manifest(path)
+            module_name, class_name = fmt.backend.split(":")
+            backend = getattr(importlib.import_module(f"{__package__}.{module_name}"), class_name)
+            return backend(path, threads=threads)
         if path.is_dir() or path.suffix in (".safetensors", ".json"):
             from .torch_backend import TorchPredictor
 
@@ -33,7 +46,7 @@ class Predictor(ABC):
         raise ModelError(
             f"unsupported model format {path.suffix or '(no suffix)'!r}",
             path=path,
-            fix="give a run directory or its model.safetensors/spec.json",
+            fix=f"give a run directory, its model.safetensors, or an exported {', '.join(f.suffix for f in FORMATS.values())} file",
         )
 
     @abstractmethod

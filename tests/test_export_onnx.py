@@ -1,0 +1,157 @@
+"""ONNX export (fp32, fp16, static int8) of a tiny trained run, read back with onnxruntime."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import cli_env
+from edgederm.converters._calibration import load_calibration
+from edgederm.converters._job import ConversionError, ExportJob
+from edgederm.converters._metadata import SPEC_KEY, metadata_strings
+
+from edgederm.errors import ModelError
+from edgederm.export import export_run
+from edgederm.formats import FORMATS
+from edgederm.manifest import artifact_sha256, read_manifest
+from edgederm.runtime import Predictor
+from edgederm.runtime.onnx_backend import OnnxPredictor
+from edgederm.spec import ModelSpec
+
+MODES = ("fp32", "fp16", "int8")
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run: Path, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("onnx_export")
+    records = export_run(trained_run, [FORMATS["onnx"]], list(MODES), out, calib_data="synthetic:40,seed=5", calib_n=40, quiet=True)
+    assert [(r.quant, r.status, r.message) for r in records] == [(mode, "ok", "") for mode in MODES]
+    return {r.quant: out / r.path for r in records}
+
+
+@pytest.fixture(scope="module")
+def pixels(trained_run: Path) -> np.ndarray:
+    """40 synthetic images (not the calibration ones) through the run's Preprocess.fit."""
+    spec = ModelSpec.load(trained_run / "spec.json")
+    return load_calibration("synthetic:40,seed=9", spec.preprocess, n=40, quiet=True).pixels
+
+
+@pytest.fixture(scope="module")
+def reference(trained_run: Path, pixels: np.ndarray) -> np.ndarray:
+    return Predictor.load(trained_run).predict_pixels(pixels)
+
+
+def test_quantized_files_are_smaller(exported: dict[str, Path]):
+    size = {mode: path.stat().st_size for mode, path in exported.items()}
+    assert size["fp16"] < 0.6 * size["fp32"]
+    assert size["int8"] < 0.35 * size["fp32"]
+
+
+def test_manifest_hashes_match_the_files(exported: dict[str, Path]):
+    manifest = read_manifest(exported["fp32"].parent)
+    rows = {row["quant"]: row for row in manifest["artifacts"]}
+    for mode, path in exported.items():
+        assert rows[mode]["sha256"] == artifact_sha256(path)
+        assert rows[mode]["size"] == path.stat().st_size and rows[mode]["runtime"] == "onnxruntime"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_spec_travels_in_the_file(exported: dict[str, Path], trained_run: Path, mode: str):
+    run_spec = ModelSpec.load(trained_run / "spec.json")
+    model = onnx.load(exported[mode])
+    props = {p.key: p.value for p in model.metadata_props}
+    from_props = ModelSpec.from_json(props[SPEC_KEY])
+    predictor = Predictor.load(exported[mode], threads=1)
+    assert isinstance(predictor, OnnxPredictor) and predictor.backend_name == "onnxruntime" and predictor.path == exported[mode]
+    for spec in (from_props, predictor.spec):
+        assert spec.class_names == run_spec.class_names and spec.preprocess == run_spec.preprocess
+        assert spec.output == "probabilities" and spec.source_sha256 == run_spec.source_sha256
+        assert spec.artifact["format"] == "onnx" and spec.artifact["quant"] == mode
+        assert spec.artifact["input"] == {"name": "image", "layout": "NCHW", "dtype": "float32", "shape": [-1, 3, 64, 64]}
+        assert spec.artifact["output"] == {"name": "probabilities", "dtype": "float32", "shape": [-1, run_spec.num_classes]}
+    assert set(props) == set(metadata_strings(from_props)) and props["labels"] == ",".join(run_spec.class_names)
+    assert model.producer_name == "edgederm" and "edgederm" in model.doc_string
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+
+
+@pytest.mark.parametrize("mode,max_gap", [("fp32", 1e-4), ("fp16", 1e-2)])
+def test_float_models_agree_with_torch(exported: dict[str, Path], pixels: np.ndarray, reference: np.ndarray, mode: str, max_gap: float):
+    probabilities = Predictor.load(exported[mode], threads=1).predict_pixels(pixels)
+    assert probabilities.shape == reference.shape == (40, 4)
+    assert np.abs(probabilities - reference).max() < max_gap
+
+
+def test_int8_model_keeps_the_top_class(exported: dict[str, Path], pixels: np.ndarray, reference: np.ndarray):
+    probabilities = Predictor.load(exported["int8"], threads=1).predict_pixels(pixels)
+    assert np.allclose(probabilities.sum(1), 1.0, atol=1e-4)
+    assert (probabilities.argmax(1) == reference.argmax(1)).mean() >= 0.9
+
+
+def test_int8_graph_is_qdq_with_uint8_activations_and_per_channel_weights(exported: dict[str, Path]):
+    graph = onnx.load(exported["int8"]).graph
+    initializers = {t.name: t for t in graph.initializer}
+    ops = [node.op_type for node in graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    activation_zero_points = [initializers[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert activation_zero_points and all(z.data_type == onnx.TensorProto.UINT8 for z in activation_zero_points)
+    conv_weights = {n.input[1] for n in graph.node if n.op_type == "Conv"}
+    weight_dequantizers = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] in conv_weights]
+    assert weight_dequantizers
+    for node in weight_dequantizers:
+        assert initializers[node.input[0]].data_type == onnx.TensorProto.INT8
+        assert len(initializers[node.input[1]].dims) == 1 and initializers[node.input[1]].dims[0] > 1  # one scale per channel
+    (last,) = [n for n in graph.node if graph.output[0].name in n.output]
+    assert last.op_type == "Softmax"  # the probabilities are not quantized
+
+
+def test_fp16_model_has_fp16_weights_and_float32_io(exported: dict[str, Path]):
+    model = onnx.load(exported["fp16"])
+    kinds = [t.data_type for t in model.graph.initializer if len(t.dims) == 4]
+    assert kinds and all(kind == onnx.TensorProto.FLOAT16 for kind in kinds)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_truncated_file_is_one_line_naming_it(exported: dict[str, Path], tmp_path: Path):
+    data = exported["fp32"].read_bytes()
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="broken.onnx") as caught:
+        Predictor.load(broken)
+    assert "\n" not in str(caught.value)
+
+
+def test_onnx_without_edgederm_metadata_is_refused(exported: dict[str, Path], tmp_path: Path):
+    model = onnx.load(exported["fp32"])
+    del model.metadata_props[:]
+    plain = tmp_path / "plain.onnx"
+    onnx.save(model, plain)
+    with pytest.raises(ModelError, match=r"plain\.onnx.*no edgederm metadata"):
+        OnnxPredictor(plain)
+
+
+def test_int8_without_calibration_is_a_conversion_error(trained_run: Path, tmp_path: Path):
+    from edgederm.converters import onnx as onnx_converter
+
+    from edgederm.training.checkpoint import load_checkpoint
+
+    model, spec = load_checkpoint(trained_run)
+    with pytest.raises(ConversionError, match="calibration"):
+        onnx_converter.export(ExportJob(model=model, spec=spec, quant="int8", target=tmp_path / "m.onnx"))
+
+
+def test_onnx_runtime_does_not_import_torch(exported: dict[str, Path]):
+    code = (
+        "import sys, numpy as np\n"
+        "import edgederm.runtime\n"
+        "from edgederm.runtime import Predictor\n"
+        f"p = Predictor.load({str(exported['int8'])!r}, threads=1)\n"
+        "assert p.predict_pixels(np.zeros((2, 64, 64, 3), np.uint8)).shape == (2, 4)\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=120)
+    assert result.returncode == 0, result.stderr

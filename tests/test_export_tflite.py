@@ -1,0 +1,237 @@
+"""TFLite export end to end: every quant mode, the spec and MediaPipe metadata inside the file, the runtime.
+
+The run is a head-trained ImageNet EfficientNet-Lite0 at 64 px: a random-init MobileNetV3 trained
+for a few epochs predicts one class for every image with margins of ~0.004, below the int8 output
+resolution (1/256), so its int8 top-1 agreement would be decided by ties rather than by the export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from edgederm.converters._calibration import load_calibration
+from edgederm.converters._job import ConversionError, ExportJob
+from edgederm.converters._metadata import LABELS_FILE, SPEC_FILE, SPEC_KEY
+
+from edgederm.errors import ModelError
+from edgederm.export import export_run
+from edgederm.formats import FORMATS
+from edgederm.manifest import read_manifest
+from edgederm.runtime import Predictor
+from edgederm.runtime.tflite_backend import TFLITE_METADATA, TFLitePredictor, read_tflite_metadata
+from edgederm.spec import ModelSpec
+from edgederm.training.checkpoint import load_checkpoint
+from edgederm.training.classification import TrainConfig, train_classifier
+
+MODES = ["fp32", "fp16", "int8-dynamic", "int8"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tflite") / "run"
+    train_classifier(
+        TrainConfig(data="synthetic:60,seed=4", out=out, arch="efficientnet_lite0", img_size=64, mode="head", epochs=5, quiet=True)
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir: Path) -> tuple[Path, dict]:
+    out = run_dir.parent / "export"
+    records = export_run(run_dir, [FORMATS["tflite"]], MODES, out, calib_data="synthetic:40,seed=5", calib_n=40, quiet=True)
+    return out, {r.quant: r for r in records}
+
+
+@pytest.fixture(scope="module")
+def pixels(run_dir: Path) -> np.ndarray:
+    """40 synthetic lesions that were not among the calibration images, through Preprocess.fit."""
+    return load_calibration("synthetic:40,seed=6", ModelSpec.load(run_dir / "spec.json").preprocess, n=40, quiet=True).pixels
+
+
+@pytest.fixture(scope="module")
+def reference(run_dir: Path, pixels: np.ndarray) -> np.ndarray:
+    return Predictor.load(run_dir).predict_pixels(pixels)
+
+
+def test_every_mode_exports_a_file(exported):
+    out, records = exported
+    assert list(records) == MODES
+    for quant, record in records.items():
+        assert record.status == "ok", (quant, record.message)
+        assert (out / record.path).is_file() and record.path.endswith(f"_{quant}.tflite")
+
+
+def test_quantized_files_are_smaller(exported):
+    _, records = exported
+    fp32 = records["fp32"].size
+    assert records["fp16"].size < 0.6 * fp32
+    assert records["int8-dynamic"].size < 0.35 * fp32
+    assert records["int8"].size < 0.35 * fp32
+
+
+def test_manifest_sha256_matches_the_files(exported):
+    out, _ = exported
+    artifacts = read_manifest(out)["artifacts"]
+    assert len(artifacts) == len(MODES)
+    for artifact in artifacts:
+        data = (out / artifact["path"]).read_bytes()
+        assert artifact["sha256"] == hashlib.sha256(data).hexdigest()
+        assert artifact["size"] == len(data)
+
+
+def test_the_spec_travels_inside_each_file(exported, run_dir: Path):
+    out, records = exported
+    run_spec = ModelSpec.load(run_dir / "spec.json")
+    for quant, record in records.items():
+        spec = ModelSpec.from_json(read_tflite_metadata((out / record.path).read_bytes())[SPEC_KEY].decode())
+        assert spec.class_names == run_spec.class_names and spec.preprocess == run_spec.preprocess
+        assert spec.output == "probabilities" and spec.source_sha256 == run_spec.source_sha256
+        assert spec.artifact["format"] == "tflite" and spec.artifact["quant"] == quant
+        side = run_spec.preprocess.input_size
+        assert spec.artifact["input"]["layout"] == "NHWC" and spec.artifact["input"]["shape"] == [1, side, side, 3]
+        assert spec.artifact["input"]["dtype"] == "float32" and spec.artifact["output"]["dtype"] == "float32"
+        assert spec.artifact["output"]["shape"] == [1, run_spec.num_classes]
+
+
+def test_standard_tflite_metadata_and_associated_files(exported, run_dir: Path):
+    out, records = exported
+    run_spec = ModelSpec.load(run_dir / "spec.json")
+    for record in records.values():
+        data = (out / record.path).read_bytes()
+        metadata = read_tflite_metadata(data)
+        assert metadata[TFLITE_METADATA][4:8] == b"M001"  # a metadata_schema.fbs ModelMetadata flatbuffer
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            assert archive.read(LABELS_FILE).decode().split() == run_spec.class_names
+            assert archive.read(SPEC_FILE) == metadata[SPEC_KEY]
+
+
+def test_tflite_predictor_matches_torch(exported, pixels: np.ndarray, reference: np.ndarray):
+    out, records = exported
+    top1 = reference.argmax(1)
+    assert len(set(top1)) > 1  # the check below means something only if the model tells images apart
+    for quant, record in records.items():
+        predictor = Predictor.load(out / record.path, threads=1)
+        assert isinstance(predictor, TFLitePredictor) and predictor.backend_name in ("tflite_runtime", "ai_edge_litert")
+        probabilities = predictor.predict_pixels(pixels)
+        assert probabilities.shape == reference.shape and np.allclose(probabilities.sum(1), 1.0, atol=2e-2)
+        agreement = np.mean(probabilities.argmax(1) == top1)
+        if quant == "fp32":
+            assert np.abs(probabilities - reference).max() < 1e-4
+        elif quant == "fp16":
+            assert np.abs(probabilities - reference).max() < 1e-2
+        assert agreement >= 0.9, (quant, agreement)
+
+
+def test_int8_input_output_are_quantized_on_request(run_dir: Path, tmp_path: Path, pixels: np.ndarray, reference: np.ndarray):
+    records = export_run(
+        run_dir,
+        [FORMATS["tflite"]],
+        ["int8"],
+        tmp_path,
+        calib_data="synthetic:40,seed=5",
+        calib_n=40,
+        options={"int8_io": True},
+        quiet=True,
+    )
+    assert records[0].status == "ok", records[0].message
+    predictor = Predictor.load(tmp_path / records[0].path)
+    model_input, model_output = predictor.spec.artifact["input"], predictor.spec.artifact["output"]
+    assert model_input["dtype"] == "int8" and model_input["quantization"]["scale"] > 0
+    assert model_output["dtype"] == "int8" and model_output["quantization"] == {"scale": 1 / 256, "zero_point": -128}
+    assert np.mean(predictor.predict_pixels(pixels).argmax(1) == reference.argmax(1)) >= 0.9
+
+
+def test_nchw_input_on_request(run_dir: Path, tmp_path: Path, pixels: np.ndarray, reference: np.ndarray):
+    records = export_run(run_dir, [FORMATS["tflite"]], ["fp32"], tmp_path, options={"nhwc": False}, quiet=True)
+    assert records[0].status == "ok", records[0].message
+    predictor = Predictor.load(tmp_path / records[0].path)
+    side = predictor.spec.preprocess.input_size
+    assert predictor.spec.artifact["input"]["layout"] == "NCHW" and predictor.spec.artifact["input"]["shape"] == [1, 3, side, side]
+    assert TFLITE_METADATA not in read_tflite_metadata((tmp_path / records[0].path).read_bytes())  # MediaPipe takes NHWC only
+    assert np.abs(predictor.predict_pixels(pixels) - reference).max() < 1e-4
+
+
+def test_the_runtime_reads_the_file_without_torch(exported):
+    out, records = exported
+    code = (
+        "import sys, numpy as np\n"
+        "from edgederm.runtime import Predictor\n"
+        "p = Predictor.load(sys.argv[1])\n"
+        "side = p.spec.preprocess.input_size\n"
+        "print(p.predict_pixels(np.zeros((2, side, side, 3), np.uint8)).shape, p.spec.artifact['quant'], 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(out / records["int8"].path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "(2, 4) int8 False"
+
+
+def test_a_tflite_runtime_that_fails_beside_numpy_2_falls_back_to_ai_edge_litert(exported, monkeypatch):
+    from edgederm.runtime import tflite_backend
+
+    class NumpyOneBuild:  # what tflite-runtime 2.14 does beside numpy 2: imports, then fails on first use
+        def __init__(self, **kwargs):
+            raise SystemError("<built-in method CreateWrapperFromBuffer> returned a result with an exception set")
+
+    real = tflite_backend._interpreter_class
+    monkeypatch.setattr(tflite_backend, "_interpreter_class", lambda name: NumpyOneBuild if name == "tflite_runtime" else real(name))
+    monkeypatch.setattr(tflite_backend, "_BROKEN_RUNTIMES", set())
+    out, records = exported
+    predictor = Predictor.load(out / records["fp32"].path)
+    assert predictor.backend_name == "ai_edge_litert" and tflite_backend._BROKEN_RUNTIMES == {"tflite_runtime"}
+
+
+@pytest.mark.parametrize("keep", [0, 7, 300, 0.5, -200, -1])
+def test_truncated_file_is_a_model_error_naming_it(exported, tmp_path: Path, keep):
+    out, records = exported
+    data = (out / records["int8"].path).read_bytes()
+    cut = int(len(data) * keep) if isinstance(keep, float) else (keep if keep >= 0 else len(data) + keep)
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(data[:cut])
+    with pytest.raises(ModelError) as caught:
+        Predictor.load(broken)
+    message = str(caught.value)
+    assert str(broken) in message and "\n" not in message
+
+
+def test_a_tflite_without_edgederm_metadata_is_refused(exported, tmp_path: Path):
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    out, records = exported
+    tree = flatbuffer_utils.read_model_from_bytearray(bytearray((out / records["fp32"].path).read_bytes()))
+    tree.metadata = [entry for entry in tree.metadata if entry.name not in (SPEC_KEY, SPEC_KEY.encode())]
+    foreign = tmp_path / "foreign.tflite"
+    foreign.write_bytes(flatbuffer_utils.convert_object_to_bytearray(tree))
+    with pytest.raises(ModelError, match=f"no edgederm metadata .{SPEC_KEY}."):
+        Predictor.load(foreign)
+
+
+def test_int8_without_calibration_and_unknown_modes_fail_readably(run_dir: Path, tmp_path: Path):
+    from edgederm.converters import tflite
+
+    model, spec = load_checkpoint(run_dir)
+    with pytest.raises(ConversionError, match="calibration"):
+        tflite.export(ExportJob(model=model, spec=spec, quant="int8", target=tmp_path / "m.tflite"))
+    with pytest.raises(ConversionError, match="no 'palettize4' mode"):
+        tflite.export(ExportJob(model=model, spec=spec, quant="palettize4", target=tmp_path / "m.tflite"))
+    assert not (tmp_path / "m.tflite").exists()
+
+
+def test_a_conversion_failure_is_one_line(run_dir: Path, tmp_path: Path, monkeypatch):
+    import litert_torch
+    from edgederm.converters import tflite
+
+    def broken_convert(*args, **kwargs):
+        raise RuntimeError("unsupported op aten::frobnicate\nlong MLIR dump ...")
+
+    monkeypatch.setattr(litert_torch, "convert", broken_convert)
+    model, spec = load_checkpoint(run_dir)
+    with pytest.raises(ConversionError) as caught:
+        tflite.export(ExportJob(model=model, spec=spec, quant="fp32", target=tmp_path / "m.tflite"))
+    assert str(caught.value) == "TFLite fp32 conversion failed: RuntimeError: unsupported op aten::frobnicate"
