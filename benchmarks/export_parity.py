@@ -1,0 +1,135 @@
+"""Export runs to every format x {fp32, fp16, int8} and check each artifact against torch fp32.
+
+    python benchmarks/export_parity.py --run runs/reference --run runs/mnv3_isic \
+        [--eval-data isic2017:../shared/data/isic2017/val] [--calib-data isic2017:../shared/data/isic2017/train]
+
+Writes benchmarks/results/export_times.{json,md} (seconds per artifact, same machine, one run)
+and benchmarks/results/export_parity.{json,md}: for every TFLite and ONNX artifact, top-1
+agreement with the torch reference on the evaluation images, max |delta prob|, and size against
+fp32. CoreML artifacts are exported and timed, but coremltools cannot run them on Linux.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+SHARED = REPO.parent / "shared" / "data"
+TARGETS = {"agreement_fp": 0.99, "agreement_int8": 0.97, "int8_size_ratio": 0.30, "total_export_seconds": 300}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, action="append", required=True, help="a run directory (repeat for several)")
+    parser.add_argument("--eval-data", default=f"isic2017:{SHARED / 'isic2017' / 'val'}")
+    parser.add_argument("--calib-data", default=f"isic2017:{SHARED / 'isic2017' / 'train'}")
+    parser.add_argument("--calib-n", type=int, default=100)
+    parser.add_argument("--quant", default="fp32,fp16,int8")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "export_parity")
+    args = parser.parse_args(argv)
+
+    from edgederm.data.layouts import load_dataset
+    from edgederm.data.pixels import load_pixels
+    from edgederm.export import export_run
+    from edgederm.formats import FORMATS, parse_quant_modes
+    from edgederm.runtime import Predictor
+
+    quants = parse_quant_modes(args.quant)
+    eval_set = load_dataset(args.eval_data)
+    times, parity = [], []
+    for run in args.run:
+        reference = Predictor.load(run)
+        arch = reference.spec.arch
+        pixels = load_pixels(eval_set, reference.spec.preprocess, desc="eval", quiet=True).pixels
+        reference_probs = reference.predict_pixels(pixels)
+        out = args.out / run.name
+        started = time.time()
+        records = export_run(run, list(FORMATS.values()), quants, out, calib_data=args.calib_data, calib_n=args.calib_n, quiet=True)
+        print(f"{arch}: exported {len(records)} artifacts in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
+        sizes = {(r.format, r.quant): r.size for r in records if r.status == "ok"}
+        for record in records:
+            times.append({"model": arch, "run": str(run), **{k: getattr(record, k) for k in ("format", "quant", "status", "seconds", "size", "message")}})
+            if record.status != "ok" or not FORMATS[record.format].runs_on_linux:
+                continue
+            predictor = Predictor.load(out / record.path, threads=1)
+            probs = predictor.predict_pixels(pixels)
+            fp32_size = sizes.get((record.format, "fp32"))
+            parity.append(
+                {
+                    "model": arch,
+                    "format": record.format,
+                    "quant": record.quant,
+                    "backend": getattr(predictor, "backend_name", ""),
+                    "images": len(pixels),
+                    "top1_agreement": float((probs.argmax(1) == reference_probs.argmax(1)).mean()),
+                    "max_abs_dprob": float(np.abs(probs - reference_probs).max()),
+                    "size": record.size,
+                    "size_vs_fp32": record.size / fp32_size if fp32_size else None,
+                }
+            )
+    command = "python benchmarks/export_parity.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    machine = {"platform": platform.platform(), "python": platform.python_version()}
+    total = sum(t["seconds"] or 0 for t in times)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "export_times.json").write_text(json.dumps({"command": command, "machine": machine, "total_seconds": total, "artifacts": times}, indent=2) + "\n")
+    (RESULTS / "export_parity.json").write_text(
+        json.dumps({"command": command, "machine": machine, "eval_data": args.eval_data, "targets": TARGETS, "artifacts": parity}, indent=2) + "\n"
+    )
+    (RESULTS / "export_times.md").write_text(_times_markdown(command, times, total))
+    (RESULTS / "export_parity.md").write_text(_parity_markdown(command, args.eval_data, parity))
+    return 0
+
+
+def _times_markdown(command: str, times: list[dict], total: float) -> str:
+    lines = [
+        "# Export time per artifact",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Total: {total:.0f} s (target: {TARGETS['total_export_seconds']} s for both models). One run, this 2-core CPU.",
+        "",
+        "| model | format | quant | status | seconds | size (MB) | note |",
+        "|---|---|---|---|---:|---:|---|",
+    ]
+    for t in times:
+        size = f"{t['size'] / 1e6:.2f}" if t["size"] else ""
+        lines.append(f"| {t['model']} | {t['format']} | {t['quant']} | {t['status']} | {t['seconds'] or ''} | {size} | {t['message']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _parity_markdown(command: str, eval_data: str, parity: list[dict]) -> str:
+    lines = [
+        "# Exported artifacts against the torch fp32 reference",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Images: `{eval_data}`. Targets: top-1 agreement >= {TARGETS['agreement_fp']:.0%} (fp32/fp16), >= {TARGETS['agreement_int8']:.0%} (int8); "
+        f"int8 size <= {TARGETS['int8_size_ratio']}x fp32. CoreML is exported but cannot run on Linux, so it is not in this table.",
+        "",
+        "| model | format | quant | runtime | top-1 agreement | max abs dprob | size (MB) | size vs fp32 | target met |",
+        "|---|---|---|---|---:|---:|---:|---:|:---:|",
+    ]
+    for p in parity:
+        int8 = p["quant"].startswith("int8")
+        met = p["top1_agreement"] >= (TARGETS["agreement_int8"] if int8 else TARGETS["agreement_fp"])
+        if p["quant"] == "int8" and p["size_vs_fp32"] is not None:
+            met = met and p["size_vs_fp32"] <= TARGETS["int8_size_ratio"]
+        ratio = "" if p["size_vs_fp32"] is None else f"{p['size_vs_fp32']:.2f}"
+        lines.append(
+            f"| {p['model']} | {p['format']} | {p['quant']} | {p['backend']} | {p['top1_agreement']:.3f} | {p['max_abs_dprob']:.4f} | "
+            f"{p['size'] / 1e6:.2f} | {ratio} | {'yes' if met else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
