@@ -57,7 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{arch}: exported {len(records)} artifacts in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
         sizes = {(r.format, r.quant): r.size for r in records if r.status == "ok"}
         for record in records:
-            times.append({"model": arch, "run": str(run), **{k: getattr(record, k) for k in ("format", "quant", "status", "seconds", "size", "message")}})
+            times.append(
+                {
+                    "model": arch,
+                    "run": str(run),
+                    **{k: getattr(record, k) for k in ("format", "quant", "status", "seconds", "size", "message")},
+                }
+            )
             if record.status != "ok" or not FORMATS[record.format].runs_on_linux:
                 continue
             predictor = Predictor.load(out / record.path, threads=1)
@@ -80,9 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     machine = {"platform": platform.platform(), "python": platform.python_version()}
     total = sum(t["seconds"] or 0 for t in times)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "export_times.json").write_text(json.dumps({"command": command, "machine": machine, "total_seconds": total, "artifacts": times}, indent=2) + "\n")
+    (RESULTS / "export_times.json").write_text(
+        json.dumps({"command": command, "machine": machine, "total_seconds": total, "artifacts": times}, indent=2) + "\n"
+    )
     (RESULTS / "export_parity.json").write_text(
-        json.dumps({"command": command, "machine": machine, "eval_data": args.eval_data, "targets": TARGETS, "artifacts": parity}, indent=2) + "\n"
+        json.dumps({"command": command, "machine": machine, "eval_data": args.eval_data, "targets": TARGETS, "artifacts": parity}, indent=2)
+        + "\n"
     )
     (RESULTS / "export_times.md").write_text(_times_markdown(command, times, total))
     (RESULTS / "export_parity.md").write_text(_parity_markdown(command, args.eval_data, parity))

@@ -11,7 +11,13 @@ from .report import write_classification_report
 
 
 def evaluate_and_report(
-    predictions: Predictions, out_dir: Path, *, model: Path, title: str | None = None, extra_lines: list[str] | None = None
+    predictions: Predictions,
+    out_dir: Path,
+    *,
+    model: Path,
+    title: str | None = None,
+    extra_lines: list[str] | None = None,
+    appendix_lines: list[str] | None = None,
 ) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = labelled_metrics(predictions)
@@ -29,4 +35,5 @@ def evaluate_and_report(
         title=title or f"edgederm evaluation: {model}",
         context_lines=[f"- Model: `{model}`", f"- Data: `{predictions.dataset.spec}`", *(extra_lines or [])],
         metrics_csv=metrics_csv,
+        appendix_lines=appendix_lines,
     )

@@ -116,6 +116,7 @@ def write_classification_report(
     title: str,
     context_lines: list[str],
     metrics_csv: Path | None = None,
+    appendix_lines: list[str] | None = None,
 ) -> Path:
     """Write report.md with its PNG plots into out_dir and return the report's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -168,6 +169,7 @@ def write_classification_report(
     ]
     if has_curves:
         lines += ["", "![training curves](training_curves.png)"]
+    lines += appendix_lines or []
     report = out_dir / "report.md"
     _atomic.write_text(report, "\n".join(lines) + "\n")
     return report
