@@ -107,6 +107,17 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+def make_venv(root: Path, packages: list[str], timeout: int = 900) -> tuple[Path, str]:
+    """A fresh venv with ``packages`` from PyPI: (its python, pip's error text or '')."""
+    import subprocess
+    import venv
+
+    venv.EnvBuilder(with_pip=True).create(root)
+    python = root / "bin" / "python"
+    result = subprocess.run([python, "-m", "pip", "install", "-q", *packages], capture_output=True, text=True, timeout=timeout)
+    return python, "" if result.returncode == 0 else result.stderr.strip()
+
+
 def corrupt_jpeg(path: Path) -> Path:
     data = (np.random.default_rng(0).integers(0, 255, (32, 32, 3))).astype(np.uint8)
     Image.fromarray(data).save(path, quality=90)

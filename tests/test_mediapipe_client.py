@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import venv
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, make_venv
 
 from edgederm.data.layouts import load_dataset
 from edgederm.data.pixels import load_pixels
@@ -45,14 +44,9 @@ print(json.dumps(tops))
 
 @pytest.fixture(scope="module")
 def mediapipe_python(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("mediapipe") / "venv"
-    venv.EnvBuilder(with_pip=True).create(root)
-    python = root / "bin" / "python"
-    install = subprocess.run(
-        [python, "-m", "pip", "install", "-q", "mediapipe==0.10.21", "numpy<2", "protobuf<5"], capture_output=True, text=True, timeout=900
-    )
-    if install.returncode != 0:
-        pytest.skip(f"could not build the mediapipe 0.10.21 venv (it needs PyPI): {install.stderr.strip().splitlines()[-1:]}")
+    python, error = make_venv(tmp_path_factory.mktemp("mediapipe") / "venv", ["mediapipe==0.10.21", "numpy<2", "protobuf<5"])
+    if error:
+        pytest.skip(f"could not build the mediapipe 0.10.21 venv (it needs PyPI): {error.splitlines()[-1]}")
     return python
 
 
@@ -60,8 +54,12 @@ def test_mediapipe_image_classifier_agrees_with_predictor(mediapipe_python: Path
     isic_val = SHARED_DATA / "isic2017" / "val"
     data = f"isic2017:{isic_val}" if (isic_val / "labels.csv").is_file() else "synthetic:60,seed=8"
     run = tmp_path / "run"
-    train_classifier(TrainConfig(data="synthetic:120,seed=2", out=run, arch="efficientnet_lite0", img_size=96, mode="head", epochs=10, quiet=True))
-    records = export_run(run, [FORMATS["tflite"]], ["fp32", "int8"], tmp_path / "export", calib_data="synthetic:40,seed=5", calib_n=40, quiet=True)
+    train_classifier(
+        TrainConfig(data="synthetic:120,seed=2", out=run, arch="efficientnet_lite0", img_size=96, mode="head", epochs=10, quiet=True)
+    )
+    records = export_run(
+        run, [FORMATS["tflite"]], ["fp32", "int8"], tmp_path / "export", calib_data="synthetic:40,seed=5", calib_n=40, quiet=True
+    )
     assert all(r.status == "ok" for r in records), records
 
     for record in records:
@@ -69,7 +67,9 @@ def test_mediapipe_image_classifier_agrees_with_predictor(mediapipe_python: Path
         predictor = Predictor.load(artifact)
         frames = load_pixels(load_dataset(data), predictor.spec.preprocess, quiet=True).pixels
         np.save(tmp_path / "frames.npy", frames)
-        result = subprocess.run([mediapipe_python, "-c", CLIENT, str(artifact), str(tmp_path / "frames.npy")], capture_output=True, text=True, timeout=600)
+        result = subprocess.run(
+            [mediapipe_python, "-c", CLIENT, str(artifact), str(tmp_path / "frames.npy")], capture_output=True, text=True, timeout=600
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         mediapipe_top = json.loads(result.stdout.strip().splitlines()[-1])
         ours = [predictor.class_names[i] for i in predictor.predict_pixels(frames).argmax(1)]

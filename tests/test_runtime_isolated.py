@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, make_venv
 
 from edgederm.export import export_run
 from edgederm.formats import FORMATS
@@ -42,17 +41,9 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def light_venv(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("light") / "venv"
-    venv.EnvBuilder(with_pip=True).create(root)
-    python = root / "bin" / "python"
-    install = subprocess.run(
-        [python, "-m", "pip", "install", "-q", "numpy<2", "pillow", "tflite-runtime", "onnxruntime"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if install.returncode != 0:
-        pytest.fail(f"could not build the light venv (needs PyPI): {install.stderr[-1500:]}")
+    python, error = make_venv(tmp_path_factory.mktemp("light") / "venv", ["numpy<2", "pillow", "tflite-runtime", "onnxruntime"])
+    if error:
+        pytest.fail(f"could not build the light venv (needs PyPI): {error[-1500:]}")
     own = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(REPO)], capture_output=True, text=True, timeout=900)
     assert own.returncode == 0, own.stderr[-1500:]
     return python
