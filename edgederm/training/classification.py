@@ -259,7 +259,8 @@ class _Trainer:
         self.config = config
         self.context = context
         self.run_dir = config.out
-        self.log_lines: list[str] = []
+        self.best_score = -1.0  # validation balanced accuracy of the best epoch so far
+        self.best_weights: dict[str, torch.Tensor] | None = None
 
     def log(self, message: str) -> None:
         if self.context.is_main:
@@ -313,9 +314,8 @@ class _Trainer:
         else:
             self._train_full(model, criterion, train, val, preprocess)
 
-        best = self._best_state()
-        if best is not None:
-            model.load_state_dict(best)
+        if self.best_weights is not None:
+            model.load_state_dict(self.best_weights)
         spec = ModelSpec(
             task="classification",
             arch=config.arch,
@@ -466,12 +466,6 @@ class _Trainer:
             self.best_score = row["val_balanced_accuracy"]
             self.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         return row
-
-    best_score: float = -1.0
-    best_weights: dict[str, torch.Tensor] | None = None
-
-    def _best_state(self) -> dict[str, torch.Tensor] | None:
-        return self.best_weights
 
     def _resume(self, model: nn.Module, optimizer, scaler=None) -> tuple[int, list[dict]]:
         if not self.config.resume:
