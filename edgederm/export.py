@@ -8,13 +8,17 @@ message; the other formats still export.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,6 +59,20 @@ def _move_into_place(tmp: Path, final: Path) -> None:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, final)
+
+
+@contextlib.contextmanager
+def _quiet_tools(quiet: bool) -> Iterator[None]:
+    """With --quiet, hide the converters' own progress bars (coremltools, litert) and warnings.
+
+    A converter's failure still surfaces: it is raised, and becomes the artifact's status row.
+    """
+    if not quiet:
+        yield
+        return
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _one_line(error: BaseException) -> str:
@@ -115,7 +133,8 @@ def export_run(
                 print(f"exporting {fmt.name} {quant} -> {final}", file=sys.stderr, flush=True)
             try:
                 job = ExportJob(model=model, spec=spec, quant=quant, target=tmp, calibration=calibration, options=dict(options or {}))
-                converter.export(job)
+                with _quiet_tools(quiet):
+                    converter.export(job)
                 if not tmp.exists():
                     raise RuntimeError(f"the {fmt.name} converter wrote nothing")
                 _move_into_place(tmp, final)
