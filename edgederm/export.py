@@ -90,6 +90,18 @@ def write_manifest(out_dir: Path, run_dir: Path, records: list[ArtifactRecord], 
     _atomic.write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
+def _earlier_records(out_dir: Path, planned: set[tuple[str, str]], source_sha: str | None) -> list[ArtifactRecord]:
+    """Artifacts of the same model already in out_dir that this export does not redo: kept in the manifest."""
+    path = out_dir / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        rows = manifest["artifacts"] if manifest.get("source_sha256") == source_sha else []
+        earlier = [ArtifactRecord(**row) for row in rows]
+    except (OSError, ValueError, TypeError, KeyError):
+        return []  # no manifest, or one this export will replace
+    return [r for r in earlier if r.status == "ok" and (r.format, r.quant) not in planned and r.path and (out_dir / r.path).exists()]
+
+
 def export_run(
     run_dir: Path,
     formats: list[Format],
@@ -107,6 +119,8 @@ def export_run(
 
     model, spec = load_checkpoint(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".export-*"):  # left by an export that was killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
     needs_calibration = "int8" in quant_modes and any("int8" in f.quant_modes for f in formats)
     calibration = None
     if needs_calibration:
@@ -114,6 +128,7 @@ def export_run(
         if not source:
             raise UsageError("int8 export needs representative images", fix="pass --calib-data SPEC (e.g. the training data)")
         calibration = load_calibration(source, spec.preprocess, n=calib_n, quiet=quiet)
+    kept = _earlier_records(out_dir, {(f.name, q) for f in formats for q in quant_modes}, spec.source_sha256)
     records: list[ArtifactRecord] = []
     for fmt in formats:
         converter = importlib.import_module(f"edgederm.converters.{fmt.converter}")
@@ -153,7 +168,7 @@ def export_run(
                 if error.errno == 28:  # ENOSPC: stop, keeping what was written
                     shutil.rmtree(tmp_dir, ignore_errors=True)
                     records.append(ArtifactRecord(fmt.name, quant, None, "failed", "no space left on the device"))
-                    write_manifest(out_dir, run_dir, records, spec.source_sha256)
+                    write_manifest(out_dir, run_dir, kept + records, spec.source_sha256)
                     raise EdgedermError(
                         "no space left on the device", path=out_dir, fix="free disk space; the artifacts listed in manifest.json are intact"
                     ) from None
@@ -165,7 +180,7 @@ def export_run(
             finally:
                 shutil.rmtree(tmp_dir, ignore_errors=True)
             records.append(record)
-            write_manifest(out_dir, run_dir, records, spec.source_sha256)
+            write_manifest(out_dir, run_dir, kept + records, spec.source_sha256)
             if not quiet:
                 print(f"  {record.status}: {record.message or f'{record.size} bytes in {record.seconds} s'}", file=sys.stderr, flush=True)
     return records
