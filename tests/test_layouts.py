@@ -182,3 +182,10 @@ def test_real_ham10000_and_isic2017_layouts():
     assert ham.class_counts() == {"akiec": 274, "bcc": 435, "bkl": 940, "df": 97, "mel": 945, "nv": 5693, "vasc": 121}
     isic = load_dataset(f"isic2017:{SHARED_DATA / 'isic2017' / 'train'}")
     assert len(isic) == 2000 and set(isic.labels) == {"mel", "bkl", "nv"}
+
+
+def test_manifest_row_longer_than_the_header(tmp_path: Path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,label\na.jpg,nv,extra\n")
+    with pytest.raises(DataError, match="line 2: more cells than the header has columns"):
+        load_dataset(f"manifest:{manifest}")

@@ -89,7 +89,15 @@ def read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
                     path=path,
                     fix=f"the CSV needs the columns {list(required)}",
                 )
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+            rows = []
+            for row in reader:
+                if None in row:  # DictReader's key for cells beyond the header
+                    raise DataError(
+                        f"line {reader.line_num}: more cells than the header has columns",
+                        path=path,
+                        fix="quote cells that contain commas, or add the missing column names",
+                    )
+                rows.append({(k or "").strip(): (v or "").strip() for k, v in row.items()})
     except UnicodeDecodeError:
         raise DataError("not a UTF-8 text CSV", path=path, fix="save the file as UTF-8 CSV") from None
     except csv.Error as exc:
