@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from .predict import Predictions, labelled_metrics, write_metrics_json, write_predictions_csv
+from .predict import Predictions, labelled_metrics, labelled_rows, write_metrics_json, write_predictions_csv
 from .report import write_classification_report
 
 
@@ -23,8 +21,7 @@ def evaluate_and_report(
     metrics = labelled_metrics(predictions)
     write_metrics_json(metrics, out_dir / "metrics.json")
     write_predictions_csv(predictions, out_dir / "predictions.csv")
-    keep = [i for i, (s, ok) in enumerate(zip(predictions.dataset.samples, predictions.ok, strict=True)) if ok and s.label is not None]
-    labels = np.array([predictions.class_names.index(predictions.dataset.samples[i].label) for i in keep])
+    keep, labels = labelled_rows(predictions)
     metrics_csv = model / "metrics.csv" if model.is_dir() else None
     return write_classification_report(
         out_dir,

@@ -98,15 +98,20 @@ def write_predictions_csv(predictions: Predictions, path: Path) -> None:
     _atomic.write_text(path, buffer.getvalue())
 
 
-def labelled_metrics(predictions: Predictions) -> dict:
-    """Metrics over the rows that have a known label and a prediction."""
+def labelled_rows(predictions: Predictions) -> tuple[list[int], np.ndarray]:
+    """The rows that have a known label and a prediction, and their labels as class indices."""
     keep = [i for i, (s, ok) in enumerate(zip(predictions.dataset.samples, predictions.ok, strict=True)) if ok and s.label is not None]
     unknown = sorted({predictions.dataset.samples[i].label for i in keep} - set(predictions.class_names))
     if unknown:
         raise DataError(f"labels {unknown} are not classes of this model {predictions.class_names}", path=predictions.dataset.spec)
     if not keep:
         raise DataError("no labelled image could be predicted", path=predictions.dataset.spec)
-    labels = np.array([predictions.class_names.index(predictions.dataset.samples[i].label) for i in keep])
+    return keep, np.array([predictions.class_names.index(predictions.dataset.samples[i].label) for i in keep])
+
+
+def labelled_metrics(predictions: Predictions) -> dict:
+    """Metrics over the rows that have a known label and a prediction."""
+    keep, labels = labelled_rows(predictions)
     result = classification_metrics(labels, predictions.probs[keep], predictions.class_names).to_dict()
     result["failed_images"] = int((~predictions.ok).sum())
     return result
