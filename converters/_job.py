@@ -20,7 +20,8 @@ class ExportJob:
     quant: str  # one of the format's quant_modes (edgederm.formats)
     target: Path  # write exactly this path (a temp name; the driver renames it into place)
     calibration: Calibration | None = None  # representative inputs, for static int8
-    options: dict[str, Any] = field(default_factory=dict)  # e.g. {"nhwc": True} for TFLite
+    options: dict[str, Any] = field(default_factory=dict)  # e.g. {"nhwc": True} for TFLite, {"max_drop": 0.01} for int8-aa
+    details: dict[str, Any] = field(default_factory=dict)  # what the converter decided (e.g. int8-aa's float layers), for the manifest
 
 
 class ConversionError(RuntimeError):

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import warnings
 import weakref
 import zipfile
@@ -44,8 +45,10 @@ from torch import nn
 
 from edgederm.formats import FORMATS
 from edgederm.runtime.tflite_backend import TFLITE_METADATA
+from edgederm.runtime.timing import measure_latency
 from edgederm.spec import ModelSpec
 
+from . import _accuracy_aware
 from ._job import ConversionError, ExportJob
 from ._metadata import LABELS_FILE, SPEC_FILE, SPEC_KEY, artifact_spec, labels_text
 from ._wrap import deployable, example_input
@@ -83,8 +86,8 @@ def _check_job(job: ExportJob) -> None:
     modes = FORMATS["tflite"].quant_modes
     if job.quant not in modes:
         raise ConversionError(f"TFLite has no {job.quant!r} mode (it has {', '.join(modes)})")
-    if job.quant == "int8" and not job.calibration:
-        raise ConversionError("int8 needs calibration images (pass --calib-data)")
+    if job.quant in ("int8", "int8-aa") and not job.calibration:
+        raise ConversionError(f"{job.quant} needs calibration images (pass --calib-data)")
 
 
 def _float_model(model: nn.Module, spec: ModelSpec, nhwc: bool) -> bytes:
@@ -105,7 +108,7 @@ def _convert_float(model: nn.Module, spec: ModelSpec, nhwc: bool) -> bytes:
 def _quantized_model(job: ExportJob, fp32: bytes) -> bytes:
     if job.quant == "fp32":
         return fp32
-    if job.quant == "int8":
+    if job.quant in ("int8", "int8-aa"):
         return _static_int8(fp32, job)
     return _quantize(fp32, _fp16_weights_recipe() if job.quant == "fp16" else _dynamic_int8_recipe())
 
@@ -131,18 +134,103 @@ def _dynamic_int8_recipe() -> list[dict[str, Any]]:
 
 
 def _static_int8(fp32: bytes, job: ExportJob) -> bytes:
-    from ai_edge_quantizer import calibrator, recipe, recipe_manager
-    from ai_edge_quantizer.utils import qsv_utils
+    quantizer = _StaticInt8(fp32, job)
+    if job.quant == "int8":
+        return quantizer.build([])
+    model, result = _accuracy_aware.search(
+        quantizer.candidates(),
+        quantizer.build,
+        quantizer.predict,
+        quantizer.latency,
+        quantizer.predict(fp32, None),
+        float(job.options.get("max_drop", _accuracy_aware.DEFAULT_MAX_DROP)),
+        quiet=bool(job.options.get("quiet")),
+    )
+    job.details["int8_aa"] = result.to_dict()
+    return model
 
-    rules = recipe.static_wi8_ai8()
-    if not job.options.get("int8_io", False):
-        rules += [{"regex": ".*", "operation": op, "algorithm_key": "no_quantize", "op_config": {}} for op in ("INPUT", "OUTPUT")]
-    manager = recipe_manager.RecipeManager()
-    manager.load_quantization_recipe(rules)
-    # Absolute min/max over the calibration set: the default moving average clips activations (see the module doc).
-    calibration = calibrator.Calibrator(fp32, num_threads=os.cpu_count() or 1, qsv_update_func=qsv_utils.min_max_update)
-    calibration.calibrate(_calibration_samples(fp32, job), manager)
-    return _quantize(fp32, rules, calibration.get_model_qsvs())
+
+class _StaticInt8:
+    """ai-edge-quantizer ``static_wi8_ai8`` calibrated once; ``build`` can keep any layers in float."""
+
+    LAYER_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "MEAN", "AVERAGE_POOL_2D", "RESHAPE")
+
+    def __init__(self, fp32: bytes, job: ExportJob):
+        from ai_edge_quantizer import calibrator, recipe, recipe_manager
+        from ai_edge_quantizer.utils import qsv_utils
+
+        self.fp32, self.layout = fp32, "NHWC" if job.options.get("nhwc", True) else "NCHW"
+        self.rules = recipe.static_wi8_ai8()
+        if not job.options.get("int8_io", False):
+            self.rules += [{"regex": ".*", "operation": op, "algorithm_key": "no_quantize", "op_config": {}} for op in ("INPUT", "OUTPUT")]
+        manager = recipe_manager.RecipeManager()
+        manager.load_quantization_recipe(self.rules)
+        # Absolute min/max over the calibration set: the default moving average clips activations (see the module doc).
+        calibration = calibrator.Calibrator(fp32, num_threads=os.cpu_count() or 1, qsv_update_func=qsv_utils.min_max_update)
+        self.samples = _calibration_samples(fp32, job)
+        calibration.calibrate(self.samples, manager)
+        self.qsvs = calibration.get_model_qsvs()
+        self.regions = _accuracy_aware.float_regions(self._layers())
+
+    def _layers(self) -> list[_accuracy_aware.Layer]:
+        from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
+
+        tree = tfl.read_model(bytearray(self.fp32))
+        graph = tree.subgraphs[0]
+        layers: list[_accuracy_aware.Layer] = []
+        seen: set[str] = set()
+        for op in graph.operators:
+            if tfl.TFL_OP_CODE_TO_NAME[tree.operatorCodes[op.opcodeIndex].builtinCode] in self.LAYER_OPS:
+                scope = tfl.get_op_scope(op, graph.tensors)
+                name = _module_path(scope)
+                name = name if name not in seen else f"{name}#{len(layers)}"
+                seen.add(name)
+                layers.append(_accuracy_aware.Layer(name, (scope,), frozenset(op.inputs), frozenset(op.outputs)))
+        return layers
+
+    def candidates(self) -> list[str]:
+        return list(self.regions)
+
+    def build(self, keep_float: list[str]) -> bytes:
+        scopes = dict.fromkeys(scope for layer in keep_float for scope in self.regions[layer])
+        skip = [{"regex": f"^{re.escape(s)}$", "operation": "*", "algorithm_key": "no_quantize", "op_config": {}} for s in scopes]
+        return _quantize(self.fp32, self.rules + skip, self.qsvs)
+
+    def _runner(self, model: bytes, threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_content=model, num_threads=threads)
+        interpreter.allocate_tensors()
+        given, produced = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+
+        def run(array: np.ndarray) -> np.ndarray:
+            scale, zero = given["quantization"]
+            if scale:  # int8 input (int8_io): quantize the normalised floats as an app would
+                info = np.iinfo(given["dtype"])
+                array = np.clip(np.round(array / scale + zero), info.min, info.max).astype(given["dtype"])
+            interpreter.set_tensor(given["index"], array)
+            interpreter.invoke()
+            out = interpreter.get_tensor(produced["index"]).astype(np.float32)
+            scale, zero = produced["quantization"]
+            return (out - zero) * scale if scale else out
+
+        return run
+
+    def predict(self, model: bytes, n: int | None) -> np.ndarray:
+        run = self._runner(model)
+        inputs = [next(iter(sample.values())) for sample in self.samples[SIGNATURE][:n]]
+        return np.concatenate([run(array) for array in inputs])
+
+    def latency(self, model: bytes) -> float:
+        run, one = self._runner(model, threads=1), next(iter(self.samples[SIGNATURE][0].values()))
+        return measure_latency(lambda: run(one), runs=30, warmup=3)["median_ms"]
+
+
+def _module_path(scope: str) -> str:
+    """``model.blocks.1.0.conv_dw`` from litert-torch's tensor names (``.../timm...InvertedResidual_0/torch...Conv2d_conv_dw;1;``)."""
+    last = [name for name in scope.split(";") if name and not name.isdigit()][-1]
+    parts = [segment.rsplit(".", 1)[-1].split("_", 1)[-1] for segment in last.split("/")[1:]]
+    return ".".join(parts) or scope
 
 
 def _calibration_samples(fp32: bytes, job: ExportJob) -> dict[str, list[dict[str, np.ndarray]]]:

@@ -59,12 +59,48 @@ def _add_train(sub) -> None:
     p.add_argument("--balance", choices=["weighted_loss", "none"], default="weighted_loss")
     p.add_argument("--class-weight-power", type=float, default=0.5, help="class weight = (1/frequency)^power (1 = fully balanced)")
     p.add_argument("--resize", choices=["letterbox", "center_crop"], default="letterbox")
+    p.add_argument(
+        "--target-sensitivity",
+        type=float,
+        default=0.9,
+        help="the malignant-class referral threshold is set on validation data for this sensitivity (stored in the ModelSpec)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="mixed precision (CUDA only)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=cmd_train_classify)
+    _add_train_segment(tasks)
+
+
+def _add_train_segment(tasks) -> None:
+    p = tasks.add_parser("segment", help="train a lesion segmenter (needs a mask per image)")
+    p.add_argument(
+        "--data", required=True, help="training data with masks: ham10000:DIR, isic2017:DIR, manifest:CSV (mask column) or synthetic:N"
+    )
+    p.add_argument("--val-data", help="a separate validation set with masks (otherwise a grouped split of --data)")
+    p.add_argument("--arch", default="mobilegan", help="mobilegan or tinyseg (see `edgederm models --task segmentation`)")
+    p.add_argument("--img-size", type=int, default=128, help="input side; a multiple of 8 (mobilegan) or 32 (tinyseg)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument(
+        "--adversarial", choices=["on", "off"], default="on", help="train against a conditional critic (MobileGAN); off: the ablation"
+    )
+    p.add_argument("--adv-weight", type=float, default=0.1, help="weight of the adversarial loss (lambda)")
+    p.add_argument("--out", required=True, type=Path, help="run directory")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, help="default 1e-3 (mobilegan), 1e-2 (tinyseg)")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--test-fraction", type=float, default=0.0, help="hold out this share of lesions as a test split, evaluated at the end")
+    p.add_argument(
+        "--postprocess", choices=["on", "off"], default="on", help="keep the largest region and fill its holes (stored in the spec)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=cmd_train_segment)
 
 
 def _add_predict(sub) -> None:
@@ -93,10 +129,35 @@ def _add_export(sub) -> None:
     p.add_argument("--quant", default="fp32,fp16,int8", help=f"comma-separated, from {', '.join(QUANT_MODES)}")
     p.add_argument("--calib-data", help="representative images for int8 (default: the run's training data)")
     p.add_argument("--calib-n", type=int, default=300)
+    p.add_argument(
+        "--max-drop",
+        type=float,
+        default=0.01,
+        help="int8-aa: largest share of calibration images whose top-1 may differ from fp32 (default 0.01)",
+    )
     p.add_argument("--nchw", action="store_true", help="TFLite: keep NCHW input instead of the phone-friendly NHWC")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=cmd_export)
+
+
+def _add_verify(sub) -> None:
+    p = sub.add_parser("verify", help="run every exported artifact against the torch fp32 model: metrics, agreement, latency, status")
+    p.add_argument("export_dir", type=Path, help="an export directory with manifest.json")
+    p.add_argument("--data", required=True, help="labelled images to verify on (a dataset spec)")
+    p.add_argument("--split", choices=["train", "val", "test"], help="only this split of the source run's splits.csv")
+    p.add_argument("--reference", type=Path, help="the run directory the export came from (default: the manifest's source)")
+    p.add_argument("--max-drop", type=float, default=0.01, help="largest allowed drop of the headline metric (balanced accuracy)")
+    p.add_argument("--guard", action="append", default=[], metavar="METRIC=MAX_DROP", help="e.g. mel_sensitivity=0.02 (repeatable)")
+    p.add_argument("--threads", default="1", help="comma-separated thread counts for latency, e.g. 1,2")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per artifact and thread count (after warm-up)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--no-emulate-coreml", action="store_true", help="leave CoreML unverified off Apple platforms instead of emulating it")
+    p.add_argument("--device-results", type=Path, nargs="+", default=[], help="latency files from the demo app on a phone")
+    p.add_argument("--json", type=Path, help="write the results here (default EXPORT_DIR/verify.json)")
+    p.add_argument("--report", type=Path, help="write verify.md + verify.html + plots here (default EXPORT_DIR/verify)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=cmd_verify)
 
 
 def _add_quickstart(sub) -> None:
@@ -119,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_predict(sub)
     _add_export(sub)
+    _add_verify(sub)
     _add_quickstart(sub)
     return parser
 
@@ -132,7 +194,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows = []
     for name in list_models(task=args.task):
         entry = get_entry(name)
-        model = create_model(name, args.num_classes)
+        model = create_model(name, 1 if entry.task == "segmentation" else args.num_classes)
         rows.append(
             {
                 "name": name,
@@ -177,6 +239,7 @@ def cmd_train_classify(args: argparse.Namespace) -> int:
         balance=args.balance,
         class_weight_power=args.class_weight_power,
         resize=args.resize,
+        target_sensitivity=args.target_sensitivity,
         seed=args.seed,
         device=args.device,
         amp=args.amp,
@@ -187,21 +250,60 @@ def cmd_train_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_segment(args: argparse.Namespace) -> int:
+    from .training.segmentation import SegmentConfig, train_segmenter
+
+    config = SegmentConfig(
+        data=args.data,
+        val_data=args.val_data,
+        arch=args.arch,
+        img_size=args.img_size,
+        epochs=args.epochs,
+        adversarial=args.adversarial,
+        adv_weight=args.adv_weight,
+        out=args.out,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        postprocess=args.postprocess,
+        seed=args.seed,
+        device=args.device,
+        resume=args.resume,
+        quiet=args.quiet,
+    )
+    train_segmenter(config)
+    return 0
+
+
 def _predictions(args: argparse.Namespace):
-    from .predict import resolve_inputs, run_predictor
+    """Class probabilities, or for a segmenter its masks (written to OUT/masks/ as they come)."""
+    from .predict import resolve_inputs, run_predictor, run_segmenter
     from .runtime import Predictor
 
     predictor = Predictor.load(args.model)  # a bad model fails before any image is read
     splits = args.splits or (args.model / "splits.csv" if args.model.is_dir() else None)
     dataset = resolve_inputs(args.data, args.images, args.split, splits)
+    if predictor.spec.task == "segmentation":
+        score = args.command == "evaluate"
+        return run_segmenter(predictor, dataset, args.out, args.batch_size, quiet=args.quiet, score=score)
     return run_predictor(predictor, dataset, args.batch_size, quiet=args.quiet)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import write_predictions_csv
+    from .predict import MaskPredictions, write_mask_predictions_csv, write_predictions_csv
 
     predictions = _predictions(args)
     args.out.mkdir(parents=True, exist_ok=True)
+    if isinstance(predictions, MaskPredictions):
+        write_mask_predictions_csv(predictions, args.out / "predictions.csv")
+        failed = int((~predictions.ok).sum())
+        print(
+            f"wrote {args.out / 'predictions.csv'} and {len(predictions.errors) - failed} masks in {args.out / 'masks'} ({failed} unreadable)",
+            file=sys.stderr,
+        )
+        return 0
     write_predictions_csv(predictions, args.out / "predictions.csv")
     failed = int((~predictions.ok).sum())
     print(f"wrote {args.out / 'predictions.csv'} ({len(predictions.errors) - failed} predicted, {failed} unreadable)", file=sys.stderr)
@@ -209,9 +311,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_and_report
+    from .evaluation import evaluate_and_report, evaluate_segmentation
+    from .predict import MaskPredictions
 
     predictions = _predictions(args)
+    if isinstance(predictions, MaskPredictions):
+        report = evaluate_segmentation(predictions, args.out, model=args.model)
+        print(f"wrote {report}", file=sys.stderr)
+        return 0
     report = evaluate_and_report(predictions, args.out, model=args.model)
     print(f"wrote {report}", file=sys.stderr)
     return 0
@@ -231,7 +338,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         args.out,
         calib_data=args.calib_data,
         calib_n=args.calib_n,
-        options={"nhwc": not args.nchw},
+        options={"nhwc": not args.nchw, "max_drop": args.max_drop},
         quiet=args.quiet,
     )
     print(f"{'format':8} {'quant':13} {'status':8} {'size':>10} {'seconds':>8}  path / message")
@@ -240,6 +347,54 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"{r.format:8} {r.quant:13} {r.status:8} {size:>10} {r.seconds or '':>8}  {r.path or r.message}")
     failed = [r for r in records if r.status == "failed"]
     return 1 if failed else 0
+
+
+def _thread_counts(text: str) -> list[int]:
+    try:
+        counts = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise UsageError(f"--threads {text!r} is not a list of positive integers", fix="e.g. --threads 1,2")
+    return list(dict.fromkeys(counts))
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .spec import ModelSpec
+    from .verify.device_results import read_device_results
+    from .verify.guards import parse_guard
+    from .verify.report import write_json, write_report
+    from .verify.runner import VerifyOptions, exit_code, verify_export
+
+    if args.runs < 1 or args.warmup < 0:
+        raise UsageError("--runs must be >= 1 and --warmup >= 0")
+    options = VerifyOptions(
+        data=args.data,
+        split=args.split,
+        max_drop=args.max_drop,
+        guards=[parse_guard(g) for g in args.guard],
+        threads=_thread_counts(args.threads),
+        runs=args.runs,
+        warmup=args.warmup,
+        reference=args.reference,
+        emulate_coreml=not args.no_emulate_coreml,
+        quiet=args.quiet,
+    )
+    devices = [read_device_results(p) for p in args.device_results]  # a bad file fails before the long run
+    result = verify_export(args.export_dir, options)
+    result["device_results"] = devices
+    json_path = args.json or args.export_dir / "verify.json"
+    write_json(result, json_path)
+    spec = ModelSpec.load(Path(result["reference"]["name"]) / "spec.json")
+    markdown, html = write_report(result, spec, args.report or args.export_dir / "verify")
+    for a in result["artifacts"]:
+        agree = f"top-1 {a['agreement']['top1']:.1%}" if a.get("agreement") else ""
+        bma = (a.get("metrics") or {}).get("balanced_accuracy")
+        print(
+            f"{a['status']:10} {a['format'] or '':7} {a['quant'] or '':13} {agree:12} {'' if bma is None else f'BMA {bma:.3f}':10} {'; '.join(a['checks']) or a['message']}"
+        )
+    print(f"wrote {json_path}, {markdown}, {html}", file=sys.stderr)
+    return exit_code(result)
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ class ArtifactRecord:
     sha256: str | None = None
     seconds: float | None = None
     runtime: str = ""
+    details: dict | None = None  # the converter's decisions, e.g. which layers int8-aa kept in float
 
 
 def artifact_name(spec_arch: str, fmt: Format, quant: str) -> str:
@@ -121,7 +122,8 @@ def export_run(
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".export-*"):  # left by an export that was killed mid-write
         shutil.rmtree(stale, ignore_errors=True)
-    needs_calibration = "int8" in quant_modes and any("int8" in f.quant_modes for f in formats)
+    calibrated = {"int8", "int8-aa"}  # the static modes; int8-dynamic and int8-weights need no images
+    needs_calibration = any(q in calibrated and q in f.quant_modes for f in formats for q in quant_modes)
     calibration = None
     if needs_calibration:
         source = calib_data or spec.training.get("data", {}).get("spec")
@@ -147,7 +149,9 @@ def export_run(
             if not quiet:
                 print(f"exporting {fmt.name} {quant} -> {final}", file=sys.stderr, flush=True)
             try:
-                job = ExportJob(model=model, spec=spec, quant=quant, target=tmp, calibration=calibration, options=dict(options or {}))
+                job = ExportJob(
+                    model=model, spec=spec, quant=quant, target=tmp, calibration=calibration, options={"quiet": quiet, **(options or {})}
+                )
                 with _quiet_tools(quiet):
                     converter.export(job)
                 if not tmp.exists():
@@ -163,6 +167,7 @@ def export_run(
                     artifact_sha256(final),
                     round(time.time() - started, 2),
                     fmt.runtime,
+                    job.details or None,
                 )
             except OSError as error:
                 if error.errno == 28:  # ENOSPC: stop, keeping what was written

@@ -26,6 +26,8 @@ QUANT_MODES: dict[str, str] = {
     "fp32": "float32 weights and compute",
     "fp16": "float16 weights (TFLite/ONNX/CoreML compute in fp16 where the runtime supports it)",
     "int8": "full-integer int8: int8 weights and activations, calibrated on --calib-data",
+    "int8-aa": "accuracy-aware int8: full int8 except the fewest layers kept in float that bring top-1 disagreement "
+    "with fp32 on the calibration images within --max-drop",
     "int8-dynamic": "int8 weights, float activations quantized on the fly (no calibration)",
     "int8-weights": "int8 weights, float compute (CoreML linear_quantize_weights)",
     "palettize4": "4-bit palettized weights (CoreML)",
@@ -39,12 +41,12 @@ FORMATS: dict[str, Format] = {
         Format(
             "tflite",
             ".tflite",
-            ("fp32", "fp16", "int8-dynamic", "int8"),
+            ("fp32", "fp16", "int8-dynamic", "int8", "int8-aa"),
             "tflite_runtime or ai_edge_litert",
             "tflite",
             "tflite_backend:TFLitePredictor",
         ),
-        Format("onnx", ".onnx", ("fp32", "fp16", "int8"), "onnxruntime", "onnx", "onnx_backend:OnnxPredictor"),
+        Format("onnx", ".onnx", ("fp32", "fp16", "int8", "int8-aa"), "onnxruntime", "onnx", "onnx_backend:OnnxPredictor"),
         Format(
             "coreml",
             ".mlpackage",

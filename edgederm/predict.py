@@ -10,14 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm.auto import tqdm
 
 from . import _atomic
 from .data.layouts import images_from_paths, load_dataset
 from .data.samples import SampleSet
 from .errors import DataError, ImageError, UsageError
-from .metrics import classification_metrics
+from .metrics import classification_metrics, segmentation_metrics
 from .runtime import Predictor
+from .runtime.predictor import lesion_mask, lesion_probabilities
 
 
 @dataclass
@@ -119,3 +121,108 @@ def labelled_metrics(predictions: Predictions) -> dict:
 
 def write_metrics_json(metrics: dict, path: Path) -> None:
     _atomic.write_text(path, json.dumps(metrics, indent=2))
+
+
+# ----------------------------------------------------------------------------------------------
+# Segmenters: one 0/255 PNG mask per image at its original size, plus the area and (evaluate) the scores
+
+SEGMENTATION_METRICS = ("jaccard", "dice", "pixel_accuracy", "sensitivity", "specificity")
+
+
+@dataclass
+class MaskPredictions:
+    dataset: SampleSet
+    mask_files: list[str | None]  # relative to the output folder: masks/<image stem>.png
+    area_fractions: np.ndarray  # lesion share of the image, NaN where the image failed
+    errors: list[str | None]
+    scores: list[dict | None]  # per-image metrics against the true mask (evaluate only)
+    postprocess: dict  # the model's post-processing (ModelSpec.postprocess), for the record
+
+    @property
+    def ok(self) -> np.ndarray:
+        return np.array([e is None for e in self.errors], bool)
+
+
+def _mask_names(dataset: SampleSet) -> list[str]:
+    """masks/<image stem>.png, made unique when two images share a stem."""
+    names, seen = [], set()
+    for sample in dataset.samples:
+        stem = sample.image_path.stem if sample.image_path is not None else Path(sample.image_id).name
+        name, n = f"{stem}.png", 1
+        while name in seen:
+            n += 1
+            name = f"{stem}_{n}.png"
+        seen.add(name)
+        names.append(f"masks/{name}")
+    return names
+
+
+def _write_mask(path: Path, mask: np.ndarray) -> None:
+    _atomic.write_with(path, lambda tmp: Image.fromarray(mask).save(tmp, format="PNG"))
+
+
+def run_segmenter(
+    predictor: Predictor, dataset: SampleSet, out_dir: Path, batch_size: int = 32, quiet: bool = False, score: bool = False
+) -> MaskPredictions:
+    """Predict and write every mask; with ``score``, compare each with its true mask (all images need one)."""
+    if score:
+        dataset.require_masks()
+    preprocess = predictor.spec.preprocess
+    names = _mask_names(dataset)
+    n = len(dataset)
+    result = MaskPredictions(dataset, [None] * n, np.full(n, np.nan), [None] * n, [None] * n, dict(predictor.spec.postprocess))
+    pending: list[tuple[int, tuple[int, int], np.ndarray | None]] = []
+    batch: list[np.ndarray] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        probabilities = lesion_probabilities(predictor.predict_pixels(np.stack(batch)))
+        for (index, size, truth), probs in zip(pending, probabilities, strict=True):
+            mask = lesion_mask(probs, predictor.spec, size)
+            _write_mask(out_dir / names[index], mask)
+            result.mask_files[index] = names[index]
+            result.area_fractions[index] = float(np.count_nonzero(mask)) / mask.size
+            if truth is not None:
+                metrics = segmentation_metrics([truth], [mask])
+                result.scores[index] = {name: getattr(metrics, name) for name in SEGMENTATION_METRICS}
+        pending.clear()
+        batch.clear()
+
+    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    for index, sample in enumerate(tqdm(dataset.samples, desc="segmenting", unit="img", disable=quiet, file=sys.stderr, mininterval=2)):
+        try:
+            image, truth = sample.load_image_and_mask() if score else (sample.load_image(), None)
+            batch.append(preprocess.fit(image))
+        except ImageError as error:
+            result.errors[index] = str(error)
+            continue
+        pending.append((index, image.size, truth))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return result
+
+
+def write_mask_predictions_csv(predictions: MaskPredictions, path: Path) -> None:
+    scored = any(s is not None for s in predictions.scores)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image", "mask", "lesion_area_fraction", *(("jaccard", "dice") if scored else ()), "error"])
+    for i, sample in enumerate(predictions.dataset.samples):
+        error, score = predictions.errors[i], predictions.scores[i]
+        area = "" if error else f"{predictions.area_fractions[i]:.6f}"
+        scores = [f"{score[k]:.6f}" if score else "" for k in ("jaccard", "dice")] if scored else []
+        writer.writerow([sample.display_path, predictions.mask_files[i] or "", area, *scores, error or ""])
+    _atomic.write_text(path, buffer.getvalue())
+
+
+def mask_metrics(predictions: MaskPredictions) -> dict:
+    """The five segmentation metrics, per image then averaged, over the images that could be scored."""
+    scores = [s for s in predictions.scores if s is not None]
+    if not scores:
+        raise DataError("no image with a mask could be segmented", path=predictions.dataset.spec)
+    result: dict = {name: float(np.mean([s[name] for s in scores])) for name in SEGMENTATION_METRICS}
+    result["n"] = len(scores)
+    result["failed_images"] = int((~predictions.ok).sum())
+    return result

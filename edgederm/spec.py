@@ -31,10 +31,15 @@ class ModelSpec:
     preprocess: Preprocess
     output: str = "logits"
     arch_options: dict[str, Any] = field(default_factory=dict)  # e.g. batch-norm eps of the weights
+    # Segmenters: mask clean-up every runtime applies (edgederm.runtime.postprocess); {} = threshold only.
+    postprocess: dict[str, Any] = field(default_factory=dict)
     temperature: float = 1.0  # already folded into the weights when temperature_folded
     temperature_folded: bool = False
     training: dict[str, Any] = field(default_factory=dict)  # data summary, recipe, seed
     metrics: dict[str, Any] = field(default_factory=dict)  # reference metrics per split
+    # Screening thresholds chosen on validation data (see edgederm.operating_point); the app's
+    # "refer to a clinician" banner and verify's sensitivity/specificity at the threshold use them.
+    operating_point: dict[str, Any] = field(default_factory=dict)
     source_sha256: str | None = None
     artifact: dict[str, Any] = field(default_factory=dict)  # set in exported files: format, quant, input/output tensors
     edgederm_version: str = __version__

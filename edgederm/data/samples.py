@@ -51,6 +51,15 @@ class Sample:
             return None
         return load_mask(self.mask_path, expected_size=expected_size)
 
+    def load_image_and_mask(self) -> tuple[Image.Image, np.ndarray | None]:
+        """The image and its mask (None when it has none); a synthetic sample is rendered once."""
+        if self.synthetic is not None:
+            from .synthetic import render_synthetic
+
+            return render_synthetic(self.synthetic)
+        image = self.load_image()
+        return image, self.load_mask(expected_size=image.size)
+
     @property
     def display_path(self) -> str:
         return str(self.image_path) if self.image_path is not None else self.image_id
@@ -113,6 +122,16 @@ class SampleSet:
                 f"{len(missing)} samples have no label, e.g. {missing[0]}",
                 path=self.spec,
                 fix="training and evaluation need a label for every image",
+            )
+
+    def require_masks(self) -> None:
+        """One line naming the data and the fix when any image lacks a lesion mask (segmentation needs them all)."""
+        missing = [s.display_path for s in self.samples if not s.has_mask]
+        if missing:
+            raise DataError(
+                f"{len(missing)} of {len(self.samples)} images have no lesion mask (e.g. {missing[0]}); segmentation needs one per image",
+                path=self.spec,
+                fix="add DIR/masks/<image_id>_segmentation.png (ham10000:, isic2017:) or a mask column (manifest:), or use synthetic:N",
             )
 
     def summary(self) -> dict[str, Any]:

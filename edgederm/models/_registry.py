@@ -39,6 +39,7 @@ class ModelEntry:
     default_input_size: int
     description: str
     weights: dict[str, Weights] = field(default_factory=dict)
+    input_multiple: int = 1  # the input side must be a multiple of this (segmenters halve it several times)
 
     @property
     def default_weights(self) -> str:
@@ -97,4 +98,4 @@ def create_model(name: str, num_classes: int, weights: str | Path | None = None)
 
 def _import_families() -> None:
     # Importing a family module registers its models (timm's pattern).
-    from . import classifiers  # noqa: F401
+    from . import classifiers, segmenters  # noqa: F401

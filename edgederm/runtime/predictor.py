@@ -18,6 +18,7 @@ from ..errors import ModelError
 from ..formats import FORMATS, format_for_path
 from ..manifest import verify_against_manifest
 from ..spec import ModelSpec
+from .postprocess import postprocess_mask
 
 
 class Predictor(ABC):
@@ -51,12 +52,44 @@ class Predictor(ABC):
 
     @abstractmethod
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 (N, S, S, 3) pixels already through ``spec.preprocess.fit`` -> probabilities (N, C)."""
+        """uint8 (N, S, S, 3) pixels already through ``spec.preprocess.fit`` -> probabilities.
+
+        Classifiers: class probabilities (N, C). Segmenters: lesion probabilities, (N, S, S) from
+        the torch backend, (N, 1, S, S) or (N, S, S, 1) as an exported graph lays them out.
+        """
 
     def predict_image(self, image: Image.Image) -> np.ndarray:
         """One RGB image -> class probabilities (C,)."""
         return self.predict_pixels(self.spec.preprocess.fit(image)[None])[0]
 
+    def predict_mask(self, image: Image.Image) -> np.ndarray:
+        """One RGB image -> the segmenter's lesion mask, uint8 0/255 at the image's own (H, W)."""
+        if self.spec.task != "segmentation":
+            raise ModelError(f"predict_mask needs a segmentation model, this is a {self.spec.task} model", path=self.path)
+        probabilities = lesion_probabilities(self.predict_pixels(self.spec.preprocess.fit(image)[None]))
+        return lesion_mask(probabilities[0], self.spec, image.size)
+
     @property
     def class_names(self) -> list[str]:
         return list(self.spec.class_names)
+
+
+def lesion_probabilities(output: np.ndarray) -> np.ndarray:
+    """A segmenter's ``predict_pixels`` batch as lesion probabilities (N, S, S), whatever the channel axis.
+
+    ``predict_pixels`` returns probabilities from every backend: the torch backend applies the
+    sigmoid to the weights' ``mask_logits``, exported graphs end in it (``mask_probabilities``).
+    """
+    output = np.asarray(output, np.float32)
+    if output.ndim == 4:
+        output = output[:, 0] if output.shape[1] == 1 else output[..., 0]
+    return output
+
+
+def lesion_mask(probabilities: np.ndarray, spec: ModelSpec, source_size: tuple[int, int]) -> np.ndarray:
+    """(S, S) lesion probabilities -> threshold, the spec's post-processing, then back to (w, h): uint8 0/255 (h, w).
+
+    Training's final evaluation, ``edgederm predict`` and every backend go through this one function.
+    """
+    mask = postprocess_mask(probabilities, spec.postprocess)
+    return spec.preprocess.unfit_mask(mask.astype(np.uint8) * 255, source_size)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..inference import forward_batches, softmax
+from ..inference import forward_batches, sigmoid, softmax
 from ..training.checkpoint import load_checkpoint
 from .predictor import Predictor
 
@@ -21,4 +21,8 @@ class TorchPredictor(Predictor):
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         logits = forward_batches(self.model, pixels, self.spec.preprocess, self.device)
+        if self.spec.task == "segmentation":
+            side = self.spec.preprocess.input_size
+            logits = logits.reshape(len(pixels), side, side)  # (N, 1, S, S); also shapes an empty batch
+            return sigmoid(logits) if self.spec.output == "mask_logits" else logits
         return softmax(logits) if self.spec.output == "logits" else logits

@@ -8,8 +8,6 @@ checkpoint replays exactly what the uninterrupted run would have done.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import sys
@@ -24,20 +22,23 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import _atomic
-from ..data.layouts import load_dataset
 from ..data.pixels import PixelCache, load_pixels
 from ..data.samples import SampleSet
-from ..data.splits import check_no_leakage, grouped_stratified_split
 from ..errors import DataError, UsageError
 from ..inference import forward_batches, softmax, to_model_input
 from ..labels import DX_CODES
 from ..metrics import classification_metrics
 from ..models import create_model, get_entry
+from ..operating_point import DEFAULT_TARGET_SENSITIVITY, choose_operating_point, sensitivity_specificity
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from ..spec import ModelSpec
 from . import checkpoint
 from .augment import augment_batch
 from .calibration import fit_temperature, fold_temperature
+from .common import assign_splits, write_metrics_csv
+from .common import comparable_recipe as _comparable
+from .common import cosine_lr as _cosine_lr
+from .common import write_splits as _write_splits
 from .distributed import DistContext, all_gather_arrays, setup, teardown
 
 MODES = ("head", "full")
@@ -64,6 +65,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     weights: str = "default"
     resize: str = "letterbox"
+    target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY  # for the malignant-class operating point
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"
@@ -118,37 +120,7 @@ class SplitData:
 
 def _assign_splits(config: TrainConfig) -> tuple[SampleSet, SampleSet | None]:
     """The training set, with val/test split names, and an external validation set if given."""
-    train = load_dataset(config.data)
-    train.require_labels()
-    external_val = None
-    if config.val_data:
-        external_val = load_dataset(config.val_data)
-        external_val.require_labels()
-        shared = set(train.groups) & set(external_val.groups)
-        if shared:
-            raise DataError(
-                f"leakage: {len(shared)} group(s) are in both --data and --val-data, e.g. {sorted(shared)[0]!r}",
-                path=config.val_data,
-                fix="validation images must come from other lesions than the training images",
-            )
-    if any(s.split for s in train.samples):
-        missing = [s.display_path for s in train.samples if not s.split]
-        if missing:
-            raise DataError(
-                f"{len(missing)} rows have no split, e.g. {missing[0]}",
-                path=config.data,
-                fix="fill the split column for every row or leave it out entirely",
-            )
-        splits = [s.split or "" for s in train.samples]
-    else:
-        fractions = {
-            "train": 1.0 - config.test_fraction - (0.0 if external_val else config.val_fraction),
-            "val": 0.0 if external_val else config.val_fraction,
-            "test": config.test_fraction,
-        }
-        splits = grouped_stratified_split(train.labels, train.groups, fractions, seed=config.seed)
-    check_no_leakage(train.groups, splits, where=config.data)
-    return train.with_splits(splits), external_val
+    return assign_splits(config, require_labels=True)
 
 
 def _class_names(train: SampleSet) -> list[str]:
@@ -161,17 +133,6 @@ def _warn_empty_classes(name: str, dataset: SampleSet, class_names: list[str], l
     empty = [c for c in class_names if counts.get(c, 0) == 0]
     if empty:
         log(f"warning: the {name} split has no samples of {', '.join(empty)}; its metrics for them are undefined")
-
-
-def _write_splits(path: Path, dataset: SampleSet, external_val: SampleSet | None) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["image_id", "group", "label", "split", "source"])
-    for sample in dataset.samples:
-        writer.writerow([sample.image_id, sample.group, sample.label, sample.split, dataset.spec])
-    for sample in external_val.samples if external_val else []:
-        writer.writerow([sample.image_id, sample.group, sample.label, "val", external_val.spec])
-    _atomic.write_text(path, buffer.getvalue())
 
 
 def _load_split(dataset: SampleSet, name: str, preprocess: Preprocess, class_names: list[str], quiet: bool) -> SplitData | None:
@@ -241,13 +202,6 @@ def _bn_eps(model: nn.Module) -> dict[str, float]:
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             return {"bn_eps": module.eps} if module.eps != 1e-5 else {}
     return {}
-
-
-def _cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -506,12 +460,7 @@ class _Trainer:
         self.context.barrier()
 
     def _write_metrics_csv(self, history: list[dict]) -> None:
-        columns = list(dict.fromkeys(k for row in history for k in row))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(history)
-        _atomic.write_text(self.run_dir / "metrics.csv", buffer.getvalue())
+        write_metrics_csv(self.run_dir / "metrics.csv", history)
 
     def _calibrate_and_evaluate(
         self, model: nn.Module, spec: ModelSpec, val: SplitData | None, test: SplitData | None, preprocess: Preprocess
@@ -529,7 +478,12 @@ class _Trainer:
             if split is None:
                 continue
             logits = forward_batches(model.eval(), split.cache.pixels, preprocess, device)
-            result = classification_metrics(split.labels, softmax(logits), spec.class_names).to_dict()
+            probs = softmax(logits)
+            result = classification_metrics(split.labels, probs, spec.class_names).to_dict()
+            if name == "val":
+                spec.operating_point = choose_operating_point(spec, split.labels, probs, self.config.target_sensitivity)
+            if spec.operating_point:
+                result["operating_point"] = sensitivity_specificity(spec, split.labels, probs, spec.operating_point["threshold"])
             metrics[name] = result
             auc = result["macro_auc"]
             self.log(
@@ -537,11 +491,6 @@ class _Trainer:
                 f"macro AUC {'n/a' if auc is None else f'{auc:.3f}'}, ECE {result['ece']:.3f} (n={result['n']})"
             )
         return metrics
-
-
-def _comparable(recipe: dict[str, Any]) -> dict[str, Any]:
-    """The recipe fields that must match for a resume (the output folder may have moved)."""
-    return {k: v for k, v in recipe.items() if k not in ("out", "device", "epochs")}
 
 
 def train_classifier(config: TrainConfig) -> TrainResult:

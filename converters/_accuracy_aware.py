@@ -1,0 +1,155 @@
+"""Accuracy-aware int8 (``--quant int8-aa --max-drop X``), the same search for every format.
+
+Full int8 first. If its top-1 answers disagree with the fp32 model's on more than ``max_drop`` of
+the calibration images, each quantizable layer is ranked by how much keeping it alone in float
+brings the int8 probabilities back towards fp32 (mean |Δp| on a subset of the calibration images),
+and the fewest top-ranked layers are kept in float that bring the disagreement within the bound
+(a doubling then bisecting search over that ranking).
+
+Top-1 disagreement with fp32 is the criterion because it needs no labels and bounds the accuracy
+drop from above (an image whose answer did not change cannot lose accuracy); ``edgederm verify``
+then measures the real metric drops on held-out labelled images.
+
+A converter supplies three functions: ``build(excluded) -> model``, ``predict(model, n) ->
+probabilities on the first n calibration images`` and ``latency(model) -> ms``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+DEFAULT_MAX_DROP = 0.01
+RANK_IMAGES = 64  # images used to rank layers; the search itself uses every calibration image
+
+
+@dataclass
+class AwareResult:
+    max_drop: float
+    candidates: int
+    kept_float: list[str]
+    disagreement: float  # final model, top-1 vs fp32 on the calibration images
+    full_int8_disagreement: float
+    reached: bool
+    latency_ms: float | None = None  # 1 thread, batch 1
+    full_int8_latency_ms: float | None = None
+    builds: int = 0
+    seconds: float = 0.0
+    ranking: list[dict[str, Any]] = field(default_factory=list)  # the 10 most sensitive layers
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        latency = ""
+        if self.latency_ms and self.full_int8_latency_ms:
+            latency = f"; latency {self.latency_ms:.2f} ms vs {self.full_int8_latency_ms:.2f} ms all-int8"
+        outcome = "within" if self.reached else "NOT within"
+        return (
+            f"{len(self.kept_float)}/{self.candidates} layers kept float, top-1 disagreement with fp32 "
+            f"{self.disagreement:.1%} (all-int8 {self.full_int8_disagreement:.1%}), {outcome} {self.max_drop:.1%}{latency}"
+        )
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    nodes: tuple[str, ...]  # what the format's quantizer must skip: the op and any activation fused into it
+    inputs: frozenset[str]  # activation tensors it reads
+    outputs: frozenset[str]
+
+
+def float_regions(layers: Sequence[Layer]) -> dict[str, list[str]]:
+    """Per layer, the nodes to keep float so that it computes in float *and* its output stays float.
+
+    Static int8 quantizes a tensor wherever any reader of it is quantized, so keeping a layer's op
+    float alone wins back almost nothing (measured on Lite0): its readers are kept float with it.
+    """
+    regions = {}
+    for layer in layers:
+        readers = [other for other in layers if other is not layer and other.inputs & layer.outputs]
+        regions[layer.name] = list(dict.fromkeys([*layer.nodes, *(n for r in readers for n in r.nodes)]))
+    return regions
+
+
+def _disagreement(probs: np.ndarray, reference: np.ndarray) -> float:
+    return float((probs.argmax(1) != reference.argmax(1)).mean())
+
+
+def _console():
+    # The TFLite converter silences its tools by redirecting sys.stderr; the search's progress is ours to show.
+    return sys.__stderr__ or sys.stderr
+
+
+def _log(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"  int8-aa: {message}", file=_console(), flush=True)
+
+
+def search(
+    candidates: Sequence[str],
+    build: Callable[[list[str]], Any],
+    predict: Callable[[Any, int | None], np.ndarray],
+    latency: Callable[[Any], float],
+    reference: np.ndarray,
+    max_drop: float,
+    *,
+    quiet: bool = False,
+) -> tuple[Any, AwareResult]:
+    """The int8 model with the fewest float layers within ``max_drop``; ``reference`` = fp32 probabilities."""
+    started = time.time()
+    builds = 0
+
+    def evaluate(excluded: list[str], n: int | None = None) -> tuple[Any, np.ndarray]:
+        nonlocal builds
+        builds += 1
+        model = build(excluded)
+        return model, predict(model, n)
+
+    full, full_probs = evaluate([])
+    full_gap = _disagreement(full_probs, reference)
+    result = AwareResult(max_drop, len(candidates), [], full_gap, full_gap, full_gap <= max_drop)
+    full_latency = latency(full)
+    result.full_int8_latency_ms = result.latency_ms = full_latency
+    _log(f"all-int8 disagrees with fp32 on {full_gap:.1%} of {len(reference)} calibration images (bound {max_drop:.1%})", quiet)
+    if result.reached or not candidates:
+        result.builds, result.seconds = builds, round(time.time() - started, 1)
+        return full, result
+
+    n_rank = min(RANK_IMAGES, len(reference))
+    base = float(np.abs(full_probs[:n_rank] - reference[:n_rank]).mean())
+    benefit = {}
+    for name in tqdm(candidates, desc="  int8-aa ranking layers", unit="layer", disable=quiet, file=_console(), mininterval=2):
+        _, probs = evaluate([name], n_rank)
+        benefit[name] = base - float(np.abs(probs - reference[:n_rank]).mean())
+    ranked = sorted(candidates, key=lambda name: -benefit[name])
+    result.ranking = [{"layer": name, "mean_abs_prob_gain": round(benefit[name], 6)} for name in ranked[:10]]
+
+    cache: dict[int, tuple[Any, float]] = {}
+
+    def gap(k: int) -> float:
+        if k not in cache:
+            model, probs = evaluate(ranked[:k])
+            cache[k] = (model, _disagreement(probs, reference))
+            _log(f"{k} layer(s) float: disagreement {cache[k][1]:.1%}", quiet)
+        return cache[k][1]
+
+    low, high = 0, 1  # gap(low) > max_drop is known (low = 0 is all-int8)
+    while high < len(ranked) and gap(high) > max_drop:
+        low, high = high, min(2 * high, len(ranked))
+    if gap(high) <= max_drop:
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if gap(middle) <= max_drop else (middle, high)
+    model, final_gap = cache[high]
+    result.kept_float, result.disagreement, result.reached = ranked[:high], final_gap, final_gap <= max_drop
+    result.latency_ms = latency(model)
+    result.builds, result.seconds = builds, round(time.time() - started, 1)
+    _log(result.summary(), quiet)
+    return model, result

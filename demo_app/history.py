@@ -1,0 +1,220 @@
+"""Past captures, kept only on the device: one SQLite file plus the photos in the app's data folder.
+
+Nothing here leaves the device on its own: ``export_csv`` writes a file the user asked for, and
+``delete`` / ``clear`` remove the rows and their photos.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from PIL import Image
+
+from .presentation import ResultView
+
+THUMBNAIL_SIZE = (160, 160)
+CSV_COLUMNS = (
+    "id",
+    "created",
+    "refer",
+    "reason",
+    "top1_label",
+    "top1_name",
+    "top1_probability",
+    "top2_label",
+    "top2_probability",
+    "top3_label",
+    "top3_probability",
+    "lesion_area_fraction",
+    "latency_ms",
+    "model",
+    "photo",
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS captures (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created TEXT NOT NULL,
+    photo TEXT NOT NULL,
+    thumbnail TEXT NOT NULL,
+    refer INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    top3 TEXT NOT NULL,
+    lesion_area_fraction REAL,
+    latency_ms REAL NOT NULL,
+    model TEXT NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    id: int
+    created: str  # local time, ISO 8601 with offset
+    photo: Path
+    thumbnail: Path
+    refer: bool
+    reason: str
+    top3: list[dict]  # [{"label", "name", "probability"}], best first
+    lesion_area_fraction: float | None
+    latency_ms: float
+    model: str
+
+    @property
+    def summary(self) -> str:
+        top = self.top3[0]
+        return f"{'REFER' if self.refer else 'no referral'} - {top['name']} {top['probability']:.0%}"
+
+    @property
+    def when(self) -> str:
+        return datetime.fromisoformat(self.created).strftime("%Y-%m-%d %H:%M")
+
+
+class HistoryStore:
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.photos = self.folder / "photos"
+        self.photos.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.folder / "history.sqlite"
+        with self._connect() as db:
+            db.execute(_SCHEMA)
+
+    def add(self, shown: Image.Image, view: ResultView, *, model: str) -> HistoryEntry:
+        """Store the photo as shown (with its lesion outline, if any) and what the screen said."""
+        stem = uuid.uuid4().hex
+        photo, thumbnail = self.photos / f"{stem}.jpg", self.photos / f"{stem}_thumb.jpg"
+        shown = shown.convert("RGB")
+        shown.save(photo, quality=90)
+        small = shown.copy()
+        small.thumbnail(THUMBNAIL_SIZE)
+        small.save(thumbnail, quality=85)
+        top3 = view.to_dict()["top3"]
+        created = datetime.now().astimezone().isoformat(timespec="seconds")
+        with self._connect() as db:
+            cursor = db.execute(
+                "INSERT INTO captures (created, photo, thumbnail, refer, reason, top3, lesion_area_fraction, latency_ms, model)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    created,
+                    photo.name,
+                    thumbnail.name,
+                    int(view.refer),
+                    view.reason,
+                    json.dumps(top3),
+                    view.lesion_area_fraction,
+                    view.latency_ms,
+                    model,
+                ),
+            )
+            row_id = int(cursor.lastrowid)
+        return self.get(row_id)
+
+    def get(self, entry_id: int) -> HistoryEntry:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM captures WHERE id = ?", (entry_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no capture {entry_id} in the history")
+        return self._entry(row)
+
+    def list(self) -> list[HistoryEntry]:
+        """Newest first."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM captures ORDER BY id DESC").fetchall()
+        return [self._entry(row) for row in rows]
+
+    def delete(self, entry_id: int) -> None:
+        entry = self.get(entry_id)
+        with self._connect() as db:
+            db.execute("DELETE FROM captures WHERE id = ?", (entry_id,))
+        entry.photo.unlink(missing_ok=True)
+        entry.thumbnail.unlink(missing_ok=True)
+
+    def clear(self) -> int:
+        """Delete every capture and its photos; the number deleted."""
+        entries = self.list()
+        for entry in entries:
+            self.delete(entry.id)
+        return len(entries)
+
+    def export_csv(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(CSV_COLUMNS)
+            for entry in reversed(self.list()):  # oldest first, like a log
+                writer.writerow(_csv_row(entry))
+        return path
+
+    def _connect(self) -> _Closing:
+        db = sqlite3.connect(self.db_path)
+        db.row_factory = sqlite3.Row
+        return _Closing(db)
+
+    def _entry(self, row: sqlite3.Row) -> HistoryEntry:
+        return HistoryEntry(
+            id=row["id"],
+            created=row["created"],
+            photo=self.photos / row["photo"],
+            thumbnail=self.photos / row["thumbnail"],
+            refer=bool(row["refer"]),
+            reason=row["reason"],
+            top3=json.loads(row["top3"]),
+            lesion_area_fraction=row["lesion_area_fraction"],
+            latency_ms=row["latency_ms"],
+            model=row["model"],
+        )
+
+
+class _Closing:
+    """sqlite3's own context manager commits but never closes; this one does both."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.db.commit()
+        finally:
+            self.db.close()
+
+
+def _csv_row(entry: HistoryEntry) -> list:
+    top = entry.top3 + [{"label": "", "name": "", "probability": ""}] * (3 - len(entry.top3))
+    area = "" if entry.lesion_area_fraction is None else f"{entry.lesion_area_fraction:.4f}"
+    return [
+        entry.id,
+        entry.created,
+        int(entry.refer),
+        _text(entry.reason),
+        top[0]["label"],
+        _text(top[0]["name"]),
+        _probability(top[0]["probability"]),
+        top[1]["label"],
+        _probability(top[1]["probability"]),
+        top[2]["label"],
+        _probability(top[2]["probability"]),
+        area,
+        f"{entry.latency_ms:.1f}",
+        _text(entry.model),
+        entry.photo.name,
+    ]
+
+
+def _text(value: str) -> str:
+    """A cell a spreadsheet will not run as a formula (the model's file name is the user's choice)."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def _probability(value) -> str:
+    return "" if value == "" else f"{float(value):.4f}"

@@ -1,0 +1,48 @@
+"""Lay out the source folder that buildozer (Android) and kivy-ios package: ``python -m demo_app.stage_mobile``.
+
+Both tools want a folder with a ``main.py`` at its top. This copies the app, the edgederm library
+(with ``converters/`` placed at ``edgederm/converters`` as the installed package has it) and the
+artifacts in ``demo_app/models/`` into ``build/mobile_src/``, and writes that ``main.py``. Nothing
+here imports torch at run time; the phone only ever imports the runtime half of edgederm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "build" / "mobile_src"
+MAIN = '''"""Entry point of the packaged app (written by demo_app/stage_mobile.py)."""
+
+import sys
+
+from demo_app.main import main
+
+sys.exit(main([]))
+'''
+_SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "build", "screenshot*.png", "buildozer.spec", ".buildozer", "bin")
+
+
+def stage(out: Path = DEFAULT_OUT) -> Path:
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    shutil.copytree(REPO / "edgederm", out / "edgederm", ignore=_SKIP)
+    shutil.copytree(REPO / "converters", out / "edgederm" / "converters", ignore=_SKIP)
+    shutil.copytree(REPO / "demo_app", out / "demo_app", ignore=_SKIP)
+    (out / "main.py").write_text(MAIN, encoding="utf-8")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    out = stage(parser.parse_args().out)
+    models = sorted(p.name for p in (out / "demo_app" / "models").glob("*")) if (out / "demo_app" / "models").is_dir() else []
+    print(f"staged {out} (bundled models: {', '.join(models) or 'none: copy .tflite files into demo_app/models/ first'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Pieces every training task shares: grouped splits and splits.csv, the LR schedule, metrics.csv, resume checks."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any, Protocol
+
+from .. import _atomic
+from ..data.layouts import load_dataset
+from ..data.samples import SampleSet
+from ..data.splits import check_no_leakage, grouped_stratified_split
+from ..errors import DataError
+
+
+class SplitOptions(Protocol):
+    data: str
+    val_data: str | None
+    val_fraction: float
+    test_fraction: float
+    seed: int
+
+
+def assign_splits(config: SplitOptions, *, require_labels: bool = True) -> tuple[SampleSet, SampleSet | None]:
+    """The training set, with train/val/test split names, and an external validation set if given.
+
+    Groups (lesions) never straddle splits; labels, where known, are spread in proportion.
+    """
+    train = load_dataset(config.data)
+    if require_labels:
+        train.require_labels()
+    external_val = None
+    if config.val_data:
+        external_val = load_dataset(config.val_data)
+        if require_labels:
+            external_val.require_labels()
+        shared = set(train.groups) & set(external_val.groups)
+        if shared:
+            raise DataError(
+                f"leakage: {len(shared)} group(s) are in both --data and --val-data, e.g. {sorted(shared)[0]!r}",
+                path=config.val_data,
+                fix="validation images must come from other lesions than the training images",
+            )
+    if any(s.split for s in train.samples):
+        missing = [s.display_path for s in train.samples if not s.split]
+        if missing:
+            raise DataError(
+                f"{len(missing)} rows have no split, e.g. {missing[0]}",
+                path=config.data,
+                fix="fill the split column for every row or leave it out entirely",
+            )
+        splits = [s.split or "" for s in train.samples]
+    else:
+        fractions = {
+            "train": 1.0 - config.test_fraction - (0.0 if external_val else config.val_fraction),
+            "val": 0.0 if external_val else config.val_fraction,
+            "test": config.test_fraction,
+        }
+        splits = grouped_stratified_split(train.labels, train.groups, fractions, seed=config.seed)
+    check_no_leakage(train.groups, splits, where=config.data)
+    return train.with_splits(splits), external_val
+
+
+def write_splits(path: Path, dataset: SampleSet, external_val: SampleSet | None) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image_id", "group", "label", "split", "source"])
+    for sample in dataset.samples:
+        writer.writerow([sample.image_id, sample.group, sample.label, sample.split, dataset.spec])
+    for sample in external_val.samples if external_val else []:
+        writer.writerow([sample.image_id, sample.group, sample.label, "val", external_val.spec])
+    _atomic.write_text(path, buffer.getvalue())
+
+
+def cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def write_metrics_csv(path: Path, history: list[dict]) -> None:
+    columns = list(dict.fromkeys(k for row in history for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    _atomic.write_text(path, buffer.getvalue())
+
+
+def comparable_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe fields that must match for a resume (the output folder may have moved)."""
+    return {k: v for k, v in recipe.items() if k not in ("out", "device", "epochs")}
+
+
+def format_row(row: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "epoch")

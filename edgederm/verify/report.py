@@ -1,0 +1,299 @@
+"""The verify report: one table, the plots behind it, as Markdown and as one self-contained HTML file."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from .. import _atomic
+from ..metrics import reliability_bins, roc_auc, roc_curve
+from ..runtime.screening import malignant_classes, malignant_score
+from ..spec import ModelSpec
+
+PLOTS = {
+    "latency": ("latency.png", "Latency per artifact (batch 1, median with p90 whisker)"),
+    "roc": ("roc.png", "ROC of every artifact, overlaid"),
+    "reliability": ("reliability.png", "Reliability of every artifact, overlaid"),
+    "confusion": ("confusion.png", "Confusion matrices (rows: true class, shares of the row)"),
+}
+
+
+def _save(fig, path: Path) -> None:
+    _atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def _label(row: dict[str, Any]) -> str:
+    return f"{row['format']} {row['quant']}" + (" (emulated)" if row.get("emulated") else "")
+
+
+def _scored(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The reference first, then every artifact that produced outputs."""
+    return [result["reference"], *[a for a in result["artifacts"] if a.get("probs") is not None]]
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    return f"{value / base:.2f}x" if value and base else ""
+
+
+def _latency_at(row: dict[str, Any], threads: int) -> dict[str, Any] | None:
+    return next((t for t in row.get("latency") or [] if t["threads"] == threads), None)
+
+
+def _onnx_fp32(result: dict[str, Any]) -> dict[str, Any] | None:
+    return next((a for a in result["artifacts"] if a["format"] == "onnx" and a["quant"] == "fp32" and a.get("latency")), None)
+
+
+def _device_columns(result: dict[str, Any]) -> list[tuple[str, dict[str, list]]]:
+    """(device name, {artifact sha256 or name: latency list}) for each merged phone results file."""
+    columns = []
+    for device in result.get("device_results", []):
+        by_key = {}
+        for artifact in device.get("artifacts", []):
+            for key in (artifact.get("sha256"), artifact.get("name")):
+                if key:
+                    by_key[key] = artifact.get("latency", [])
+        columns.append((device["device_label"], by_key))
+    return columns
+
+
+def _device_latency(column: dict[str, list], row: dict[str, Any]) -> str:
+    latency = column.get(row.get("sha256") or "") or column.get(row.get("name") or "")
+    return " / ".join(f"{t['median_ms']:.2f} ms @{t['threads']}" for t in latency or [])
+
+
+def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    threads = result["threads"]
+    ref = result["reference"]
+    onnx = _onnx_fp32(result)
+    op = result.get("operating_point")
+    devices = _device_columns(result)
+    header = ["artifact", "status", "size (MB)", "bal. acc (Δ)", "accuracy (Δ)", "macro AUC (Δ)", "mel sens. (Δ)"]
+    if op:
+        header.append(f"refer sens./spec. @ {op['threshold']:.3f}")
+    header += ["top-1 agree", "max abs Δp"]
+    for t in threads:
+        header += [f"median / p90 ms @{t}thr", f"vs torch @{t}", f"vs ORT fp32 @{t}"]
+    header += [f"{name} (device)" for name, _ in devices]
+    header.append("note")
+
+    def metric(row, key):
+        value = (row.get("metrics") or {}).get(key)
+        if value is None:
+            return ""
+        delta = (row.get("deltas") or {}).get(key)
+        return f"{value:.3f}" + (f" ({delta:+.3f})" if delta is not None else "")
+
+    rows = []
+    for row in [ref, *result["artifacts"]]:
+        is_ref = row is ref
+        cells = [
+            "torch fp32 (reference)" if is_ref else _label(row),
+            "reference" if is_ref else row["status"],
+            "" if is_ref or not row.get("size_bytes") else f"{row['size_bytes'] / 1e6:.2f}",
+            metric(row, "balanced_accuracy"),
+            metric(row, "accuracy"),
+            metric(row, "macro_auc"),
+            metric(row, "mel_sensitivity"),
+        ]
+        if op:
+            m = row.get("metrics") or {}
+            cells.append(f"{m['op_sensitivity']:.3f} / {m['op_specificity']:.3f}" if m.get("op_sensitivity") is not None else "")
+        agree = row.get("agreement") or {}
+        cells += [f"{agree['top1']:.1%}" if agree else "", f"{agree['max_abs_prob_diff']:.4f}" if agree else ""]
+        for t in threads:
+            mine, base, ort = _latency_at(row, t), _latency_at(ref, t), _latency_at(onnx, t) if onnx else None
+            cells.append(f"{mine['median_ms']:.2f} / {mine['p90_ms']:.2f}" if mine else "")
+            cells.append(_ratio(mine and mine["median_ms"], base and base["median_ms"]) if not is_ref else "1.00x")
+            cells.append(_ratio(mine and mine["median_ms"], ort and ort["median_ms"]))
+        cells += [_device_latency(column, row) for _, column in devices]
+        note = "; ".join(row.get("checks") or []) or row.get("message") or ""
+        aware = (row.get("details") or {}).get("int8_aa")
+        if aware:
+            note = "; ".join(filter(None, [note, f"{len(aware['kept_float'])}/{aware['candidates']} layers kept float"]))
+        cells.append(note)
+        rows.append(cells)
+    return header, rows
+
+
+def _plot_latency(result: dict[str, Any], path: Path) -> None:
+    rows = [r for r in [result["reference"], *result["artifacts"]] if r.get("latency")]
+    threads = result["threads"]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) * len(threads) + 1.5))
+    height = 0.8 / len(threads)
+    for k, t in enumerate(threads):
+        stats = [_latency_at(r, t) for r in rows]
+        y = np.arange(len(rows)) + k * height
+        medians = [s["median_ms"] if s else 0 for s in stats]
+        p90 = [(s["p90_ms"] - s["median_ms"]) if s else 0 for s in stats]
+        ax.barh(y, medians, height=height, xerr=[np.zeros(len(rows)), p90], label=f"{t} thread{'s' * (t > 1)}", capsize=2)
+    ax.set_yticks(
+        np.arange(len(rows)) + 0.4 - height / 2, ["torch fp32 (reference)" if r is result["reference"] else _label(r) for r in rows]
+    )
+    ax.invert_yaxis()
+    ax.set_xlabel("ms per image (batch 1)")
+    ax.legend(fontsize=8)
+    ax.set_title("Latency on this machine")
+    _save(fig, path)
+
+
+def _roc_target(spec_like: dict[str, Any], labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    spec = spec_like["spec"]
+    if malignant_classes(spec):
+        truth = np.isin(labels, [spec.class_names.index(c) for c in malignant_classes(spec)])
+        return truth.astype(int), malignant_score(spec, probs), "malignant (" + ", ".join(malignant_classes(spec)) + ") vs benign"
+    return (labels == 0).astype(int), probs[:, 0], f"{spec.class_names[0]} vs rest"
+
+
+def _plot_roc(result: dict[str, Any], spec: ModelSpec, path: Path) -> None:
+    labels = result["labels"]
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    title = ""
+    for row in _scored(result):
+        truth, scores, title = _roc_target({"spec": spec}, labels, row["probs"])
+        if truth.all() or not truth.any():
+            continue
+        fpr, tpr, _ = roc_curve(truth, scores)
+        name = "torch fp32 (reference)" if row is result["reference"] else _label(row)
+        ax.plot(fpr, tpr, linewidth=2.5 if row is result["reference"] else 1, label=f"{name}: AUC {roc_auc(truth, scores):.3f}")
+    op = result.get("operating_point")
+    if op and op.get("sensitivity") is not None:
+        ax.plot(1 - op["specificity"], op["sensitivity"], "k*", markersize=12, label="stored operating point (validation)")
+    ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(f"ROC: {title}")
+    ax.legend(loc="lower right", fontsize=7)
+    _save(fig, path)
+
+
+def _plot_reliability(result: dict[str, Any], path: Path) -> None:
+    labels = result["labels"]
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    for row in _scored(result):
+        bins = reliability_bins(labels, row["probs"], n_bins=10)
+        conf = [c for c, a in zip(bins["mean_confidence"], bins["accuracy"], strict=True) if a is not None]
+        acc = [a for a in bins["accuracy"] if a is not None]
+        name = "torch fp32 (reference)" if row is result["reference"] else _label(row)
+        ax.plot(conf, acc, marker=".", linewidth=2.5 if row is result["reference"] else 1, label=name)
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="perfect calibration")
+    ax.set_xlabel("model confidence (top class)")
+    ax.set_ylabel("how often the top class was right")
+    ax.legend(fontsize=7)
+    ax.set_title("Reliability diagram")
+    _save(fig, path)
+
+
+def _plot_confusions(result: dict[str, Any], class_names: list[str], path: Path) -> None:
+    rows = [r for r in _scored(result) if (r.get("metrics") or {}).get("confusion_matrix")]
+    columns = min(4, len(rows))
+    lines = -(-len(rows) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(3.2 * columns, 3.2 * lines), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, row in zip(axes.flat, rows, strict=False):
+        counts = np.asarray(row["metrics"]["confusion_matrix"], float)
+        share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        ax.axis("on")
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(class_names)):
+            for j in range(len(class_names)):
+                ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=6, color="white" if share[i, j] > 0.6 else "black")
+        ax.set_xticks(range(len(class_names)), class_names, fontsize=6, rotation=90)
+        ax.set_yticks(range(len(class_names)), class_names, fontsize=6)
+        ax.set_title("torch fp32 (reference)" if row is result["reference"] else _label(row), fontsize=8)
+    _save(fig, path)
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    clean = [[c.replace("|", "/") for c in r] for r in rows]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *["| " + " | ".join(r) + " |" for r in clean]]
+
+
+def _summary_lines(result: dict[str, Any]) -> list[str]:
+    counts = {s: sum(a["status"] == s for a in result["artifacts"]) for s in ("pass", "fail", "error", "unverified")}
+    op = result.get("operating_point")
+    lines = [
+        f"- Data: `{result['data']}`, {result['n_images']} images ({result['unreadable_images']} unreadable, skipped for every model).",
+        f"- Reference: `{result['reference']['name']}` run by torch in fp32 on the same preprocessed pixels.",
+        f"- Pass rule: {result['headline_metric']} may drop at most {result['max_drop']:g} against the reference"
+        + (f"; guards: {', '.join(result['guards'])}" if result["guards"] else "")
+        + ".",
+        f"- Result: {counts['pass']} pass, {counts['fail']} fail, {counts['error']} error, {counts['unverified']} unverified.",
+        f"- Latency: {result['latency_input']}; median and p90 of timed runs after warm-up, on `{result['machine']['platform']}` "
+        f"({result['machine']['cpus']} CPUs), threads {', '.join(map(str, result['threads']))}.",
+    ]
+    if op:
+        lines.append(
+            f"- Referral threshold (from the ModelSpec, set on validation data for {op['target_sensitivity']:.0%} sensitivity): "
+            f"malignant score ({', '.join(op['classes'])}) >= {op['threshold']:.3f}. The table re-measures sensitivity/specificity at it."
+        )
+    if any(a.get("emulated") for a in result["artifacts"]):
+        lines.append(
+            "- CoreML rows marked *emulated* were executed by edgederm's MIL reference executor on Linux (torch ops, fp16 rounding "
+            "emulated), not by Apple's CoreML runtime: a numerics check, with no latency."
+        )
+    return lines
+
+
+def write_report(result: dict[str, Any], spec: ModelSpec, out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _plot_latency(result, out_dir / PLOTS["latency"][0])
+    _plot_roc(result, spec, out_dir / PLOTS["roc"][0])
+    _plot_reliability(result, out_dir / PLOTS["reliability"][0])
+    _plot_confusions(result, spec.class_names, out_dir / PLOTS["confusion"][0])
+    header, rows = table_rows(result)
+    title = f"edgederm verify: {result['export_dir']}"
+    markdown = [f"# {title}", "", *_summary_lines(result), "", *_markdown_table(header, rows), ""]
+    for file, caption in PLOTS.values():
+        markdown += [f"## {caption}", "", f"![{caption}]({file})", ""]
+    markdown_path = out_dir / "verify.md"
+    _atomic.write_text(markdown_path, "\n".join(markdown))
+    html_path = out_dir / "verify.html"
+    _atomic.write_text(html_path, _html(title, _summary_lines(result), header, rows, out_dir))
+    return markdown_path, html_path
+
+
+def _inline_png(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _html(title: str, summary: list[str], header: list[str], rows: list[list[str]], out_dir: Path) -> str:
+    status_class = {"pass": "pass", "fail": "fail", "error": "fail", "unverified": "unverified"}
+
+    def cell(text: str, index: int) -> str:
+        css = f' class="{status_class[text]}"' if index == 1 and text in status_class else ""
+        return f"<td{css}>{html.escape(text)}</td>"
+
+    table = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+    table += ["<tr>" + "".join(cell(c, i) for i, c in enumerate(r)) + "</tr>" for r in rows]
+    table.append("</table>")
+    figures = [
+        f'<h2>{html.escape(caption)}</h2><img alt="{html.escape(caption)}" src="{_inline_png(out_dir / file)}">'
+        for file, caption in PLOTS.values()
+    ]
+    items = "".join(f"<li>{html.escape(line[2:]).replace('`', '')}</li>" for line in summary)
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:4px 6px;text-align:right}td:first-child,th:first-child{text-align:left}"
+        "th{background:#f3f3f3}.pass{background:#dff5df}.fail{background:#f9d6d6}.unverified{background:#eee}img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1><ul>{items}</ul>{''.join(table)}{''.join(figures)}</body></html>\n"
+    )
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    from .runner import to_json
+
+    _atomic.write_text(path, json.dumps(to_json(result), indent=2) + "\n")

@@ -1,0 +1,301 @@
+"""``edgederm verify``: every artifact of an export, run on the same images as the torch fp32 model.
+
+The reference is the run directory the export came from (``manifest.json``'s ``source``), run by
+torch in fp32. Each artifact goes through ``Predictor`` exactly as an app would load it, on the
+same preprocessed pixels, and gets its task metrics, the deltas against the reference, top-1
+agreement, the largest probability difference, latency at each thread count, size and a status:
+
+- ``pass``: ran, and the headline metric dropped no more than ``max_drop`` and no guard broke;
+- ``fail``: ran, and dropped more than allowed;
+- ``error``: could not be loaded or run (the message says why);
+- ``unverified``: cannot run on this machine (CoreML off Apple platforms without the emulator).
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..data.pixels import PixelCache, load_pixels
+from ..errors import DataError, EdgedermError, UsageError
+from ..formats import FORMATS, format_for_path
+from ..manifest import read_manifest
+from ..predict import resolve_inputs
+from ..runtime import Predictor
+from ..runtime.timing import DEFAULT_RUNS, DEFAULT_WARMUP, measure_latency
+from ..spec import ModelSpec
+from .guards import Guard, check_guard_metrics, headline_metric
+from .scoring import agreement, score
+
+STATUSES = ("pass", "fail", "error", "unverified")
+
+
+@dataclass
+class VerifyOptions:
+    data: str
+    split: str | None = None
+    max_drop: float = 0.01
+    guards: list[Guard] = field(default_factory=list)
+    threads: list[int] = field(default_factory=lambda: [1])
+    runs: int = DEFAULT_RUNS
+    warmup: int = DEFAULT_WARMUP
+    reference: Path | None = None  # default: the manifest's source run directory
+    emulate_coreml: bool = True
+    quiet: bool = False
+
+
+@dataclass
+class Outputs:
+    probs: np.ndarray  # classification (N, C); segmentation (N, S, S) lesion probabilities
+    latency: list[dict[str, Any]]
+
+
+def _log(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"edgederm verify: {message}", file=sys.stderr, flush=True)
+
+
+def _reference_dir(export_dir: Path, manifest: dict, override: Path | None) -> Path:
+    if override is not None:
+        return override
+    source = manifest.get("source")
+    candidates = [Path(source), export_dir / source] if source else []
+    for candidate in candidates:
+        if (candidate / "spec.json").is_file():
+            return candidate
+    raise UsageError(
+        f"the export's source run directory {source!r} is not here",
+        fix="give the run directory the export was made from with --reference RUN_DIR",
+    )
+
+
+def _run_outputs(predictor: Predictor, cache: PixelCache, options: VerifyOptions, make, quiet: bool) -> Outputs:
+    """All probabilities with the first predictor, then latency at batch 1 for every thread count."""
+    probs = np.concatenate([predictor.predict_pixels(cache.pixels[i : i + 32]) for i in range(0, len(cache.pixels), 32)])
+    one = cache.pixels[:1]
+    latency = []
+    for threads in options.threads:
+        timed = predictor if threads == options.threads[0] else make(threads)
+        stats = measure_latency(lambda timed=timed: timed.predict_pixels(one), runs=options.runs, warmup=options.warmup)
+        latency.append({"threads": threads, **stats})
+    _log(f"{predictor.path.name}: " + ", ".join(f"{t['median_ms']:.2f} ms @ {t['threads']} thr" for t in latency), quiet)
+    return Outputs(probs.astype(np.float32), latency)
+
+
+def _torch_predictor(run_dir: Path, threads: int):
+    import torch
+
+    from ..runtime.torch_backend import TorchPredictor
+
+    torch.set_num_threads(threads)
+    return TorchPredictor(run_dir, device="cpu")
+
+
+def _reference(run_dir: Path, cache: PixelCache, options: VerifyOptions) -> Outputs:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        predictor = _torch_predictor(run_dir, options.threads[0])
+        return _run_outputs(predictor, cache, options, lambda t: _torch_predictor(run_dir, t), options.quiet)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _coreml_predictor(path: Path, options: VerifyOptions) -> tuple[Predictor | None, str]:
+    """A real CoreML predictor on macOS; elsewhere the torch MIL emulator, if asked for and available."""
+    if sys.platform == "darwin":
+        return Predictor.load(path), ""
+    if not options.emulate_coreml:
+        return None, "CoreML runs only on Apple platforms; emulation switched off (--no-emulate-coreml)"
+    try:
+        from .coreml_emulator import EmulatedCoreMLPredictor
+    except ImportError as exc:
+        return None, f"CoreML runs only on Apple platforms, and the MIL emulator is unavailable ({exc})"
+    from ..manifest import verify_against_manifest
+
+    verify_against_manifest(path)
+    return EmulatedCoreMLPredictor(path), ""
+
+
+def _artifact_row(export_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    path = export_dir / record["path"] if record.get("path") else None
+    return {
+        "name": Path(record["path"]).name if record.get("path") else None,
+        "path": record.get("path"),
+        "format": record.get("format"),
+        "quant": record.get("quant"),
+        "size_bytes": record.get("size"),
+        "sha256": record.get("sha256"),
+        "runtime": FORMATS[record["format"]].runtime if record.get("format") in FORMATS else "",
+        "emulated": False,
+        "status": "error",
+        "message": "" if path is None or path.exists() else "listed in manifest.json but missing",
+        "metrics": None,
+        "deltas": None,
+        "agreement": None,
+        "latency": [],
+        "checks": [],
+        "details": record.get("details"),  # e.g. which layers int8-aa kept in float
+    }
+
+
+def _judge(row: dict[str, Any], reference: dict[str, Any], task: str, options: VerifyOptions) -> None:
+    headline = headline_metric(task)
+    ref_value, value = reference["metrics"].get(headline), row["metrics"].get(headline)
+    broken = []
+    if ref_value is not None and value is not None and ref_value - value > options.max_drop:
+        broken.append(f"{headline} dropped {ref_value - value:.4f} > {options.max_drop:g}")
+    for guard in options.guards:
+        problem = guard.check(reference["metrics"], row["metrics"])
+        if problem:
+            broken.append(problem)
+    row["checks"] = broken
+    row["status"] = "fail" if broken else "pass"
+
+
+def _verify_artifact(
+    export_dir: Path,
+    record: dict[str, Any],
+    cache: PixelCache,
+    labels,
+    reference: dict[str, Any],
+    ref_out: Outputs,
+    spec: ModelSpec,
+    options: VerifyOptions,
+) -> dict[str, Any]:
+    row = _artifact_row(export_dir, record)
+    if record.get("status") != "ok" or row["message"]:
+        row["message"] = row["message"] or f"export {record.get('status')}: {record.get('message', '')}"
+        return row
+    path = export_dir / record["path"]
+    fmt = format_for_path(path.name)
+    try:
+        if fmt is not None and not fmt.runs_on_linux:
+            predictor, why = _coreml_predictor(path, options)
+            if predictor is None:
+                row["status"], row["message"] = "unverified", why
+                return row
+            row["emulated"] = bool(getattr(predictor, "emulated", False))
+        else:
+            predictor = Predictor.load(path, threads=options.threads[0])
+        if predictor.spec.preprocess.to_dict() != spec.preprocess.to_dict():
+            raise DataError("its preprocessing differs from the reference model's", path=path, fix="re-export it from the same run")
+        if row["emulated"]:  # emulator latency says nothing about a phone
+            probs = predictor.predict_pixels(cache.pixels)
+            outputs = Outputs(np.asarray(probs, np.float32), [])
+        else:
+            outputs = _run_outputs(predictor, cache, options, lambda t: Predictor.load(path, threads=t), options.quiet)
+    except EdgedermError as error:
+        row["message"] = str(error)
+        return row
+    except Exception as error:  # noqa: BLE001 - a runtime's own failure becomes this artifact's error row
+        row["message"] = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+        return row
+    row["metrics"] = score(spec, labels, outputs.probs)
+    row["deltas"] = {k: v - reference["metrics"][k] for k, v in row["metrics"].items() if _numbers(v, reference["metrics"].get(k))}
+    row["agreement"] = agreement(spec.task, ref_out.probs, outputs.probs)
+    row["latency"] = outputs.latency
+    row["probs"] = outputs.probs  # kept for the report's plots, dropped from the JSON
+    _judge(row, reference, spec.task, options)
+    return row
+
+
+def _numbers(a, b) -> bool:
+    return isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool)
+
+
+def _labels(spec: ModelSpec, dataset, cache: PixelCache) -> np.ndarray:
+    samples = [dataset.samples[i] for i in cache.kept]
+    unknown = sorted({s.label for s in samples if s.label is not None} - set(spec.class_names))
+    if any(s.label is None for s in samples):
+        raise DataError(
+            "verify needs labelled images", path=dataset.spec, fix="use a dataset spec with labels (not a folder of unlabelled images)"
+        )
+    if unknown:
+        raise DataError(f"labels {unknown} are not classes of this model {spec.class_names}", path=dataset.spec)
+    return np.array([spec.class_names.index(s.label) for s in samples])
+
+
+def _machine() -> dict[str, Any]:
+    import os
+
+    return {"platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count()}
+
+
+def verify_export(export_dir: Path, options: VerifyOptions) -> dict[str, Any]:
+    """Run every artifact in ``export_dir/manifest.json``; the result follows the documented JSON schema."""
+    started = time.time()
+    export_dir = Path(export_dir)
+    manifest = read_manifest(export_dir)
+    run_dir = _reference_dir(export_dir, manifest, options.reference)
+    spec = ModelSpec.load(run_dir / "spec.json")
+    if spec.task != "classification":
+        raise UsageError(f"verify of {spec.task} models is not supported by this edgederm version", fix="verify a classifier export")
+    dataset = resolve_inputs(options.data, [], options.split, run_dir / "splits.csv")
+    cache = load_pixels(dataset, spec.preprocess, desc="verification images", quiet=options.quiet)
+    if not cache.kept:
+        raise DataError("no image of the verification data could be read", path=dataset.spec)
+    labels = _labels(spec, dataset, cache)
+    _log(f"{len(cache.kept)} images ({len(cache.failures)} unreadable) from {dataset.spec}; reference {run_dir}", options.quiet)
+    ref_out = _reference(run_dir, cache, options)
+    reference = {
+        "name": str(run_dir),
+        "format": "torch",
+        "quant": "fp32",
+        "runtime": "torch eager (CPU)",
+        "metrics": score(spec, labels, ref_out.probs),
+        "latency": ref_out.latency,
+        "probs": ref_out.probs,
+    }
+    check_guard_metrics(options.guards, reference["metrics"])
+    artifacts = []
+    records = [r for r in manifest["artifacts"]]
+    for record in tqdm(records, desc="artifacts", unit="artifact", disable=options.quiet, file=sys.stderr):
+        artifacts.append(_verify_artifact(export_dir, record, cache, labels, reference, ref_out, spec, options))
+    return {
+        "edgederm_verify": 1,
+        "edgederm_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "task": spec.task,
+        "class_names": spec.class_names,
+        "operating_point": spec.operating_point or None,
+        "export_dir": str(export_dir),
+        "data": dataset.spec,
+        "n_images": len(cache.kept),
+        "unreadable_images": len(cache.failures),
+        "max_drop": options.max_drop,
+        "headline_metric": headline_metric(spec.task),
+        "guards": [g.text for g in options.guards],
+        "threads": options.threads,
+        "latency_input": f"1 image, {spec.preprocess.input_size}x{spec.preprocess.input_size}, preprocessed pixels in, probabilities out",
+        "machine": _machine(),
+        "seconds": round(time.time() - started, 1),
+        "labels": labels,
+        "reference": reference,
+        "artifacts": artifacts,
+        "device_results": [],
+    }
+
+
+def exit_code(result: dict[str, Any]) -> int:
+    """1 when any artifact failed its bounds or could not run; unverified artifacts do not fail a run."""
+    return 1 if any(a["status"] in ("fail", "error") for a in result["artifacts"]) else 0
+
+
+def to_json(result: dict[str, Any]) -> dict[str, Any]:
+    """The result without the arrays kept for plotting."""
+    drop = {"probs", "labels"}
+    clean = {k: v for k, v in result.items() if k not in drop}
+    clean["reference"] = {k: v for k, v in result["reference"].items() if k not in drop}
+    clean["artifacts"] = [{k: v for k, v in a.items() if k not in drop} for a in result["artifacts"]]
+    return clean

@@ -1,0 +1,92 @@
+"""Accuracy-aware int8: the search, the float regions, and real TFLite/ONNX exports within the bound."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from edgederm.converters._accuracy_aware import Layer, float_regions, search
+from edgederm.converters._calibration import load_calibration
+
+from edgederm.export import export_run
+from edgederm.formats import FORMATS
+from edgederm.runtime import Predictor
+from edgederm.spec import ModelSpec
+
+CALIB = "synthetic:40,seed=5"
+
+
+def toy(noise: dict[str, float], n: int = 200):
+    """A fake model whose top-1 flips on images whose margin is below the summed noise of its int8 layers."""
+    rng = np.random.default_rng(0)
+    margin = rng.uniform(0, 1, n)
+    reference = np.stack([0.5 + margin / 2, 0.5 - margin / 2], axis=1)
+
+    def build(excluded):
+        return sum(v for k, v in noise.items() if k not in excluded)
+
+    def predict(total, count):
+        flipped = margin < total
+        probs = np.where(flipped[:, None], reference[:, ::-1], reference)
+        return probs[:count]
+
+    return build, predict, reference
+
+
+def test_search_keeps_the_fewest_most_harmful_layers_float():
+    noise = {"stem": 0.05, "dw1": 0.02, "pw1": 0.001, "head": 0.002, "fc": 0.0}
+    build, predict, reference = toy(noise)
+    model, result = search(list(noise), build, predict, lambda m: 1.0, reference, max_drop=0.01, quiet=True)
+    assert result.full_int8_disagreement > 0.05
+    assert result.kept_float == ["stem", "dw1"]  # the two big ones, and nothing else
+    assert result.reached and result.disagreement <= 0.01
+    assert model == pytest.approx(0.003)
+
+
+def test_search_returns_all_int8_when_already_within_the_bound():
+    build, predict, reference = toy({"a": 0.001, "b": 0.001})
+    _, result = search(["a", "b"], build, predict, lambda m: 2.0, reference, max_drop=0.05, quiet=True)
+    assert result.kept_float == [] and result.builds == 1 and result.reached
+
+
+def test_float_region_takes_the_readers_of_the_output():
+    layers = [
+        Layer("conv1", ("conv1", "clip1"), frozenset({"x"}), frozenset({"a"})),
+        Layer("conv2", ("conv2",), frozenset({"a"}), frozenset({"b"})),
+        Layer("add", ("add",), frozenset({"a", "b"}), frozenset({"c"})),
+    ]
+    regions = float_regions(layers)
+    assert regions["conv1"] == ["conv1", "clip1", "conv2", "add"]
+    assert regions["conv2"] == ["conv2", "add"]
+    assert regions["add"] == ["add"]
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("int8aa")
+    formats = [FORMATS["tflite"], FORMATS["onnx"]]
+    records = export_run(
+        trained_run, formats, ["fp32", "int8-aa"], out, calib_data=CALIB, calib_n=40, options={"max_drop": 0.0}, quiet=True
+    )
+    assert all(r.status == "ok" for r in records), [(r.format, r.quant, r.message) for r in records]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_int8_aa_meets_a_zero_bound_on_the_calibration_images(exported: Path, trained_run: Path, fmt: str):
+    manifest = json.loads((exported / "manifest.json").read_text())
+    row = next(a for a in manifest["artifacts"] if a["format"] == fmt and a["quant"] == "int8-aa")
+    aware = row["details"]["int8_aa"]
+    assert aware["reached"] and aware["disagreement"] == 0.0 and aware["max_drop"] == 0.0
+    assert len(aware["kept_float"]) <= aware["candidates"]
+    assert aware["latency_ms"] > 0 and aware["full_int8_latency_ms"] > 0
+    # Re-measured through the runtime an app uses: the same top-1 as fp32 on every calibration image.
+    spec = ModelSpec.load(trained_run / "spec.json")
+    pixels = load_calibration(CALIB, spec.preprocess, n=40, quiet=True).pixels
+    fp32 = Predictor.load(exported / f"{spec.arch}_fp32{FORMATS[fmt].suffix}").predict_pixels(pixels)
+    aa = Predictor.load(exported / row["path"]).predict_pixels(pixels)
+    assert (aa.argmax(1) == fp32.argmax(1)).all()
+    assert Predictor.load(exported / row["path"]).spec.artifact["quant"] == "int8-aa"

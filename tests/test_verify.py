@@ -1,0 +1,180 @@
+"""``edgederm verify``: every artifact against the torch reference, statuses, exit codes, report, device results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import cli_env
+
+from edgederm.export import export_run
+from edgederm.formats import FORMATS
+from edgederm.verify.guards import parse_guard
+from edgederm.verify.runner import VerifyOptions, exit_code, verify_export
+
+DATA = "synthetic:40,seed=11"
+
+
+@pytest.fixture(scope="module")
+def export_dir(trained_run: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("verify_export")
+    formats = [FORMATS["tflite"], FORMATS["onnx"], FORMATS["coreml"]]
+    records = export_run(trained_run, formats, ["fp32", "int8"], out, calib_data="synthetic:40,seed=5", calib_n=40, quiet=True)
+    assert all(r.status == "ok" for r in records), [(r.format, r.quant, r.message) for r in records]
+    return out
+
+
+@pytest.fixture(scope="module")
+def result(export_dir: Path) -> dict:
+    options = VerifyOptions(data=DATA, max_drop=1.0, threads=[1, 2], runs=5, warmup=1, emulate_coreml=False, quiet=True)
+    return verify_export(export_dir, options)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgederm.cli", *args], capture_output=True, text=True, env=cli_env(), timeout=600)
+
+
+def test_every_manifest_artifact_gets_a_row(result: dict, export_dir: Path):
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    assert [(a["format"], a["quant"]) for a in result["artifacts"]] == [(a["format"], a["quant"]) for a in manifest["artifacts"]]
+    assert result["task"] == "classification"
+    assert result["n_images"] == 40
+
+
+def test_float_artifacts_match_the_reference(result: dict):
+    for row in result["artifacts"]:
+        if row["format"] in ("tflite", "onnx") and row["quant"] == "fp32":
+            assert row["status"] == "pass"
+            assert row["agreement"]["top1"] == 1.0
+            assert row["agreement"]["max_abs_prob_diff"] < 1e-3
+            assert abs(row["deltas"]["balanced_accuracy"]) < 1e-9
+
+
+def test_rows_have_the_documented_fields(result: dict):
+    ref = result["reference"]
+    for key in ("accuracy", "balanced_accuracy", "macro_auc", "ece", "mel_sensitivity", "sensitivity_mel"):
+        assert key in ref["metrics"]
+    for row in result["artifacts"]:
+        assert row["status"] in ("pass", "fail", "error", "unverified")
+        assert row["size_bytes"] > 0 and len(row["sha256"]) == 64
+        if row["status"] == "pass":
+            assert [t["threads"] for t in row["latency"]] == [1, 2]
+            for timing in row["latency"]:
+                assert timing["runs"] == 5 and 0 < timing["median_ms"] <= timing["p90_ms"]
+
+
+def test_coreml_is_unverified_off_apple_without_emulation(result: dict):
+    if sys.platform == "darwin":
+        pytest.skip("CoreML runs natively on macOS, so it is verified there")
+    rows = [r for r in result["artifacts"] if r["format"] == "coreml"]
+    assert rows and all(r["status"] == "unverified" and "Apple" in r["message"] for r in rows)
+    assert exit_code(result) == 0  # unverified never fails a run
+
+
+def test_operating_point_is_stored_and_remeasured(trained_run: Path, result: dict):
+    spec = json.loads((trained_run / "spec.json").read_text())
+    point = spec["operating_point"]
+    assert point["target_sensitivity"] == 0.9 and point["sensitivity"] >= 0.9
+    assert result["operating_point"]["threshold"] == point["threshold"]
+    assert 0 <= result["reference"]["metrics"]["op_sensitivity"] <= 1
+
+
+def test_impossible_bound_exits_1_and_sane_bound_exits_0(export_dir: Path, tmp_path: Path):
+    common = [str(export_dir), "--data", DATA, "--runs", "3", "--warmup", "0", "--no-emulate-coreml", "--quiet"]
+    bad = run_cli("verify", *common, "--max-drop", "-1", "--json", str(tmp_path / "bad.json"), "--report", str(tmp_path / "bad"))
+    assert bad.returncode == 1, bad.stderr
+    rows = json.loads((tmp_path / "bad.json").read_text())["artifacts"]
+    assert {r["status"] for r in rows if r["format"] != "coreml"} == {"fail"}
+    assert all("balanced_accuracy dropped" in r["checks"][0] for r in rows if r["status"] == "fail")
+    good = run_cli("verify", *common, "--max-drop", "0.5", "--json", str(tmp_path / "good.json"), "--report", str(tmp_path / "good"))
+    assert good.returncode == 0, good.stderr
+    for name in ("verify.md", "verify.html", "latency.png", "roc.png", "reliability.png", "confusion.png"):
+        assert (tmp_path / "good" / name).stat().st_size > 1000, name
+    html = (tmp_path / "good" / "verify.html").read_text()
+    assert html.count("data:image/png;base64,") == 4  # self-contained: every plot inline
+    assert "onnx int8" in (tmp_path / "good" / "verify.md").read_text()
+
+
+def test_guard_breaks_only_when_the_metric_drops_more():
+    guard = parse_guard("mel_sensitivity=0.02")
+    assert guard.check({"mel_sensitivity": 0.80}, {"mel_sensitivity": 0.79}) is None
+    assert "mel_sensitivity dropped 0.0500" in guard.check({"mel_sensitivity": 0.80}, {"mel_sensitivity": 0.75})
+    assert guard.check({"mel_sensitivity": None}, {"mel_sensitivity": 0.5}) is None
+
+
+@pytest.mark.parametrize("text", ["mel_sensitivity", "=0.1", "mel_sensitivity=x"])
+def test_malformed_guard_is_a_one_line_error(text: str, export_dir: Path):
+    proc = run_cli("verify", str(export_dir), "--data", DATA, "--guard", text)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "METRIC=MAX_DROP" in proc.stderr
+
+
+def test_unknown_guard_metric_names_the_choices(export_dir: Path):
+    proc = run_cli("verify", str(export_dir), "--data", DATA, "--guard", "wizardry=0.1", "--runs", "1", "--quiet")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "wizardry" in proc.stderr and "balanced_accuracy" in proc.stderr
+
+
+def test_tampered_artifact_is_an_error_row_and_fails_the_run(export_dir: Path, tmp_path: Path):
+    import shutil
+
+    copy = tmp_path / "export"
+    shutil.copytree(export_dir, copy)
+    onnx_file = next(copy.glob("*_fp32.onnx"))
+    onnx_file.write_bytes(onnx_file.read_bytes()[:-100])
+    result = verify_export(copy, VerifyOptions(data=DATA, runs=2, warmup=0, emulate_coreml=False, quiet=True))
+    row = next(r for r in result["artifacts"] if r["path"] == onnx_file.name)
+    assert row["status"] == "error" and "sha256" in row["message"] and onnx_file.name in row["message"]
+    assert exit_code(result) == 1
+
+
+def test_missing_source_run_asks_for_reference(export_dir: Path, tmp_path: Path):
+    import shutil
+
+    copy = tmp_path / "export"
+    shutil.copytree(export_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["source"] = str(tmp_path / "gone")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    proc = run_cli("verify", str(copy), "--data", DATA)
+    assert proc.returncode == 2 and "--reference" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_device_results_merge_as_columns(export_dir: Path, result: dict, tmp_path: Path):
+    from edgederm.verify.device_results import read_device_results
+    from edgederm.verify.report import table_rows
+
+    onnx_row = next(r for r in result["artifacts"] if r["format"] == "onnx" and r["quant"] == "int8")
+    phone = {
+        "device": {"name": "Pixel 7", "platform": "android", "machine": "aarch64"},
+        "created": "2026-11-22T00:00:00+00:00",
+        "artifacts": [{"name": onnx_row["name"], "sha256": onnx_row["sha256"], "latency": [{"threads": 4, "median_ms": 1.5, "p90_ms": 2.0}]}],
+    }
+    path = tmp_path / "pixel7.json"
+    path.write_text(json.dumps(phone))
+    merged = dict(result, device_results=[read_device_results(path)])
+    header, rows = table_rows(merged)
+    column = header.index("Pixel 7 (device)")
+    assert [r[column] for r in rows if r[0] == "onnx int8"] == ["1.50 ms @4"]
+    assert sum(bool(r[column]) for r in rows) == 1
+
+
+def test_bad_device_results_fail_before_the_run(export_dir: Path, tmp_path: Path):
+    bad = tmp_path / "phone.json"
+    bad.write_text('{"artifacts": [{"latency": [{"threads": 1}]}]}')
+    proc = run_cli("verify", str(export_dir), "--data", DATA, "--device-results", str(bad))
+    assert proc.returncode != 0 and str(bad) in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_json_has_no_arrays_only_plain_values(result: dict, tmp_path: Path):
+    from edgederm.verify.report import write_json
+
+    write_json(result, tmp_path / "v.json")
+    data = json.loads((tmp_path / "v.json").read_text())
+    assert set(data) >= {"task", "reference", "artifacts", "threads", "max_drop", "headline_metric"}
+    assert "probs" not in data["reference"] and all("probs" not in a for a in data["artifacts"])
+    assert isinstance(np.asarray(data["reference"]["metrics"]["confusion_matrix"]).sum(), np.integer)
