@@ -160,6 +160,16 @@ def _add_verify(sub) -> None:
     p.set_defaults(handler=cmd_verify)
 
 
+def _add_operating_point(sub) -> None:
+    p = sub.add_parser("operating-point", help="set a classifier's referral threshold for a target sensitivity (stored in spec.json)")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--data", required=True, help="labelled data, normally the run's own --data with --split val")
+    p.add_argument("--split", choices=["train", "val", "test"], help="a split of the run's splits.csv (use val; never test)")
+    p.add_argument("--target-sensitivity", type=float, default=0.9)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=cmd_operating_point)
+
+
 def _add_quickstart(sub) -> None:
     p = sub.add_parser("quickstart", help="the embedded default: synthetic data -> train -> evaluate -> predict -> report, offline")
     p.add_argument("--out", type=Path, default=Path("runs/quickstart"))
@@ -181,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_export(sub)
     _add_verify(sub)
+    _add_operating_point(sub)
     _add_quickstart(sub)
     return parser
 
@@ -397,11 +408,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return exit_code(result)
 
 
+def cmd_operating_point(args: argparse.Namespace) -> int:
+    from .operating_point import set_operating_point
+
+    if not 0 < args.target_sensitivity <= 1:
+        raise UsageError("--target-sensitivity must be in (0, 1]")
+    point = set_operating_point(args.run_dir, args.data, args.split, args.target_sensitivity, quiet=args.quiet)
+    print(
+        f"refer when {'+'.join(point['classes'])} >= {point['threshold']:.4f}: sensitivity {point['sensitivity']:.3f}, "
+        f"specificity {point['specificity']:.3f} on {point['chosen_on']} ({point['n_malignant']} malignant, {point['n_benign']} benign)"
+    )
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .quickstart import quickstart
 
-    quickstart(args.out, n=args.n, arch=args.arch, img_size=args.img_size, seed=args.seed, quiet=args.quiet)
-    return 0
+    _, verdict = quickstart(args.out, n=args.n, arch=args.arch, img_size=args.img_size, seed=args.seed, quiet=args.quiet)
+    return verdict
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,11 @@ def choose_operating_point(
     scores = malignant_score(spec, probs)
     positives = np.sort(scores[truth])[::-1]
     needed = int(np.ceil(target_sensitivity * len(positives)))  # malignant cases that must score >= threshold
-    threshold = float(positives[needed - 1])
+    highest = float(positives[needed - 1])
+    # Any threshold in (next lower score, highest] gives the same validation sensitivity and specificity;
+    # the middle of that gap leaves a margin for unseen images and for quantized artifacts' small shifts.
+    below = scores[scores < highest]
+    threshold = (float(below.max()) + highest) / 2 if below.size else highest
     point = {
         "classes": malignant_classes(spec),
         "threshold": threshold,
@@ -56,3 +60,30 @@ def sensitivity_specificity(spec: ModelSpec, labels: np.ndarray, probs: np.ndarr
         "sensitivity": float(flagged[truth].mean()) if truth.any() else None,
         "specificity": float((~flagged[~truth]).mean()) if (~truth).any() else None,
     }
+
+
+def set_operating_point(run_dir, data: str, split: str | None, target_sensitivity: float, quiet: bool = False) -> dict[str, Any]:
+    """Choose the threshold on ``data`` (normally the run's validation split) and store it in spec.json."""
+    from pathlib import Path
+
+    from . import _atomic
+    from .errors import DataError, UsageError
+    from .predict import labelled_rows, resolve_inputs, run_predictor
+    from .runtime import Predictor
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "spec.json").is_file():
+        raise UsageError("not a run directory (no spec.json)", fix="give the run directory made by `edgederm train classify`")
+    predictor = Predictor.load(run_dir)
+    if predictor.spec.task != "classification":
+        raise UsageError("an operating point is for classifiers", fix="give a classifier's run directory")
+    predictions = run_predictor(predictor, resolve_inputs(data, [], split, run_dir / "splits.csv"), quiet=quiet)
+    keep, labels = labelled_rows(predictions)
+    point = choose_operating_point(predictor.spec, labels, predictions.probs[keep], target_sensitivity)
+    if not point:
+        raise DataError("the data has no malignant (or no benign) lesion to set a threshold on", path=data)
+    point["chosen_on"] = f"{data}" + (f" [{split}]" if split else "")
+    spec = ModelSpec.load(run_dir / "spec.json")
+    spec.operating_point = point
+    _atomic.write_text(run_dir / "spec.json", spec.to_json())
+    return point

@@ -1,8 +1,9 @@
 """``edgederm quickstart``: the embedded default, offline, in a few minutes on two CPU cores.
 
 Synthetic dermoscopy-like images -> grouped split -> head training on ImageNet EfficientNet-Lite0
-features -> calibrated model -> TFLite / ONNX / CoreML export at fp32 and int8 -> every runnable
-artifact checked against torch on the held-out lesions -> report.
+features -> calibrated model with a referral threshold -> TFLite / ONNX / CoreML export at fp32 and
+int8 -> ``edgederm verify`` of every artifact against torch on the held-out lesions -> report. The
+command exits 1 when an artifact fails verification, after writing the report that says which.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from .evaluation import evaluate_and_report
 from .formats import FORMATS
-from .predict import Predictions, resolve_inputs, run_predictor
+from .predict import resolve_inputs, run_predictor
 from .runtime import Predictor
+from .spec import ModelSpec
 from .training.classification import TrainConfig, train_classifier
 
 
@@ -24,31 +24,20 @@ def _log(message: str) -> None:
     print(f"edgederm quickstart: {message}", file=sys.stderr, flush=True)
 
 
-def _artifact_lines(reference: Predictions, export_dir: Path, records, quiet: bool) -> list[str]:
-    """A Markdown table: each artifact against the torch model on the same test images."""
-    lines = [
+def _verify_lines(result: dict) -> list[str]:
+    """The verify table, in the main report."""
+    from .verify.report import markdown_table, table_rows
+
+    header, rows = table_rows(result)
+    return [
         "",
-        "## Exported artifacts, checked against the PyTorch model on the same test images",
+        "## Exported artifacts, verified against the PyTorch model on the same test images",
         "",
-        "| format | quant | size (MB) | top-1 agreement | max abs difference in probability | note |",
-        "|---|---|---:|---:|---:|---|",
+        f"`edgederm verify` (full report: `verify/verify.html`): pass = balanced accuracy within {result['max_drop']:g} of PyTorch "
+        "and melanoma sensitivity within 0.02. Latency is batch 1 on this machine.",
+        "",
+        *markdown_table(header, rows),
     ]
-    ok = reference.ok
-    for record in records:
-        size = f"{record.size / 1e6:.2f}" if record.size else ""
-        if record.status != "ok":
-            lines.append(f"| {record.format} | {record.quant} | | | | {record.status}: {record.message} |")
-            continue
-        if not FORMATS[record.format].runs_on_linux and sys.platform != "darwin":
-            lines.append(
-                f"| {record.format} | {record.quant} | {size} | | | exported; CoreML runs only on Apple platforms, not verified here |"
-            )
-            continue
-        probs = run_predictor(Predictor.load(export_dir / record.path), reference.dataset, quiet=quiet).probs
-        agreement = float((probs[ok].argmax(1) == reference.probs[ok].argmax(1)).mean())
-        delta = float(np.abs(probs[ok] - reference.probs[ok]).max())
-        lines.append(f"| {record.format} | {record.quant} | {size} | {agreement:.1%} | {delta:.4f} | |")
-    return lines
 
 
 def quickstart(
@@ -60,8 +49,12 @@ def quickstart(
     seed: int = 0,
     quiet: bool = False,
     export: bool = True,
-) -> Path:
+    max_drop: float = 0.02,
+) -> tuple[Path, int]:
     from .export import export_run
+    from .verify.guards import parse_guard
+    from .verify.report import write_json, write_report
+    from .verify.runner import VerifyOptions, exit_code, verify_export
 
     started = time.time()
     data = f"synthetic:{n},seed={seed}"
@@ -84,10 +77,11 @@ def quickstart(
     test = resolve_inputs(data, [], "test", run_dir / "splits.csv")
     predictions = run_predictor(Predictor.load(run_dir), test, quiet=quiet)
     extra: list[str] = []
+    verdict = 0
     if export:
         _log("exporting to TFLite, ONNX and CoreML at fp32 and int8")
         export_dir = out / "export"  # calibration images are fresh lesions, never the test ones
-        records = export_run(
+        export_run(
             run_dir,
             list(FORMATS.values()),
             ["fp32", "int8"],
@@ -96,7 +90,15 @@ def quickstart(
             calib_n=100,
             quiet=quiet,
         )
-        extra = _artifact_lines(predictions, export_dir, records, quiet)
+        _log("verifying every artifact against the PyTorch model on the test lesions")
+        options = VerifyOptions(
+            data=data, split="test", max_drop=max_drop, guards=[parse_guard("mel_sensitivity=0.02")], runs=20, quiet=quiet
+        )
+        result = verify_export(export_dir, options)
+        write_json(result, out / "verify" / "verify.json")
+        write_report(result, ModelSpec.load(run_dir / "spec.json"), out / "verify")
+        extra = _verify_lines(result)
+        verdict = exit_code(result)
     report = evaluate_and_report(
         predictions,
         out / "report",
@@ -109,4 +111,6 @@ def quickstart(
         appendix_lines=extra,
     )
     _log(f"done in {time.time() - started:.0f} s; report: {report}")
-    return report
+    if verdict:
+        _log("an artifact FAILED verification: see the table in the report")
+    return report, verdict

@@ -178,3 +178,20 @@ def test_json_has_no_arrays_only_plain_values(result: dict, tmp_path: Path):
     assert set(data) >= {"task", "reference", "artifacts", "threads", "max_drop", "headline_metric"}
     assert "probs" not in data["reference"] and all("probs" not in a for a in data["artifacts"])
     assert isinstance(np.asarray(data["reference"]["metrics"]["confusion_matrix"]).sum(), np.integer)
+
+
+def test_operating_point_command_rewrites_the_threshold(trained_run: Path, tmp_path: Path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    proc = run_cli("operating-point", str(run), "--data", "synthetic:60,seed=4", "--split", "val", "--target-sensitivity", "1.0", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    point = json.loads((run / "spec.json").read_text())["operating_point"]
+    assert point["target_sensitivity"] == 1.0 and point["sensitivity"] == 1.0
+    assert "refer when" in proc.stdout and "[val]" in point["chosen_on"]
+    from edgederm.runtime import Predictor
+
+    Predictor.load(run)  # the weights' checksum still matches the rewritten spec
+    bad = run_cli("operating-point", str(run), "--data", "synthetic:60,seed=4", "--target-sensitivity", "1.5")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1

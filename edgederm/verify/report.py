@@ -214,7 +214,7 @@ def _plot_confusions(result: dict[str, Any], class_names: list[str], path: Path)
     _save(fig, path)
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     clean = [[c.replace("|", "/") for c in r] for r in rows]
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *["| " + " | ".join(r) + " |" for r in clean]]
 
@@ -253,7 +253,7 @@ def write_report(result: dict[str, Any], spec: ModelSpec, out_dir: Path) -> tupl
     _plot_confusions(result, spec.class_names, out_dir / PLOTS["confusion"][0])
     header, rows = table_rows(result)
     title = f"edgederm verify: {result['export_dir']}"
-    markdown = [f"# {title}", "", *_summary_lines(result), "", *_markdown_table(header, rows), ""]
+    markdown = [f"# {title}", "", *_summary_lines(result), "", *markdown_table(header, rows), ""]
     for file, caption in PLOTS.values():
         markdown += [f"## {caption}", "", f"![{caption}]({file})", ""]
     markdown_path = out_dir / "verify.md"
