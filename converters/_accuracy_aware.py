@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 DEFAULT_MAX_DROP = 0.01
 RANK_IMAGES = 64  # images used to rank layers; the search itself uses every calibration image
+LINEAR_STEPS = 8
 
 
 @dataclass
@@ -140,7 +141,11 @@ def search(
             _log(f"{k} layer(s) float: disagreement {cache[k][1]:.1%}", quiet)
         return cache[k][1]
 
+    # A few layers (typically the stem) usually carry the error, and one flipped image more or less makes
+    # the disagreement non-monotonic in k: try the first few one by one, then double and bisect.
     low, high = 0, 1  # gap(low) > max_drop is known (low = 0 is all-int8)
+    while high < min(LINEAR_STEPS, len(ranked)) and gap(high) > max_drop:
+        low, high = high, high + 1
     while high < len(ranked) and gap(high) > max_drop:
         low, high = high, min(2 * high, len(ranked))
     if gap(high) <= max_drop:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -31,9 +32,18 @@ class Calibration:
             yield array
 
 
-def load_calibration(spec_data: str, preprocess: Preprocess, n: int = 300, seed: int = 0, quiet: bool = False) -> Calibration:
-    """Up to ``n`` images of ``spec_data``, a seeded random subset, never failing on one bad image."""
+def load_calibration(
+    spec_data: str, preprocess: Preprocess, n: int = 300, seed: int = 0, quiet: bool = False, splits_csv: Path | None = None
+) -> Calibration:
+    """Up to ``n`` images of ``spec_data``, a seeded random subset, never failing on one bad image.
+
+    With ``splits_csv`` (a training run's), only its train split: calibration never sees a test image.
+    """
     dataset = load_dataset(spec_data)
+    if splits_csv is not None:
+        from edgederm.predict import select_split
+
+        dataset = select_split(dataset, "train", splits_csv)
     if len(dataset) > n:
         chosen = np.sort(np.random.default_rng(seed).choice(len(dataset), n, replace=False))
         dataset = dataset.subset(chosen.tolist())

@@ -180,8 +180,11 @@ class _Int8Quantizer:
         self.calibration = calibration
         self.prepared, self.cache = work_dir / "prepared.onnx", work_dir / "ranges.json"
         self.output, self.work_dir = work_dir / "int8.onnx", work_dir
-        with _step("onnxruntime quant_pre_process"):
+        try:
             quant_pre_process(model, self.prepared)
+        except Exception as error:  # noqa: BLE001 - an optimisation: symbolic shape inference gives up on some graphs (attention reshapes)
+            _note(f"quant_pre_process failed ({_first_line(error)}); quantizing the graph as exported")
+            onnx.save(model, self.prepared)
         self.graph = onnx.load(self.prepared).graph
         self.softmax = [node.name for node in self.graph.node if node.op_type == "Softmax"]  # the probabilities stay float
         self.layers = self._layers()

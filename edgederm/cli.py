@@ -127,7 +127,7 @@ def _add_export(sub) -> None:
     p.add_argument("run_dir", type=Path, help="a run directory (model.safetensors + spec.json)")
     p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated, from {', '.join(FORMATS)}")
     p.add_argument("--quant", default="fp32,fp16,int8", help=f"comma-separated, from {', '.join(QUANT_MODES)}")
-    p.add_argument("--calib-data", help="representative images for int8 (default: the run's training data)")
+    p.add_argument("--calib-data", help="representative images for int8 (default: the train split of the run's training data)")
     p.add_argument("--calib-n", type=int, default=300)
     p.add_argument(
         "--max-drop",
@@ -399,11 +399,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     spec = ModelSpec.load(Path(result["reference"]["name"]) / "spec.json")
     markdown, html = write_report(result, spec, args.report or args.export_dir / "verify")
     for a in result["artifacts"]:
-        agree = f"top-1 {a['agreement']['top1']:.1%}" if a.get("agreement") else ""
-        bma = (a.get("metrics") or {}).get("balanced_accuracy")
+        agree = a.get("agreement") or {}
+        share = f"{'top-1' if 'top1' in agree else 'mask IoU'} {agree.get('top1', agree.get('mask_iou')):.1%}" if agree else ""
+        headline = (a.get("metrics") or {}).get(result["headline_metric"])
+        score = "" if headline is None else f"{result['headline_metric']} {headline:.3f}"
         print(
-            f"{a['status']:10} {a['format'] or '':7} {a['quant'] or '':13} {agree:12} {'' if bma is None else f'BMA {bma:.3f}':10} {'; '.join(a['checks']) or a['message']}"
+            f"{a['status']:10} {a['format'] or '':7} {a['quant'] or '':13} {share:16} {score:26} {'; '.join(a['checks']) or a['message']}"
         )
+
     print(f"wrote {json_path}, {markdown}, {html}", file=sys.stderr)
     return exit_code(result)
 

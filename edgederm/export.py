@@ -81,6 +81,13 @@ def _one_line(error: BaseException) -> str:
     return text if len(text) < 400 else text[:397] + "..."
 
 
+def _details(job, calibrated: set[str]) -> dict | None:
+    details = dict(job.details)
+    if job.quant in calibrated and job.calibration is not None:
+        details["calibration"] = {"data": job.calibration.source, "images": len(job.calibration)}
+    return details or None
+
+
 def write_manifest(out_dir: Path, run_dir: Path, records: list[ArtifactRecord], spec_sha: str | None) -> None:
     manifest = {
         "edgederm_manifest": 1,
@@ -129,7 +136,9 @@ def export_run(
         source = calib_data or spec.training.get("data", {}).get("spec")
         if not source:
             raise UsageError("int8 export needs representative images", fix="pass --calib-data SPEC (e.g. the training data)")
-        calibration = load_calibration(source, spec.preprocess, n=calib_n, quiet=quiet)
+        # By default the run's own training data, restricted to its train split when the run made one.
+        own_split = run_dir / "splits.csv" if calib_data is None and (run_dir / "splits.csv").is_file() else None
+        calibration = load_calibration(source, spec.preprocess, n=calib_n, quiet=quiet, splits_csv=own_split)
     kept = _earlier_records(out_dir, {(f.name, q) for f in formats for q in quant_modes}, spec.source_sha256)
     records: list[ArtifactRecord] = []
     for fmt in formats:
@@ -167,7 +176,7 @@ def export_run(
                     artifact_sha256(final),
                     round(time.time() - started, 2),
                     fmt.runtime,
-                    job.details or None,
+                    _details(job, calibrated),
                 )
             except OSError as error:
                 if error.errno == 28:  # ENOSPC: stop, keeping what was written

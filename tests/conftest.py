@@ -107,6 +107,16 @@ def trained_run(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def trained_segmenter(tmp_path_factory) -> Path:
+    """A tiny lesion segmenter trained once per session (tinyseg, synthetic masks, 64 px)."""
+    from edgederm.training.segmentation import SegmentConfig, train_segmenter
+
+    out = tmp_path_factory.mktemp("segrun") / "run"
+    train_segmenter(SegmentConfig(data="synthetic:48,seed=6", out=out, arch="tinyseg", img_size=64, epochs=3, test_fraction=0.2, quiet=True))
+    return out
+
+
 def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO)

@@ -155,3 +155,15 @@ def test_onnx_runtime_does_not_import_torch(exported: dict[str, Path]):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_default_calibration_is_the_runs_train_split_only(trained_run: Path, tmp_path: Path):
+    import csv
+    import json
+
+    records = export_run(trained_run, [FORMATS["onnx"]], ["int8"], tmp_path, calib_n=1000, quiet=True)
+    assert records[0].status == "ok", records[0].message
+    calibration = json.loads((tmp_path / "manifest.json").read_text())["artifacts"][0]["details"]["calibration"]
+    with open(trained_run / "splits.csv", newline="") as handle:
+        train = [row for row in csv.DictReader(handle) if row["split"] == "train"]
+    assert calibration["data"].endswith("[train]") and calibration["images"] == len(train)

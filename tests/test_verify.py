@@ -195,3 +195,23 @@ def test_operating_point_command_rewrites_the_threshold(trained_run: Path, tmp_p
     Predictor.load(run)  # the weights' checksum still matches the rewritten spec
     bad = run_cli("operating-point", str(run), "--data", "synthetic:60,seed=4", "--target-sensitivity", "1.5")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def test_segmenter_export_verifies_with_mask_metrics(trained_segmenter: Path, tmp_path: Path):
+    out = tmp_path / "seg_export"
+    formats = [FORMATS["tflite"], FORMATS["onnx"]]
+    records = export_run(trained_segmenter, formats, ["fp32", "int8"], out, calib_n=24, quiet=True)
+    assert all(r.status == "ok" for r in records), [(r.format, r.quant, r.message) for r in records]
+    common = [str(out), "--data", "synthetic:48,seed=6", "--split", "test", "--runs", "3", "--warmup", "0", "--quiet"]
+    good = run_cli("verify", *common, "--max-drop", "0.2", "--json", str(tmp_path / "v.json"), "--report", str(tmp_path / "r"))
+    assert good.returncode == 0, good.stderr
+    result = json.loads((tmp_path / "v.json").read_text())
+    assert result["task"] == "segmentation" and result["headline_metric"] == "jaccard"
+    for key in ("jaccard", "dice", "pixel_accuracy", "sensitivity", "specificity"):
+        assert 0 <= result["reference"]["metrics"][key] <= 1
+    fp32 = [a for a in result["artifacts"] if a["quant"] == "fp32"]
+    assert all(a["agreement"]["mask_iou"] > 0.99 and abs(a["deltas"]["jaccard"]) < 1e-3 for a in fp32)
+    assert (tmp_path / "r" / "overlays.png").stat().st_size > 1000
+    assert "Jaccard (Δ)" in (tmp_path / "r" / "verify.md").read_text()
+    bad = run_cli("verify", *common, "--max-drop", "-1", "--json", str(tmp_path / "b.json"), "--report", str(tmp_path / "b"))
+    assert bad.returncode == 1

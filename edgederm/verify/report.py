@@ -24,6 +24,23 @@ PLOTS = {
     "roc": ("roc.png", "ROC of every artifact, overlaid"),
     "reliability": ("reliability.png", "Reliability of every artifact, overlaid"),
     "confusion": ("confusion.png", "Confusion matrices (rows: true class, shares of the row)"),
+    "overlays": ("overlays.png", "Masks where the artifacts disagree most with the reference"),
+}
+TASK_PLOTS = {"classification": ("latency", "roc", "reliability", "confusion"), "segmentation": ("latency", "overlays")}
+METRIC_COLUMNS = {
+    "classification": [
+        ("bal. acc", "balanced_accuracy"),
+        ("accuracy", "accuracy"),
+        ("macro AUC", "macro_auc"),
+        ("mel sens.", "mel_sensitivity"),
+    ],
+    "segmentation": [
+        ("Jaccard", "jaccard"),
+        ("Dice", "dice"),
+        ("pixel acc.", "pixel_accuracy"),
+        ("sensitivity", "sensitivity"),
+        ("specificity", "specificity"),
+    ],
 }
 
 
@@ -77,10 +94,11 @@ def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     onnx = _onnx_fp32(result)
     op = result.get("operating_point")
     devices = _device_columns(result)
-    header = ["artifact", "status", "size (MB)", "bal. acc (Δ)", "accuracy (Δ)", "macro AUC (Δ)", "mel sens. (Δ)"]
+    columns = METRIC_COLUMNS[result["task"]]
+    header = ["artifact", "status", "size (MB)", *(f"{title} (Δ)" for title, _ in columns)]
     if op:
         header.append(f"refer sens./spec. @ {op['threshold']:.3f}")
-    header += ["top-1 agree", "max abs Δp"]
+    header += ["mask IoU vs reference" if result["task"] == "segmentation" else "top-1 agree", "max abs Δp"]
     for t in threads:
         header += [f"median / p90 ms @{t}thr", f"vs torch @{t}", f"vs ORT fp32 @{t}"]
     header += [f"{name} (device)" for name, _ in devices]
@@ -100,16 +118,14 @@ def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             "torch fp32 (reference)" if is_ref else _label(row),
             "reference" if is_ref else row["status"],
             "" if is_ref or not row.get("size_bytes") else f"{row['size_bytes'] / 1e6:.2f}",
-            metric(row, "balanced_accuracy"),
-            metric(row, "accuracy"),
-            metric(row, "macro_auc"),
-            metric(row, "mel_sensitivity"),
+            *(metric(row, key) for _, key in columns),
         ]
         if op:
             m = row.get("metrics") or {}
             cells.append(f"{m['op_sensitivity']:.3f} / {m['op_specificity']:.3f}" if m.get("op_sensitivity") is not None else "")
         agree = row.get("agreement") or {}
-        cells += [f"{agree['top1']:.1%}" if agree else "", f"{agree['max_abs_prob_diff']:.4f}" if agree else ""]
+        share = agree.get("top1", agree.get("mask_iou")) if agree else None
+        cells += ["" if share is None else f"{share:.1%}", f"{agree['max_abs_prob_diff']:.4f}" if agree else ""]
         for t in threads:
             mine, base, ort = _latency_at(row, t), _latency_at(ref, t), _latency_at(onnx, t) if onnx else None
             cells.append(f"{mine['median_ms']:.2f} / {mine['p90_ms']:.2f}" if mine else "")
@@ -155,7 +171,7 @@ def _roc_target(spec_like: dict[str, Any], labels: np.ndarray, probs: np.ndarray
 
 
 def _plot_roc(result: dict[str, Any], spec: ModelSpec, path: Path) -> None:
-    labels = result["labels"]
+    labels = result["truth"].labels
     fig, ax = plt.subplots(figsize=(6, 5.5))
     title = ""
     for row in _scored(result):
@@ -177,7 +193,7 @@ def _plot_roc(result: dict[str, Any], spec: ModelSpec, path: Path) -> None:
 
 
 def _plot_reliability(result: dict[str, Any], path: Path) -> None:
-    labels = result["labels"]
+    labels = result["truth"].labels
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     for row in _scored(result):
         bins = reliability_bins(labels, row["probs"], n_bins=10)
@@ -245,21 +261,56 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _plot_overlays(result: dict[str, Any], spec: ModelSpec, path: Path, n: int = 4) -> None:
+    """The images whose mask differs most from the reference's in any artifact: truth, reference, that artifact."""
+    from .scoring import masks_of
+
+    truth = result["truth"]
+    rows = [a for a in result["artifacts"] if a.get("agreement") and "mask_iou_per_image" in a["agreement"]]
+    worst = {}  # image index -> (iou, artifact)
+    for row in rows:
+        for i, iou in enumerate(row["agreement"]["mask_iou_per_image"]):
+            if i not in worst or iou < worst[i][0]:
+                worst[i] = (iou, row)
+    chosen = sorted(worst, key=lambda i: worst[i][0])[:n]
+    fig, axes = plt.subplots(1, max(len(chosen), 1), figsize=(3.6 * max(len(chosen), 1), 3.8), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    reference_masks = masks_of(spec, truth, result["reference"]["probs"])
+    for ax, i in zip(axes.flat, chosen, strict=False):
+        iou, row = worst[i]
+        image = np.asarray(result["images"][i].load_image())
+        artifact_mask = masks_of(spec, type(truth)(masks=[truth.masks[i]], sizes=[truth.sizes[i]]), row["probs"][i : i + 1])[0]
+        ax.imshow(image)
+        for mask, colour in ((truth.masks[i], "white"), (reference_masks[i], "lime"), (artifact_mask, "red")):
+            if mask.any() and not mask.all():
+                ax.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=1.2)
+        ax.set_title(f"{result['images'][i].display_path.split('/')[-1][:28]}\n{_label(row)}: IoU {iou:.2f} with torch", fontsize=7)
+    fig.suptitle("white: true mask, green: torch fp32, red: the artifact", fontsize=9)
+    _save(fig, path)
+
+
 def write_report(result: dict[str, Any], spec: ModelSpec, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    _plot_latency(result, out_dir / PLOTS["latency"][0])
-    _plot_roc(result, spec, out_dir / PLOTS["roc"][0])
-    _plot_reliability(result, out_dir / PLOTS["reliability"][0])
-    _plot_confusions(result, spec.class_names, out_dir / PLOTS["confusion"][0])
+    painters = {
+        "latency": lambda path: _plot_latency(result, path),
+        "roc": lambda path: _plot_roc(result, spec, path),
+        "reliability": lambda path: _plot_reliability(result, path),
+        "confusion": lambda path: _plot_confusions(result, spec.class_names, path),
+        "overlays": lambda path: _plot_overlays(result, spec, path),
+    }
+    plots = [PLOTS[key] for key in TASK_PLOTS[result["task"]]]
+    for key in TASK_PLOTS[result["task"]]:
+        painters[key](out_dir / PLOTS[key][0])
     header, rows = table_rows(result)
     title = f"edgederm verify: {result['export_dir']}"
     markdown = [f"# {title}", "", *_summary_lines(result), "", *markdown_table(header, rows), ""]
-    for file, caption in PLOTS.values():
+    for file, caption in plots:
         markdown += [f"## {caption}", "", f"![{caption}]({file})", ""]
     markdown_path = out_dir / "verify.md"
     _atomic.write_text(markdown_path, "\n".join(markdown))
     html_path = out_dir / "verify.html"
-    _atomic.write_text(html_path, _html(title, _summary_lines(result), header, rows, out_dir))
+    _atomic.write_text(html_path, _html(title, _summary_lines(result), header, rows, out_dir, plots))
     return markdown_path, html_path
 
 
@@ -267,7 +318,7 @@ def _inline_png(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def _html(title: str, summary: list[str], header: list[str], rows: list[list[str]], out_dir: Path) -> str:
+def _html(title: str, summary: list[str], header: list[str], rows: list[list[str]], out_dir: Path, plots: list[tuple[str, str]]) -> str:
     status_class = {"pass": "pass", "fail": "fail", "error": "fail", "unverified": "unverified"}
 
     def cell(text: str, index: int) -> str:
@@ -278,8 +329,7 @@ def _html(title: str, summary: list[str], header: list[str], rows: list[list[str
     table += ["<tr>" + "".join(cell(c, i) for i, c in enumerate(r)) + "</tr>" for r in rows]
     table.append("</table>")
     figures = [
-        f'<h2>{html.escape(caption)}</h2><img alt="{html.escape(caption)}" src="{_inline_png(out_dir / file)}">'
-        for file, caption in PLOTS.values()
+        f'<h2>{html.escape(caption)}</h2><img alt="{html.escape(caption)}" src="{_inline_png(out_dir / file)}">' for file, caption in plots
     ]
     items = "".join(f"<li>{html.escape(line[2:]).replace('`', '')}</li>" for line in summary)
     style = (

@@ -13,6 +13,8 @@ agreement, the largest probability difference, latency at each thread count, siz
 
 from __future__ import annotations
 
+import contextlib
+import io
 import platform
 import sys
 import time
@@ -34,7 +36,7 @@ from ..runtime import Predictor
 from ..runtime.timing import DEFAULT_RUNS, DEFAULT_WARMUP, measure_latency
 from ..spec import ModelSpec
 from .guards import Guard, check_guard_metrics, headline_metric
-from .scoring import agreement, score
+from .scoring import Truth, agreement, load_truth, normalise, score
 
 STATUSES = ("pass", "fail", "error", "unverified")
 
@@ -80,7 +82,9 @@ def _reference_dir(export_dir: Path, manifest: dict, override: Path | None) -> P
 
 def _run_outputs(predictor: Predictor, cache: PixelCache, options: VerifyOptions, make, quiet: bool) -> Outputs:
     """All probabilities with the first predictor, then latency at batch 1 for every thread count."""
-    probs = np.concatenate([predictor.predict_pixels(cache.pixels[i : i + 32]) for i in range(0, len(cache.pixels), 32)])
+    probs = normalise(
+        predictor.spec, np.concatenate([predictor.predict_pixels(cache.pixels[i : i + 32]) for i in range(0, len(cache.pixels), 32)])
+    )
     one = cache.pixels[:1]
     latency = []
     for threads in options.threads:
@@ -118,7 +122,9 @@ def _coreml_predictor(path: Path, options: VerifyOptions) -> tuple[Predictor | N
     if not options.emulate_coreml:
         return None, "CoreML runs only on Apple platforms; emulation switched off (--no-emulate-coreml)"
     try:
-        from .coreml_emulator import EmulatedCoreMLPredictor
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            # coremltools announces on import that its native runtime is missing: true, and said once in the report
+            from .coreml_emulator import EmulatedCoreMLPredictor
     except ImportError as exc:
         return None, f"CoreML runs only on Apple platforms, and the MIL emulator is unavailable ({exc})"
     from ..manifest import verify_against_manifest
@@ -167,7 +173,7 @@ def _verify_artifact(
     export_dir: Path,
     record: dict[str, Any],
     cache: PixelCache,
-    labels,
+    truth: Truth,
     reference: dict[str, Any],
     ref_out: Outputs,
     spec: ModelSpec,
@@ -191,8 +197,7 @@ def _verify_artifact(
         if predictor.spec.preprocess.to_dict() != spec.preprocess.to_dict():
             raise DataError("its preprocessing differs from the reference model's", path=path, fix="re-export it from the same run")
         if row["emulated"]:  # emulator latency says nothing about a phone
-            probs = predictor.predict_pixels(cache.pixels)
-            outputs = Outputs(np.asarray(probs, np.float32), [])
+            outputs = Outputs(normalise(spec, predictor.predict_pixels(cache.pixels)), [])
         else:
             outputs = _run_outputs(predictor, cache, options, lambda t: Predictor.load(path, threads=t), options.quiet)
     except EdgedermError as error:
@@ -201,9 +206,9 @@ def _verify_artifact(
     except Exception as error:  # noqa: BLE001 - a runtime's own failure becomes this artifact's error row
         row["message"] = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
         return row
-    row["metrics"] = score(spec, labels, outputs.probs)
+    row["metrics"] = score(spec, truth, outputs.probs)
     row["deltas"] = {k: v - reference["metrics"][k] for k, v in row["metrics"].items() if _numbers(v, reference["metrics"].get(k))}
-    row["agreement"] = agreement(spec.task, ref_out.probs, outputs.probs)
+    row["agreement"] = agreement(spec, truth, ref_out.probs, outputs.probs)
     row["latency"] = outputs.latency
     row["probs"] = outputs.probs  # kept for the report's plots, dropped from the JSON
     _judge(row, reference, spec.task, options)
@@ -212,18 +217,6 @@ def _verify_artifact(
 
 def _numbers(a, b) -> bool:
     return isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool)
-
-
-def _labels(spec: ModelSpec, dataset, cache: PixelCache) -> np.ndarray:
-    samples = [dataset.samples[i] for i in cache.kept]
-    unknown = sorted({s.label for s in samples if s.label is not None} - set(spec.class_names))
-    if any(s.label is None for s in samples):
-        raise DataError(
-            "verify needs labelled images", path=dataset.spec, fix="use a dataset spec with labels (not a folder of unlabelled images)"
-        )
-    if unknown:
-        raise DataError(f"labels {unknown} are not classes of this model {spec.class_names}", path=dataset.spec)
-    return np.array([spec.class_names.index(s.label) for s in samples])
 
 
 def _machine() -> dict[str, Any]:
@@ -239,13 +232,11 @@ def verify_export(export_dir: Path, options: VerifyOptions) -> dict[str, Any]:
     manifest = read_manifest(export_dir)
     run_dir = _reference_dir(export_dir, manifest, options.reference)
     spec = ModelSpec.load(run_dir / "spec.json")
-    if spec.task != "classification":
-        raise UsageError(f"verify of {spec.task} models is not supported by this edgederm version", fix="verify a classifier export")
     dataset = resolve_inputs(options.data, [], options.split, run_dir / "splits.csv")
     cache = load_pixels(dataset, spec.preprocess, desc="verification images", quiet=options.quiet)
     if not cache.kept:
         raise DataError("no image of the verification data could be read", path=dataset.spec)
-    labels = _labels(spec, dataset, cache)
+    truth = load_truth(spec, dataset, cache)
     _log(f"{len(cache.kept)} images ({len(cache.failures)} unreadable) from {dataset.spec}; reference {run_dir}", options.quiet)
     ref_out = _reference(run_dir, cache, options)
     reference = {
@@ -253,15 +244,15 @@ def verify_export(export_dir: Path, options: VerifyOptions) -> dict[str, Any]:
         "format": "torch",
         "quant": "fp32",
         "runtime": "torch eager (CPU)",
-        "metrics": score(spec, labels, ref_out.probs),
+        "metrics": score(spec, truth, ref_out.probs),
         "latency": ref_out.latency,
         "probs": ref_out.probs,
     }
     check_guard_metrics(options.guards, reference["metrics"])
     artifacts = []
-    records = [r for r in manifest["artifacts"]]
+    records = [r for r in manifest["artifacts"] if r.get("status") != "skipped"]  # a mode the format does not have
     for record in tqdm(records, desc="artifacts", unit="artifact", disable=options.quiet, file=sys.stderr):
-        artifacts.append(_verify_artifact(export_dir, record, cache, labels, reference, ref_out, spec, options))
+        artifacts.append(_verify_artifact(export_dir, record, cache, truth, reference, ref_out, spec, options))
     return {
         "edgederm_verify": 1,
         "edgederm_version": __version__,
@@ -280,7 +271,8 @@ def verify_export(export_dir: Path, options: VerifyOptions) -> dict[str, Any]:
         "latency_input": f"1 image, {spec.preprocess.input_size}x{spec.preprocess.input_size}, preprocessed pixels in, probabilities out",
         "machine": _machine(),
         "seconds": round(time.time() - started, 1),
-        "labels": labels,
+        "truth": truth,
+        "images": [dataset.samples[i] for i in cache.kept],
         "reference": reference,
         "artifacts": artifacts,
         "device_results": [],
@@ -294,7 +286,7 @@ def exit_code(result: dict[str, Any]) -> int:
 
 def to_json(result: dict[str, Any]) -> dict[str, Any]:
     """The result without the arrays kept for plotting."""
-    drop = {"probs", "labels"}
+    drop = {"probs", "truth", "images"}
     clean = {k: v for k, v in result.items() if k not in drop}
     clean["reference"] = {k: v for k, v in result["reference"].items() if k not in drop}
     clean["artifacts"] = [{k: v for k, v in a.items() if k not in drop} for a in result["artifacts"]]
