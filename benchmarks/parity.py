@@ -103,6 +103,17 @@ def _plot_sizes(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def screenshot(html: Path, png: Path, width: int = 1500, height: int = 1400) -> bool:
+    """The report as headless Chromium renders it (for the README); False when Chromium is not installed."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        _log("no Chromium here: skipping the report screenshot")
+        return False
+    command = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={width},{height}"]
+    subprocess.run([*command, f"--screenshot={png}", html.resolve().as_uri()], check=True, capture_output=True, timeout=120)
+    return png.is_file()
+
+
 def _targets(result: dict) -> list[dict]:
     by_key = {(a["format"], a["quant"]): a for a in result["artifacts"]}
     ort = next((t for t in (by_key.get(("onnx", "fp32")) or {}).get("latency", []) if t["threads"] == 1), None)
@@ -222,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     for png in (args.out / "verify").glob("*.png"):
         shutil.copy2(png, figures / png.name)
     _plot_sizes(sizes, figures / "latency_by_size.png")
+    screenshot(args.out / "verify" / "verify.html", args.results / "verify_report.png")
     checks = _targets(result)
     command = "python benchmarks/parity.py " + " ".join(shlex.quote(a) for a in argv_text)
     payload = {

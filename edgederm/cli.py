@@ -152,6 +152,7 @@ def _add_verify(sub) -> None:
     p.add_argument("--threads", default="1", help="comma-separated thread counts for latency, e.g. 1,2")
     p.add_argument("--runs", type=int, default=50, help="timed runs per artifact and thread count (after warm-up)")
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--saliency", type=int, default=64, help="Grad-CAM of the reference on this many images with lesion masks (0: off)")
     p.add_argument("--no-emulate-coreml", action="store_true", help="leave CoreML unverified off Apple platforms instead of emulating it")
     p.add_argument("--device-results", type=Path, nargs="+", default=[], help="latency files from the demo app on a phone")
     p.add_argument("--json", type=Path, help="write the results here (default EXPORT_DIR/verify.json)")
@@ -389,6 +390,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         reference=args.reference,
         emulate_coreml=not args.no_emulate_coreml,
+        saliency_images=args.saliency,
         quiet=args.quiet,
     )
     devices = [read_device_results(p) for p in args.device_results]  # a bad file fails before the long run

@@ -95,7 +95,7 @@ def test_impossible_bound_exits_1_and_sane_bound_exits_0(export_dir: Path, tmp_p
     for name in ("verify.md", "verify.html", "latency.png", "roc.png", "reliability.png", "confusion.png"):
         assert (tmp_path / "good" / name).stat().st_size > 1000, name
     html = (tmp_path / "good" / "verify.html").read_text()
-    assert html.count("data:image/png;base64,") == 4  # self-contained: every plot inline
+    assert html.count("data:image/png;base64,") == 5  # self-contained: every plot inline, Grad-CAM included
     assert "onnx int8" in (tmp_path / "good" / "verify.md").read_text()
 
 
@@ -215,3 +215,22 @@ def test_segmenter_export_verifies_with_mask_metrics(trained_segmenter: Path, tm
     assert "Jaccard (Δ)" in (tmp_path / "r" / "verify.md").read_text()
     bad = run_cli("verify", *common, "--max-drop", "-1", "--json", str(tmp_path / "b.json"), "--report", str(tmp_path / "b"))
     assert bad.returncode == 1
+
+
+def test_saliency_is_measured_against_the_lesion_masks(result: dict, tmp_path: Path):
+    from edgederm.verify.report import write_report
+    from edgederm.verify.runner import to_json
+
+    saliency = result["saliency"]
+    assert saliency["images"] == 40  # every synthetic image has an exact mask
+    assert 0 <= saliency["mean_share_inside_lesion"] <= 1 and 0 < saliency["mean_lesion_area"] < 1
+    for item in saliency["items"]:
+        assert item.cam.shape == item.mask.shape == item.pixels.shape[:2]
+        assert item.cam.min() >= 0 and item.cam.max() <= 1 + 1e-6
+    shares = sorted(i.inside for i in saliency["items"])
+    assert [m["share_inside"] for m in saliency["mostly_outside"]] == [round(s, 3) for s in shares if s < 0.5]
+    assert "items" not in to_json(result)["saliency"]
+    from edgederm.spec import ModelSpec
+
+    markdown, _ = write_report(result, ModelSpec.load(Path(result["reference"]["name"]) / "spec.json"), tmp_path)
+    assert (tmp_path / "saliency.png").stat().st_size > 1000 and "What the reference model keys on" in markdown.read_text()

@@ -18,6 +18,7 @@ from .. import _atomic
 from ..metrics import reliability_bins, roc_auc, roc_curve
 from ..runtime.screening import malignant_classes, malignant_score
 from ..spec import ModelSpec
+from .saliency import plot_saliency
 
 PLOTS = {
     "latency": ("latency.png", "Latency per artifact (batch 1, median with p90 whisker)"),
@@ -25,6 +26,7 @@ PLOTS = {
     "reliability": ("reliability.png", "Reliability of every artifact, overlaid"),
     "confusion": ("confusion.png", "Confusion matrices (rows: true class, shares of the row)"),
     "overlays": ("overlays.png", "Masks where the artifacts disagree most with the reference"),
+    "saliency": ("saliency.png", "What the reference model looks at (Grad-CAM; least and most on the lesion)"),
 }
 TASK_PLOTS = {"classification": ("latency", "roc", "reliability", "confusion"), "segmentation": ("latency", "overlays")}
 METRIC_COLUMNS = {
@@ -235,6 +237,27 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *["| " + " | ".join(r) + " |" for r in clean]]
 
 
+def _saliency_lines(result: dict[str, Any]) -> list[str]:
+    saliency = result.get("saliency")
+    if not saliency:
+        return []
+    lines = [
+        "## What the reference model keys on",
+        "",
+        f"{saliency['method']}, on {saliency['images']} images with a true lesion mask: on average "
+        f"{saliency['mean_share_inside_lesion']:.0%} of the saliency lies on the lesion (median {saliency['median_share_inside_lesion']:.0%}; "
+        f"the lesion covers {saliency['mean_lesion_area']:.0%} of the input on average, which is what a map spread evenly would score). "
+        f"{len(saliency['mostly_outside'])} image(s) have less than half their saliency on the lesion: look for rulers, ink, "
+        "hair or vignetting there.",
+        "",
+    ]
+    if saliency["mostly_outside"]:
+        lines += ["| image | predicted | saliency on the lesion |", "|---|---|---:|"]
+        lines += [f"| `{m['image']}` | {m['predicted']} | {m['share_inside']:.0%} |" for m in saliency["mostly_outside"][:15]]
+        lines.append("")
+    return lines
+
+
 def _summary_lines(result: dict[str, Any]) -> list[str]:
     counts = {s: sum(a["status"] == s for a in result["artifacts"]) for s in ("pass", "fail", "error", "unverified")}
     op = result.get("operating_point")
@@ -298,13 +321,15 @@ def write_report(result: dict[str, Any], spec: ModelSpec, out_dir: Path) -> tupl
         "reliability": lambda path: _plot_reliability(result, path),
         "confusion": lambda path: _plot_confusions(result, spec.class_names, path),
         "overlays": lambda path: _plot_overlays(result, spec, path),
+        "saliency": lambda path: plot_saliency(result["saliency"], path),
     }
-    plots = [PLOTS[key] for key in TASK_PLOTS[result["task"]]]
-    for key in TASK_PLOTS[result["task"]]:
+    keys = [*TASK_PLOTS[result["task"]], *(["saliency"] if result.get("saliency") else [])]
+    plots = [PLOTS[key] for key in keys]
+    for key in keys:
         painters[key](out_dir / PLOTS[key][0])
     header, rows = table_rows(result)
     title = f"edgederm verify: {result['export_dir']}"
-    markdown = [f"# {title}", "", *_summary_lines(result), "", *markdown_table(header, rows), ""]
+    markdown = [f"# {title}", "", *_summary_lines(result), "", *markdown_table(header, rows), "", *_saliency_lines(result)]
     for file, caption in plots:
         markdown += [f"## {caption}", "", f"![{caption}]({file})", ""]
     markdown_path = out_dir / "verify.md"

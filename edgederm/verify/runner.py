@@ -52,6 +52,7 @@ class VerifyOptions:
     warmup: int = DEFAULT_WARMUP
     reference: Path | None = None  # default: the manifest's source run directory
     emulate_coreml: bool = True
+    saliency_images: int = 64  # Grad-CAM sample when the data has lesion masks (0: off)
     quiet: bool = False
 
 
@@ -253,6 +254,11 @@ def verify_export(export_dir: Path, options: VerifyOptions) -> dict[str, Any]:
     records = [r for r in manifest["artifacts"] if r.get("status") != "skipped"]  # a mode the format does not have
     for record in tqdm(records, desc="artifacts", unit="artifact", disable=options.quiet, file=sys.stderr):
         artifacts.append(_verify_artifact(export_dir, record, cache, truth, reference, ref_out, spec, options))
+    saliency = None
+    if spec.task == "classification" and options.saliency_images > 0:
+        from .saliency import saliency_on_lesions
+
+        saliency = saliency_on_lesions(run_dir, [dataset.samples[i] for i in cache.kept], n=options.saliency_images)
     return {
         "edgederm_verify": 1,
         "edgederm_version": __version__,
@@ -276,6 +282,7 @@ def verify_export(export_dir: Path, options: VerifyOptions) -> dict[str, Any]:
         "reference": reference,
         "artifacts": artifacts,
         "device_results": [],
+        "saliency": saliency,
     }
 
 
@@ -290,4 +297,6 @@ def to_json(result: dict[str, Any]) -> dict[str, Any]:
     clean = {k: v for k, v in result.items() if k not in drop}
     clean["reference"] = {k: v for k, v in result["reference"].items() if k not in drop}
     clean["artifacts"] = [{k: v for k, v in a.items() if k not in drop} for a in result["artifacts"]]
+    if result.get("saliency"):
+        clean["saliency"] = {k: v for k, v in result["saliency"].items() if k != "items"}
     return clean

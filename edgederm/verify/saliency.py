@@ -1,0 +1,121 @@
+"""What the network keys on: Grad-CAM of the torch reference, and how much of it falls on the lesion.
+
+Dermoscopy classifiers are known to learn shortcuts (rulers, ink marks, vignettes, anatomy). For a
+sample of images with a true lesion mask, the class-activation map of the predicted class is
+computed on the reference model's last feature map (Selvaraju et al. 2017) and the share of its
+mass inside the lesion is measured; images whose saliency lies mostly outside are listed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import _atomic
+from ..data.samples import Sample
+from ..errors import ImageError
+from ..metrics import binarize_mask
+
+OUTSIDE_BELOW = 0.5  # an image is listed when less than this share of its saliency is on the lesion
+
+
+@dataclass
+class SaliencyItem:
+    sample: Sample
+    pixels: np.ndarray  # (S, S, 3) uint8, the model's input
+    mask: np.ndarray  # (S, S) bool, the lesion in the same frame
+    cam: np.ndarray  # (S, S) float in [0, 1]
+    predicted: str
+    inside: float  # share of the CAM's mass on the lesion
+
+
+def grad_cam(model, batch) -> tuple[np.ndarray, np.ndarray]:
+    """(N, S, S) maps in [0, 1] for the predicted class, and the predicted class indices."""
+    import torch
+    import torch.nn.functional as F
+
+    features = model.forward_features(batch).detach().requires_grad_(True)
+    logits = model.forward_head(features)
+    predicted = logits.argmax(1)
+    logits.gather(1, predicted[:, None]).sum().backward()
+    weights = features.grad.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * features).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=batch.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).max(1).values.clamp_min(1e-12)[:, None, None]
+    with torch.no_grad():
+        return (cam / peak).numpy(), predicted.numpy()
+
+
+def saliency_on_lesions(run_dir: Path, samples: list[Sample], n: int = 64, seed: int = 0) -> dict[str, Any] | None:
+    """Grad-CAM of up to ``n`` images that have a true mask; None when none has one or the arch has no feature map."""
+    import torch
+
+    from ..inference import to_model_input
+    from ..training.checkpoint import load_checkpoint
+
+    model, spec = load_checkpoint(run_dir)
+    if spec.task != "classification" or not hasattr(model, "forward_features"):
+        return None
+    with_mask = [s for s in samples if s.has_mask]
+    if not with_mask:
+        return None
+    chosen = np.random.default_rng(seed).permutation(len(with_mask))[:n]
+    items: list[SaliencyItem] = []
+    for index in sorted(chosen):
+        sample = with_mask[index]
+        try:
+            image, mask = sample.load_image_and_mask()
+        except ImageError:
+            continue
+        pixels = spec.preprocess.fit(image)
+        fitted = binarize_mask(spec.preprocess.fit_mask(mask))
+        with torch.enable_grad():
+            cam, predicted = grad_cam(model, to_model_input(spec.preprocess.normalize(pixels[None]), torch.device("cpu")))
+        mass = cam[0].sum()
+        inside = float(cam[0][fitted].sum() / mass) if mass > 0 else 0.0
+        items.append(SaliencyItem(sample, pixels, fitted, cam[0], spec.class_names[int(predicted[0])], inside))
+    if not items:
+        return None
+    shares = np.array([i.inside for i in items])
+    lesion_area = np.array([i.mask.mean() for i in items])
+    return {
+        "method": "Grad-CAM of the predicted class on the last feature map (torch fp32 reference)",
+        "images": len(items),
+        "mean_share_inside_lesion": float(shares.mean()),
+        "median_share_inside_lesion": float(np.median(shares)),
+        "mean_lesion_area": float(lesion_area.mean()),  # what a map spread evenly over the image would score
+        "mostly_outside": [
+            {"image": i.sample.display_path, "predicted": i.predicted, "share_inside": round(i.inside, 3)}
+            for i in sorted(items, key=lambda i: i.inside)
+            if i.inside < OUTSIDE_BELOW
+        ],
+        "items": items,
+    }
+
+
+def plot_saliency(saliency: dict[str, Any], path: Path, n: int = 8) -> None:
+    """The images with the least saliency on the lesion, then the most: CAM over the image, lesion outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = sorted(saliency["items"], key=lambda i: i.inside)
+    picked = items[: n // 2] + items[-(n - n // 2) :] if len(items) > n else items
+    columns = min(4, len(picked))
+    lines = -(-len(picked) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(3.1 * columns, 3.3 * lines), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, item in zip(axes.flat, picked, strict=False):
+        ax.imshow(item.pixels)
+        ax.imshow(item.cam, cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        if item.mask.any() and not item.mask.all():
+            ax.contour(item.mask.astype(float), levels=[0.5], colors="white", linewidths=1)
+        ax.set_title(f"{Path(item.sample.display_path).name[:24]}\n{item.predicted}: {item.inside:.0%} on the lesion", fontsize=7)
+    fig.suptitle("Grad-CAM (torch reference); white: true lesion outline", fontsize=9)
+    _atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+    plt.close(fig)
