@@ -44,6 +44,22 @@ EXPORTABLE_OPS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Models this small gain little from a second thread, and on a busy machine OpenMP's spinning
+    # threads make a 2-thread step many times slower than a 1-thread one.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _one_thread_env() -> dict[str, str]:
+    env = cli_env()
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
 def _rows(path: Path) -> list[dict]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -111,7 +127,7 @@ def test_resume_after_a_kill_reaches_the_uninterrupted_weights(tmp_path: Path):
     """SIGKILL after epoch 1's checkpoint, then --resume: the same weights and metrics.csv as a straight run."""
     args = ["train", "segment", "--data", "synthetic:32,seed=2", "--arch", "tinyseg", "--img-size", "32"]
     args += ["--epochs", "2", "--batch-size", "4", "--adversarial", "on", "--quiet"]
-    env = cli_env()
+    env = _one_thread_env()
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     subprocess.run([sys.executable, "-m", "edgederm", *args, "--out", str(straight)], check=True, env=env, capture_output=True)
     process = subprocess.Popen(

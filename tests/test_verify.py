@@ -152,7 +152,9 @@ def test_device_results_merge_as_columns(export_dir: Path, result: dict, tmp_pat
     phone = {
         "device": {"name": "Pixel 7", "platform": "android", "machine": "aarch64"},
         "created": "2026-11-22T00:00:00+00:00",
-        "artifacts": [{"name": onnx_row["name"], "sha256": onnx_row["sha256"], "latency": [{"threads": 4, "median_ms": 1.5, "p90_ms": 2.0}]}],
+        "artifacts": [
+            {"name": onnx_row["name"], "sha256": onnx_row["sha256"], "latency": [{"threads": 4, "median_ms": 1.5, "p90_ms": 2.0}]}
+        ],
     }
     path = tmp_path / "pixel7.json"
     path.write_text(json.dumps(phone))

@@ -242,7 +242,7 @@ class _Trainer:
             model.train()
             if critic is not None:
                 critic.train()
-            sums = {"train_loss": 0.0, "train_adv_loss": 0.0, "critic_loss": 0.0}
+            sums: dict[str, float] = {}
             seen = 0
             bar = tqdm(
                 range(steps_per_epoch),
@@ -263,33 +263,35 @@ class _Trainer:
                 for opt in (optimizer, critic_optimizer):
                     for group in opt.param_groups if opt is not None else []:
                         group["lr"] = lr
-                logits = model(inputs)
-                seg_loss = segmentation_loss(logits, targets)
-                loss = seg_loss
-                if critic is not None:
-                    critic_loss = 0.5 * (_bce(critic(inputs, targets), True) + _bce(critic(inputs, torch.sigmoid(logits).detach()), False))
-                    critic_optimizer.zero_grad(set_to_none=True)
-                    critic_loss.backward()
-                    critic_optimizer.step()
-                    adv_loss = _bce(critic(inputs, torch.sigmoid(logits)), True)
-                    loss = seg_loss + config.adv_weight * adv_loss
-                    sums["train_adv_loss"] += float(adv_loss.detach()) * len(index)
-                    sums["critic_loss"] += float(critic_loss.detach()) * len(index)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                sums["train_loss"] += float(seg_loss.detach()) * len(index)
+                for name, value in self._step(model, optimizer, critic, critic_optimizer, inputs, targets).items():
+                    sums[name] = sums.get(name, 0.0) + value * len(index)
                 seen += len(index)
                 bar.set_postfix(loss=f"{sums['train_loss'] / seen:.4f}")
-            row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": sums["train_loss"] / max(1, seen)}
-            if critic is not None:
-                row["train_adv_loss"] = sums["train_adv_loss"] / max(1, seen)
-                row["critic_loss"] = sums["critic_loss"] / max(1, seen)
+            row: dict[str, Any] = {"epoch": epoch + 1} | {name: total / max(1, seen) for name, total in sums.items()}
             row["lr"] = optimizer.param_groups[0]["lr"]
             if val is not None:
                 row.update(self._val_row(model, val, preprocess))
             history.append(row)
             self._end_epoch(model, optimizer, critic, critic_optimizer, epoch, history, row)
+
+    def _step(self, model, optimizer, critic, critic_optimizer, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """One batch: the critic learns real from predicted masks, then the segmenter learns (and fools it)."""
+        logits = model(inputs)
+        seg_loss = segmentation_loss(logits, targets)
+        losses = {"train_loss": seg_loss}
+        loss = seg_loss
+        if critic is not None:
+            critic_loss = 0.5 * (_bce(critic(inputs, targets), True) + _bce(critic(inputs, torch.sigmoid(logits).detach()), False))
+            critic_optimizer.zero_grad(set_to_none=True)
+            critic_loss.backward()
+            critic_optimizer.step()
+            adv_loss = _bce(critic(inputs, torch.sigmoid(logits)), True)
+            loss = seg_loss + self.config.adv_weight * adv_loss
+            losses |= {"train_adv_loss": adv_loss, "critic_loss": critic_loss}
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {name: float(value.detach()) for name, value in losses.items()}
 
     def _val_row(self, model: nn.Module, val: MaskedSplit, preprocess: Preprocess) -> dict[str, float]:
         """Loss and metrics at the input size (thresholded logits, no post-processing): cheap, for choosing the epoch."""
