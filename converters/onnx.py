@@ -10,6 +10,7 @@ layout measured here; the softmax stays float. The run's spec is stamped into
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -149,6 +150,16 @@ def _topologically_sorted(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 @contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+@contextmanager
 def _keep_sys_path() -> Iterator[None]:
     # onnxruntime.transformers/__init__.py appends its own folder (benchmark.py, metrics.py, models/ ...)
     # to sys.path, which would let those files shadow later top-level imports in this process.
@@ -178,10 +189,12 @@ class _Int8Quantizer:
 
     def __init__(self, model: onnx.ModelProto, calibration: Calibration, work_dir: Path):
         self.calibration = calibration
+        work_dir = Path(work_dir).resolve()  # quant_pre_process runs from inside it
         self.prepared, self.cache = work_dir / "prepared.onnx", work_dir / "ranges.json"
         self.output, self.work_dir = work_dir / "int8.onnx", work_dir
         try:
-            quant_pre_process(model, self.prepared)
+            with _working_directory(work_dir):  # on failure, symbolic shape inference dumps its model into the cwd
+                quant_pre_process(model, self.prepared)
         except Exception as error:  # noqa: BLE001 - an optimisation: symbolic shape inference gives up on some graphs (attention reshapes)
             _note(f"quant_pre_process failed ({_first_line(error)}); quantizing the graph as exported")
             onnx.save(model, self.prepared)
