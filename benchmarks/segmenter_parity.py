@@ -1,0 +1,278 @@
+"""Segmenter export parity on real data: export each ISIC 2017 segmenter to every format and quant mode,
+verify every artifact against torch fp32 on the official ISIC 2017 val images, and collect one table.
+
+    nice -n 19 .venv/bin/python benchmarks/segmenter_parity.py            # export + verify + collect
+    nice -n 19 .venv/bin/python benchmarks/segmenter_parity.py --collect  # only rebuild the json/md
+
+Writes benchmarks/results/segmenter_parity.{json,md}; artifacts and verify reports go to runs/segparity/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ["seg_mobilegan_plain", "seg_tinyseg_plain"]
+DATA = "isic2017:/work/shared/data/isic2017/val"
+OUT = ROOT / "runs" / "segparity"
+RESULTS = ROOT / "benchmarks" / "results"
+EDGEDERM = str(ROOT / ".venv" / "bin" / "edgederm")
+
+
+def export_command(name: str) -> list[str]:
+    return [
+        EDGEDERM,
+        "export",
+        f"runs/{name}",
+        "--formats",
+        "tflite,onnx,coreml",
+        "--quant",
+        "fp32,fp16,int8",
+        "--out",
+        f"runs/segparity/{name}",
+    ]
+
+
+def verify_command(name: str) -> list[str]:
+    export_dir = f"runs/segparity/{name}"
+    return [
+        EDGEDERM, "verify", export_dir, "--data", DATA, "--threads", "1", "--runs", "30",
+        "--json", f"{export_dir}/verify.json", "--report", f"{export_dir}/verify",
+    ]  # fmt: skip
+
+
+def run_logged(command: list[str], log: Path) -> int:
+    print("$ " + shlex.join(command), file=sys.stderr, flush=True)
+    with log.open("a") as handle:
+        return subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, check=False).returncode
+
+
+def onnx_int8_attention_ops(model_path: Path) -> dict:
+    """Which attention MatMul/Softmax nodes the ONNX int8 graph kept in float, and which it quantized."""
+    import onnx
+
+    graph = onnx.load(str(model_path)).graph
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    float_attention = [n.name or n.op_type for n in graph.node if n.op_type in ("MatMul", "Softmax")]
+    quant_attention = [n.name or n.op_type for n in graph.node if n.op_type in ("QLinearMatMul", "MatMulInteger", "QLinearSoftmax")]
+    # QDQ format: a float MatMul is quantized when its inputs come out of DequantizeLinear nodes.
+    producers = {out: n for n in graph.node for out in n.output}
+    qdq_fed = [
+        n.name or n.op_type
+        for n in graph.node
+        if n.op_type in ("MatMul", "Softmax")
+        and all(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input)
+    ]
+    return {
+        "op_counts": dict(sorted(counts.items())),
+        "float_matmul_softmax": float_attention,
+        "integer_matmul_softmax": quant_attention,
+        "qdq_fed_matmul_softmax": qdq_fed,
+    }
+
+
+def tflite_int8_attention_ops(model_path: Path) -> list[dict]:
+    """The dtypes at the TFLite int8 graph's attention ops (BATCH_MATMUL, SOFTMAX, and the FULLY_CONNECTED a bmm may become)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        from tflite_runtime.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(model_path))
+    interpreter.allocate_tensors()
+    dtypes = {d["index"]: d["dtype"].__name__ for d in interpreter.get_tensor_details()}
+    return [
+        {"op": op["op_name"], "inputs": [dtypes[i] for i in op["inputs"] if i >= 0], "outputs": [dtypes[i] for i in op["outputs"]]}
+        for op in interpreter._get_ops_details()  # the only public-enough way to list a graph's ops
+        if op["op_name"] in ("BATCH_MATMUL", "SOFTMAX", "FULLY_CONNECTED")
+    ]
+
+
+def _latency_ms(row: dict) -> float | None:
+    return row["latency"][0]["median_ms"] if row.get("latency") else None
+
+
+def collect() -> dict:
+    models = []
+    for name in RUNS:
+        export_dir = OUT / name
+        verify = json.loads((export_dir / "verify.json").read_text())
+        ref = verify["reference"]
+        rows = []
+        for a in verify["artifacts"]:
+            m, d, agree = a.get("metrics") or {}, a.get("deltas") or {}, a.get("agreement") or {}
+            rows.append(
+                {
+                    "format": a["format"],
+                    "quant": a["quant"],
+                    "path": a["path"],
+                    "size_bytes": a["size_bytes"],
+                    "jaccard": m.get("jaccard"),
+                    "dice": m.get("dice"),
+                    "delta_jaccard": d.get("jaccard"),
+                    "delta_dice": d.get("dice"),
+                    "mask_iou_vs_torch": agree.get("mask_iou"),
+                    "min_mask_iou_vs_torch": min(agree["mask_iou_per_image"]) if agree.get("mask_iou_per_image") else None,
+                    "images_mask_iou_below_half": sum(v < 0.5 for v in agree["mask_iou_per_image"])
+                    if agree.get("mask_iou_per_image")
+                    else None,
+                    "max_abs_prob_diff": agree.get("max_abs_prob_diff"),
+                    "latency_ms_1thread": _latency_ms(a),
+                    "emulated": a["emulated"],
+                    "status": a["status"],
+                    "message": a["message"] or "; ".join(a["checks"]),
+                }
+            )
+        onnx_int8 = next((r for r in rows if r["format"] == "onnx" and r["quant"] == "int8" and r["path"]), None)
+        tflite_int8 = next((r for r in rows if r["format"] == "tflite" and r["quant"] == "int8" and r["path"]), None)
+        models.append(
+            {
+                "run": f"runs/{name}",
+                "n_images": verify["n_images"],
+                "reference": {
+                    "jaccard": ref["metrics"]["jaccard"],
+                    "dice": ref["metrics"]["dice"],
+                    "latency_ms_1thread": _latency_ms(ref),
+                },
+                "artifacts": rows,
+                "onnx_int8_attention": onnx_int8_attention_ops(export_dir / onnx_int8["path"]) if onnx_int8 else None,
+                "tflite_int8_attention": tflite_int8_attention_ops(export_dir / tflite_int8["path"]) if tflite_int8 else None,
+                "machine": verify["machine"],
+            }
+        )
+    return {"data": DATA, "commands": [shlex.join(c(n)) for n in RUNS for c in (export_command, verify_command)], "models": models}
+
+
+def _f(value, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def write_markdown(result: dict, path: Path) -> None:
+    lines = [
+        "# Segmenter export parity on ISIC 2017 val (150 images)",
+        "",
+        "Every segmenter artifact (TFLite, ONNX, CoreML at fp32, fp16, int8) against the torch fp32 run directory on the",
+        "official ISIC 2017 validation images. Jaccard/Dice per image at the image's size after the spec's post-processing,",
+        "averaged; \"mask IoU vs torch\" is the mean per-image IoU between the artifact's and torch's masks. int8 is calibrated",
+        "on the run's own train split (the export default, 300 images). CoreML runs in the MIL emulator on Linux (no latency).",
+        "",
+        "Command (`benchmarks/segmenter_parity.py` runs these for both runs, then builds this file):",
+        "",
+        "```bash",
+        "nice -n 19 .venv/bin/python benchmarks/segmenter_parity.py",
+        *[c.replace(str(ROOT) + "/", "") for c in result["commands"]],
+        "```",
+        "",
+        "**Latency is indicative only**: it was measured at 1 thread, batch 1, at `nice 19` on a 2-core machine while another",
+        "latency benchmark was running.",
+        "",
+    ]
+    for model in result["models"]:
+        ref = model["reference"]
+        lines += [
+            f"## {model['run']}",
+            "",
+            f"torch fp32: Jaccard {ref['jaccard']:.4f}, Dice {ref['dice']:.4f}, {_f(ref['latency_ms_1thread'], '.2f')} ms.",
+            "",
+            "| format | quant | size | Jaccard | ΔJaccard | Dice | ΔDice | mask IoU vs torch (mean / min) | ms @1 thr | status |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for r in model["artifacts"]:
+            size = f"{r['size_bytes'] / 1e6:.2f} MB" if r["size_bytes"] else ""
+            iou = f"{r['mask_iou_vs_torch']:.4f} / {r['min_mask_iou_vs_torch']:.4f}" if r["mask_iou_vs_torch"] is not None else ""
+            latency = "emulated" if r["emulated"] else _f(r["latency_ms_1thread"], ".2f")
+            status = r["status"] + (f": {r['message'][:120]}" if r["status"] != "pass" and r["message"] else "")
+            lines.append(
+                f"| {r['format']} | {r['quant']} | {size} | {_f(r['jaccard'], '.4f')} | {_f(r['delta_jaccard'], '+.4f')} | "
+                f"{_f(r['dice'], '.4f')} | {_f(r['delta_dice'], '+.4f')} | {iou} | {latency} | {status} |"
+            )
+        int8 = [r for r in model["artifacts"] if r["quant"] == "int8"]
+        lines += ["", "int8 deltas against torch fp32: " + "; ".join(
+            f"{r['format']} ΔJaccard {_f(r['delta_jaccard'], '+.4f')}, ΔDice {_f(r['delta_dice'], '+.4f')}, mask IoU {_f(r['mask_iou_vs_torch'], '.4f')}"
+            for r in int8
+        ) + "."]  # fmt: skip
+        att = model["onnx_int8_attention"]
+        if att:
+            lines += [
+                "",
+                f"ONNX int8 graph (QDQ format): {len(att['float_matmul_softmax'])} attention MatMul/Softmax nodes, "
+                f"{len(att['qdq_fed_matmul_softmax'])} of them with every input coming from a DequantizeLinear, i.e. quantized "
+                f"(onnxruntime fuses such QDQ groups into int8 kernels where it has them); "
+                f"{len(att['float_matmul_softmax']) - len(att['qdq_fed_matmul_softmax'])} left in float. "
+                f"Nodes: {', '.join(att['float_matmul_softmax'])}.",
+            ]
+        tfl = model["tflite_int8_attention"]
+        if tfl:
+            in_int8 = sum(all(d == "int8" for d in o["inputs"] + o["outputs"]) for o in tfl)
+            lines += [
+                "",
+                f"TFLite int8 graph: {in_int8} of {len(tfl)} attention ops (BATCH_MATMUL, SOFTMAX and the FULLY_CONNECTED "
+                f"a bmm became) run with int8 inputs and outputs: "
+                + ", ".join(f"{o['op']} {'/'.join(o['inputs'])}->{'/'.join(o['outputs'])}" for o in tfl)
+                + ".",
+            ]
+        lines.append("")
+    lines += summary(result)
+    path.write_text("\n".join(lines))
+
+
+def summary(result: dict) -> list[str]:
+    rows = [(m["run"], r) for m in result["models"] for r in m["artifacts"]]
+    int8 = [(run, r) for run, r in rows if r["quant"] == "int8" and r["delta_jaccard"] is not None]
+    float_rows = [(run, r) for run, r in rows if r["quant"] in ("fp32", "fp16") and r["delta_jaccard"] is not None]
+    not_passing = [f"{run} {r['format']} {r['quant']} ({r['status']})" for run, r in rows if r["status"] != "pass"]
+    lines = ["## Summary", ""]
+    if float_rows:
+        worst = max(float_rows, key=lambda x: abs(x[1]["delta_jaccard"]))
+        lines.append(
+            f"- fp32/fp16: largest |ΔJaccard| {abs(worst[1]['delta_jaccard']):.4f} ({worst[0]} {worst[1]['format']} {worst[1]['quant']}); "
+            f"lowest mean mask IoU with torch {min(r['mask_iou_vs_torch'] for _, r in float_rows):.4f}."
+        )
+    if int8:
+        worst = min(int8, key=lambda x: x[1]["delta_jaccard"])
+        lines.append(
+            f"- int8: largest Jaccard drop {-worst[1]['delta_jaccard']:.4f} ({worst[0]} {worst[1]['format']}); "
+            f"mean mask IoU with torch {min(r['mask_iou_vs_torch'] for _, r in int8):.4f}–{max(r['mask_iou_vs_torch'] for _, r in int8):.4f}, "
+            f"worst single image {min(r['min_mask_iou_vs_torch'] for _, r in int8):.4f}; images whose int8 mask overlaps torch's "
+            f"by less than IoU 0.5: " + ", ".join(f"{run} {r['format']} {r['images_mask_iou_below_half']}" for run, r in int8) + ". "
+            "(Checked by hand for tinyseg TFLite int8 in the run recorded here: all 3 are images where torch fp32 itself "
+            "fails, Jaccard with the true mask 0.00–0.04, and both predict a tiny region of < 2% of the image in a different "
+            "place or size.)"
+            + (
+                " With attention quantized, int8 moves some mask boundaries on a few images but not the dataset Jaccard (< 0.01)."
+                if -worst[1]["delta_jaccard"] < 0.01
+                else ""
+            )
+        )
+    lines.append("- Artifacts not passing: " + (", ".join(not_passing) if not_passing else "none") + ".")
+    lines.append("")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--collect", action="store_true", help="skip export and verify; rebuild the results from runs/segparity")
+    args = parser.parse_args()
+    if not args.collect:
+        OUT.mkdir(parents=True, exist_ok=True)
+        for name in RUNS:
+            log = OUT / f"{name}.log"
+            run_logged(export_command(name), log)  # a failed format is a failed row, verify still runs the rest
+            run_logged(verify_command(name), log)
+    result = collect()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "segmenter_parity.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_markdown(result, RESULTS / "segmenter_parity.md")
+    print(f"wrote {RESULTS / 'segmenter_parity.json'} and {RESULTS / 'segmenter_parity.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
