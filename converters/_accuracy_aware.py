@@ -10,8 +10,9 @@ Top-1 disagreement with fp32 is the criterion because it needs no labels and bou
 drop from above (an image whose answer did not change cannot lose accuracy); ``edgederm verify``
 then measures the real metric drops on held-out labelled images.
 
-A converter supplies three functions: ``build(excluded) -> model``, ``predict(model, n) ->
-probabilities on the first n calibration images`` and ``latency(model) -> ms``.
+A converter supplies a quantizer with ``candidates()``, ``build(keep_float) -> model``,
+``predict(model, n) -> probabilities on the first n calibration images`` and ``latency(model) -> ms``,
+and calls ``for_job``.
 """
 
 from __future__ import annotations
@@ -158,3 +159,20 @@ def search(
     result.builds, result.seconds = builds, round(time.time() - started, 1)
     _log(result.summary(), quiet)
     return model, result
+
+
+def for_job(quantizer: Any, float_model: Any, job: Any) -> Any:
+    """int8 (all layers) or int8-aa (the search) for an ExportJob; int8-aa's decisions go to ``job.details``."""
+    if job.quant == "int8":
+        return quantizer.build([])
+    model, result = search(
+        quantizer.candidates(),
+        quantizer.build,
+        quantizer.predict,
+        quantizer.latency,
+        quantizer.predict(float_model, None),
+        float(job.options.get("max_drop", DEFAULT_MAX_DROP)),
+        quiet=bool(job.options.get("quiet")),
+    )
+    job.details["int8_aa"] = result.to_dict()
+    return model

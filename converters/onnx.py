@@ -52,20 +52,9 @@ def export(job: ExportJob) -> None:
         model = _to_fp16(model)
     elif job.quant.startswith("int8"):
         with tempfile.TemporaryDirectory(prefix="onnx-int8-", dir=job.target.parent) as tmp:
-            quantizer = _Int8Quantizer(model, job.calibration, Path(tmp))
-            if job.quant == "int8":
-                model = quantizer.build([])
-            else:
-                model, result = _accuracy_aware.search(
-                    quantizer.candidates(),
-                    quantizer.build,
-                    quantizer.predict,
-                    quantizer.latency,
-                    quantizer.predict(model, None),
-                    float(job.options.get("max_drop", _accuracy_aware.DEFAULT_MAX_DROP)),
-                    quiet=bool(job.options.get("quiet")),
-                )
-                notes["int8_aa"] = job.details["int8_aa"] = result.to_dict()
+            model = _accuracy_aware.for_job(_Int8Quantizer(model, job.calibration, Path(tmp)), model, job)
+        if "int8_aa" in job.details:
+            notes["int8_aa"] = job.details["int8_aa"]
     _drop_unused_domains(model)
     _stamp(model, job, notes)
     with _step("onnx.checker"):

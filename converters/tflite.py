@@ -134,20 +134,7 @@ def _dynamic_int8_recipe() -> list[dict[str, Any]]:
 
 
 def _static_int8(fp32: bytes, job: ExportJob) -> bytes:
-    quantizer = _StaticInt8(fp32, job)
-    if job.quant == "int8":
-        return quantizer.build([])
-    model, result = _accuracy_aware.search(
-        quantizer.candidates(),
-        quantizer.build,
-        quantizer.predict,
-        quantizer.latency,
-        quantizer.predict(fp32, None),
-        float(job.options.get("max_drop", _accuracy_aware.DEFAULT_MAX_DROP)),
-        quiet=bool(job.options.get("quiet")),
-    )
-    job.details["int8_aa"] = result.to_dict()
-    return model
+    return _accuracy_aware.for_job(_StaticInt8(fp32, job), fp32, job)
 
 
 class _StaticInt8:
