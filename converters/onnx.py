@@ -173,7 +173,10 @@ class _CalibrationReader(CalibrationDataReader):
 class _Int8Quantizer:
     """Static QDQ int8 from ranges calibrated once; ``build`` can keep any nodes in float."""
 
-    QUANTIZABLE = ("Conv", "Gemm", "MatMul", "Add", "Mul", "GlobalAveragePool", "AveragePool", "ReduceMean", "Reshape", "Flatten")
+    QUANTIZABLE = (
+        *("Conv", "Gemm", "MatMul", "Add", "Mul", "GlobalAveragePool", "AveragePool", "ReduceMean", "Reshape", "Flatten"),
+        *("HardSwish", "HardSigmoid", "Sigmoid"),  # MobileNetV3's activations, when not folded into one conv
+    )
     ACTIVATIONS = ("Clip", "Relu", "Sigmoid", "HardSigmoid", "HardSwish")
 
     def __init__(self, model: onnx.ModelProto, calibration: Calibration, work_dir: Path):

@@ -140,7 +140,10 @@ def _static_int8(fp32: bytes, job: ExportJob) -> bytes:
 class _StaticInt8:
     """ai-edge-quantizer ``static_wi8_ai8`` calibrated once; ``build`` can keep any layers in float."""
 
-    LAYER_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "MEAN", "AVERAGE_POOL_2D", "RESHAPE")
+    LAYER_OPS = (
+        *("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "MEAN", "AVERAGE_POOL_2D", "RESHAPE"),
+        *("HARD_SWISH", "LOGISTIC", "RELU6", "RELU"),  # MobileNetV3's activations are ops of their own here
+    )
 
     def __init__(self, fp32: bytes, job: ExportJob):
         from ai_edge_quantizer import calibrator, recipe, recipe_manager

@@ -90,3 +90,29 @@ def test_int8_aa_meets_a_zero_bound_on_the_calibration_images(exported: Path, tr
     aa = Predictor.load(exported / row["path"]).predict_pixels(pixels)
     assert (aa.argmax(1) == fp32.argmax(1)).all()
     assert Predictor.load(exported / row["path"]).spec.artifact["quant"] == "int8-aa"
+
+
+def test_an_unreachable_bound_is_a_clear_conversion_error():
+    from edgederm.converters._accuracy_aware import for_job
+    from edgederm.converters._job import ConversionError
+
+    class Hopeless:  # every layer float still disagrees: the error lies outside the candidates
+        def candidates(self):
+            return ["a", "b"]
+
+        def build(self, keep_float):
+            return len(keep_float)
+
+        def predict(self, model, n):
+            reference = np.tile([[0.9, 0.1]], (10, 1))
+            return (reference if model is None else reference[:, ::-1])[:n]
+
+        def latency(self, model):
+            return 1.0
+
+    class Job:
+        quant, options, details = "int8-aa", {"max_drop": 0.01, "quiet": True}, {}
+
+    with pytest.raises(ConversionError, match="int8-aa cannot bring top-1 disagreement with fp32 within 1.0%"):
+        for_job(Hopeless(), None, Job())
+    assert Job.details["int8_aa"]["reached"] is False
