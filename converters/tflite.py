@@ -153,6 +153,9 @@ class _StaticInt8:
         self.rules = recipe.static_wi8_ai8()
         if not job.options.get("int8_io", False):
             self.rules += [{"regex": ".*", "operation": op, "algorithm_key": "no_quantize", "op_config": {}} for op in ("INPUT", "OUTPUT")]
+            # An int8 softmax gives probabilities in steps of 1/256, so a referral threshold above 255/256 (a
+            # confident model's) could never fire: the probabilities stay float, as in the ONNX int8 graph.
+            self.rules.append({"regex": ".*", "operation": "SOFTMAX", "algorithm_key": "no_quantize", "op_config": {}})
         manager = recipe_manager.RecipeManager()
         manager.load_quantization_recipe(self.rules)
         # Absolute min/max over the calibration set: the default moving average clips activations (see the module doc).
