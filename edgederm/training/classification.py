@@ -12,7 +12,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from ..spec import ModelSpec
 from . import checkpoint
 from .augment import augment_batch
 from .calibration import fit_temperature, fold_temperature
-from .common import assign_splits, write_metrics_csv
+from .common import TrainResult, assign_splits, check_fractions, recipe_of, write_metrics_csv
 from .common import comparable_recipe as _comparable
 from .common import cosine_lr as _cosine_lr
 from .common import write_splits as _write_splits
@@ -86,25 +86,12 @@ class TrainConfig:
             self.lr = 3e-3 if self.mode == "head" else 1e-3
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise UsageError("--epochs, --batch-size and --lr must be positive")
-        if not 0 <= self.test_fraction < 0.9 or not 0 <= self.val_fraction < 0.9:
-            raise UsageError("--val-fraction and --test-fraction must be in [0, 0.9)")
+        check_fractions(self.val_fraction, self.test_fraction)
         if self.amp not in ("auto", "on", "off"):
             raise UsageError("--amp must be auto, on or off")
 
     def recipe(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["out"] = str(self.out)
-        data.pop("resume")
-        data.pop("quiet")
-        return data
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    spec: ModelSpec
-    metrics: dict[str, Any] = field(default_factory=dict)
-    skipped_images: list[str] = field(default_factory=list)
+        return recipe_of(self)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -12,7 +13,8 @@ from .. import _atomic
 from ..data.layouts import load_dataset
 from ..data.samples import SampleSet
 from ..data.splits import check_no_leakage, grouped_stratified_split
-from ..errors import DataError
+from ..errors import DataError, UsageError
+from ..spec import ModelSpec
 
 
 class SplitOptions(Protocol):
@@ -97,3 +99,27 @@ def comparable_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
 
 def format_row(row: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "epoch")
+
+
+@dataclass
+class TrainResult:
+    """What a training run leaves: its directory, the saved spec, metrics and the images it skipped."""
+
+    run_dir: Path
+    spec: ModelSpec
+    metrics: dict[str, Any] = field(default_factory=dict)
+    skipped_images: list[str] = field(default_factory=list)
+
+
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    if not 0 <= test_fraction < 0.9 or not 0 <= val_fraction < 0.9:
+        raise UsageError("--val-fraction and --test-fraction must be in [0, 0.9)")
+
+
+def recipe_of(config: Any) -> dict[str, Any]:
+    """A training config as plain values for metrics.json and the resume check (not resume/quiet)."""
+    data = asdict(config)
+    data["out"] = str(config.out)
+    data.pop("resume")
+    data.pop("quiet")
+    return data

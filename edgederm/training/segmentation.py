@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,17 @@ from ..runtime.predictor import lesion_mask
 from ..spec import ModelSpec
 from . import checkpoint
 from .augment import augment_pairs
-from .common import assign_splits, comparable_recipe, cosine_lr, format_row, write_metrics_csv, write_splits
+from .common import (
+    TrainResult,
+    assign_splits,
+    check_fractions,
+    comparable_recipe,
+    cosine_lr,
+    format_row,
+    recipe_of,
+    write_metrics_csv,
+    write_splits,
+)
 from .distributed import choose_device
 
 ON_OFF = ("on", "off")
@@ -85,23 +95,10 @@ class SegmentConfig:
             raise UsageError("--adversarial and --postprocess must be on or off")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.adv_weight < 0:
             raise UsageError("--epochs, --batch-size and --lr must be positive and --adv-weight not negative")
-        if not 0 <= self.test_fraction < 0.9 or not 0 <= self.val_fraction < 0.9:
-            raise UsageError("--val-fraction and --test-fraction must be in [0, 0.9)")
+        check_fractions(self.val_fraction, self.test_fraction)
 
     def recipe(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["out"] = str(self.out)
-        data.pop("resume")
-        data.pop("quiet")
-        return data
-
-
-@dataclass
-class SegmentResult:
-    run_dir: Path
-    spec: ModelSpec
-    metrics: dict[str, Any] = field(default_factory=dict)
-    skipped_images: list[str] = field(default_factory=list)
+        return recipe_of(self)
 
 
 @dataclass
@@ -166,7 +163,7 @@ class _Trainer:
     def log(self, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    def run(self) -> SegmentResult:
+    def run(self) -> TrainResult:
         config = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
@@ -223,7 +220,7 @@ class _Trainer:
         _atomic.write_text(self.run_dir / "metrics.json", json.dumps(spec.metrics, indent=2))
         if skipped:
             self.log(f"{len(skipped)} unreadable image(s) or mask(s) were skipped (listed above)")
-        return SegmentResult(self.run_dir, spec, spec.metrics, skipped)
+        return TrainResult(self.run_dir, spec, spec.metrics, skipped)
 
     def _train(self, model: nn.Module, critic: nn.Module | None, train: MaskedSplit, val: MaskedSplit | None, preprocess) -> None:
         config, device = self.config, self.device
@@ -367,7 +364,7 @@ class _Trainer:
         return metrics
 
 
-def train_segmenter(config: SegmentConfig) -> SegmentResult:
+def train_segmenter(config: SegmentConfig) -> TrainResult:
     started = time.time()
     result = _Trainer(config).run()
     print(f"edgederm: trained in {time.time() - started:.0f} s; model in {result.run_dir}", file=sys.stderr, flush=True)
