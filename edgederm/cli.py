@@ -60,6 +60,19 @@ def _add_train(sub) -> None:
     p.add_argument("--class-weight-power", type=float, default=0.5, help="class weight = (1/frequency)^power (1 = fully balanced)")
     p.add_argument("--resize", choices=["letterbox", "center_crop"], default="letterbox")
     p.add_argument(
+        "--augment",
+        choices=["basic", "affine"],
+        default="basic",
+        help="--mode full: basic = flips, 90-degree turns, colour jitter; affine adds any angle, zoom and shift",
+    )
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        metavar="DECAY",
+        help="--mode full: validate and keep an exponential moving average of the weights (e.g. 0.999; 0 = off)",
+    )
+    p.add_argument(
         "--target-sensitivity",
         type=float,
         default=0.9,
@@ -264,6 +277,8 @@ def cmd_train_classify(args: argparse.Namespace) -> int:
         balance=args.balance,
         class_weight_power=args.class_weight_power,
         resize=args.resize,
+        augment=args.augment,
+        ema=args.ema,
         target_sensitivity=args.target_sensitivity,
         seed=args.seed,
         device=args.device,

@@ -18,6 +18,17 @@ def to_model_input(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.contiguous(memory_format=torch.channels_last) if tensor.dim() == 4 and array.shape[1] == 3 else tensor
 
 
+def normalize_tensor(pixels: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """uint8 (B, S, S, 3) on any device -> the normalised channels-last NCHW batch on that device.
+
+    The same arithmetic as ``Preprocess.normalize``, for pixels already on the GPU.
+    """
+    mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=pixels.device)
+    std = torch.tensor(preprocess.std, dtype=torch.float32, device=pixels.device)
+    array = (pixels.float() / 255.0 - mean) / std
+    return array.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+
+
 @torch.inference_mode()
 def forward_batches(
     fn, pixels: np.ndarray, preprocess: Preprocess, device: torch.device, batch_size: int = 64, desc: str | None = None

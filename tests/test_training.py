@@ -63,7 +63,8 @@ def test_tampered_weights_are_refused(trained_run: Path, tmp_path: Path):
         load_checkpoint(copy)
 
 
-def test_full_training_and_resume_reach_the_same_weights(tmp_path: Path):
+@pytest.mark.parametrize("extra", [[], ["--augment", "affine", "--ema", "0.9"]], ids=["basic", "affine+ema"])
+def test_full_training_and_resume_reach_the_same_weights(tmp_path: Path, extra: list[str]):
     """A run killed with SIGKILL mid-training and resumed ends with the uninterrupted run's weights."""
     args = [
         "train",
@@ -81,6 +82,7 @@ def test_full_training_and_resume_reach_the_same_weights(tmp_path: Path):
         "--batch-size",
         "8",
         "--quiet",
+        *extra,
     ]
     env = cli_env()
     straight = tmp_path / "straight"
@@ -178,7 +180,7 @@ def test_torchrun_two_cpu_processes(tmp_path: Path):
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "edgederm",
         "train", "classify", "--data", "synthetic:48,seed=3", "--arch", "mobilenetv3_small_100", "--img-size", "48",
-        "--mode", "full", "--epochs", "2", "--batch-size", "8", "--quiet", "--out", str(out),
+        "--mode", "full", "--epochs", "2", "--batch-size", "8", "--device", "cpu", "--quiet", "--out", str(out),
     ]  # fmt: skip
     env = cli_env()
     env["OMP_NUM_THREADS"] = "1"
@@ -190,3 +192,15 @@ def test_torchrun_two_cpu_processes(tmp_path: Path):
     rows = (out / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3
     Predictor.load(out)  # the DDP run's checkpoint loads like any other
+
+
+def test_asking_for_cuda_without_a_gpu_is_a_one_line_error(monkeypatch):
+    from edgederm.errors import UsageError
+    from edgederm.training.distributed import choose_device
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(UsageError, match="no CUDA device.*--device cpu"):
+        choose_device("cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UsageError, match="process 1 has no GPU.*nproc_per_node=1"):
+        choose_device("cuda", local_rank=1)

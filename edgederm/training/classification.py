@@ -25,7 +25,7 @@ from .. import _atomic
 from ..data.pixels import PixelCache, load_pixels
 from ..data.samples import SampleSet
 from ..errors import DataError, UsageError
-from ..inference import forward_batches, softmax, to_model_input
+from ..inference import forward_batches, normalize_tensor, softmax
 from ..labels import DX_CODES
 from ..metrics import classification_metrics
 from ..models import create_model, get_entry
@@ -33,7 +33,7 @@ from ..operating_point import DEFAULT_TARGET_SENSITIVITY, choose_operating_point
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from ..spec import ModelSpec
 from . import checkpoint
-from .augment import augment_batch
+from .augment import POLICIES, augment_batch
 from .calibration import fit_temperature, fold_temperature
 from .common import TrainResult, assign_splits, check_fractions, recipe_of, write_metrics_csv
 from .common import comparable_recipe as _comparable
@@ -62,6 +62,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     balance: str = "weighted_loss"
     class_weight_power: float = 0.5
+    augment: str = "basic"
+    ema: float = 0.0  # full mode: 0 = off, else the decay of a weight average that is validated and kept
     warmup_epochs: float = 1.0
     weights: str = "default"
     resize: str = "letterbox"
@@ -87,6 +89,10 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise UsageError("--epochs, --batch-size and --lr must be positive")
         check_fractions(self.val_fraction, self.test_fraction)
+        if not 0.0 <= self.ema < 1.0:
+            raise UsageError(f"--ema must be a decay in [0, 1), got {self.ema}")
+        if self.augment not in POLICIES:
+            raise UsageError(f"--augment must be one of {POLICIES}, got {self.augment!r}")
         if self.amp not in ("auto", "on", "off"):
             raise UsageError("--amp must be auto, on or off")
 
@@ -345,11 +351,12 @@ class _Trainer:
             net = nn.parallel.DistributedDataParallel(model, device_ids=[context.device.index] if context.device.type == "cuda" else None)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        ema = WeightAverage(model, config.ema) if config.ema else None
         n = len(train.labels)
         per_rank = n // context.world_size
         batch = min(config.batch_size, per_rank)
         steps_per_epoch = max(1, per_rank // batch)
-        start_epoch, history = self._resume(model, optimizer, scaler)
+        start_epoch, history = self._resume(model, optimizer, scaler, ema)
         for epoch in range(start_epoch, config.epochs):
             torch.manual_seed(config.seed * 1009 + epoch)  # dropout and drop-path replay on resume
             generator = torch.Generator().manual_seed(config.seed * 1009 + epoch)
@@ -368,8 +375,8 @@ class _Trainer:
             )
             for step in bar:
                 index = mine[step * batch : (step + 1) * batch].numpy()
-                pixels = augment_batch(torch.from_numpy(train.cache.pixels[index]), aug_generator)
-                inputs = to_model_input(preprocess.normalize(pixels.numpy()), context.device)
+                pixels = torch.from_numpy(train.cache.pixels[index]).to(context.device, non_blocking=True)
+                inputs = normalize_tensor(augment_batch(pixels, aug_generator, policy=config.augment), preprocess)
                 targets = torch.from_numpy(train.labels[index]).to(context.device)
                 self._set_lr(
                     optimizer, epoch * steps_per_epoch + step, config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)
@@ -380,15 +387,20 @@ class _Trainer:
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+                if ema is not None:
+                    ema.update(model)
                 total += float(loss.detach()) * len(index)
                 seen += len(index)
                 bar.set_postfix(loss=f"{total / seen:.4f}")
             row = {"epoch": epoch + 1, "train_loss": total / max(1, seen), "lr": optimizer.param_groups[0]["lr"]}
             if val is not None and context.is_main:
-                logits = forward_batches(model.eval(), val.cache.pixels, preprocess, context.device)
-                row.update(self._val_row(logits, val.labels, model))
+                judged = ema.module if ema is not None else model
+                logits = forward_batches(judged.eval(), val.cache.pixels, preprocess, context.device)
+                row.update(self._val_row(logits, val.labels, judged))
             history.append(row)
-            self._end_epoch(model, optimizer, epoch, history, row, scaler)
+            self._end_epoch(model, optimizer, epoch, history, row, scaler, ema)
+        if ema is not None and self.best_weights is None:
+            self.best_weights = {k: v.detach().cpu().clone() for k, v in ema.module.state_dict().items()}
 
     # -- shared ----------------------------------------------------------------------------
 
@@ -408,7 +420,7 @@ class _Trainer:
             self.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         return row
 
-    def _resume(self, model: nn.Module, optimizer, scaler=None) -> tuple[int, list[dict]]:
+    def _resume(self, model: nn.Module, optimizer, scaler=None, ema: WeightAverage | None = None) -> tuple[int, list[dict]]:
         if not self.config.resume:
             return 0, []
         state = checkpoint.load_training_state(self.run_dir)
@@ -424,12 +436,14 @@ class _Trainer:
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         self.best_score = float(state["best_score"])
         self.best_weights = state.get("best_weights") or None
         self.log(f"resumed from {self.run_dir / checkpoint.LAST_STATE} after epoch {state['epoch'] + 1}")
         return int(state["epoch"]) + 1, list(state["history"])
 
-    def _end_epoch(self, model, optimizer, epoch: int, history: list[dict], row: dict, scaler=None) -> None:
+    def _end_epoch(self, model, optimizer, epoch: int, history: list[dict], row: dict, scaler=None, ema=None) -> None:
         shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "epoch")
         self.log(f"epoch {epoch + 1}/{self.config.epochs}: {shown}")
         if self.context.is_main:
@@ -443,6 +457,8 @@ class _Trainer:
                 "best_weights": self.best_weights or {},
                 "recipe": _comparable(self.config.recipe()),
             }
+            if ema is not None:
+                state["ema"] = ema.state_dict()
             checkpoint.save_training_state(model, state, self.run_dir)
         self.context.barrier()
 
@@ -478,6 +494,39 @@ class _Trainer:
                 f"macro AUC {'n/a' if auc is None else f'{auc:.3f}'}, ECE {result['ece']:.3f} (n={result['n']})"
             )
         return metrics
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (timm's ModelEma), validated instead of the raw model.
+
+    The decay ramps up as (1 + t) / (10 + t) so the average is not stuck at the initial weights.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        import copy
+
+        self.module = copy.deepcopy(model).eval()
+        for parameter in self.module.parameters():
+            parameter.requires_grad_(False)
+        self.decay = decay
+        self.steps = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.steps += 1
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        for mine, theirs in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
+            if mine.dtype.is_floating_point:
+                mine.lerp_(theirs.detach(), 1 - decay)
+            else:
+                mine.copy_(theirs)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "weights": {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = int(state["steps"])
+        self.module.load_state_dict(state["weights"])
 
 
 def train_classifier(config: TrainConfig) -> TrainResult:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import UsageError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -32,6 +34,14 @@ def choose_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise UsageError("--device cuda, but torch sees no CUDA device", fix="use --device cpu, or install a CUDA build of torch")
+        if local_rank >= count:
+            raise UsageError(
+                f"process {local_rank} has no GPU: this machine has {count} CUDA device(s)",
+                fix=f"use torchrun --nproc_per_node={count}, or --device cpu for CPU processes",
+            )
         return torch.device("cuda", local_rank)
     return torch.device(name)
 
