@@ -28,7 +28,7 @@ from .. import _atomic
 from ..data.pixels import PixelCache, load_pixels_and_masks
 from ..data.samples import SampleSet
 from ..errors import DataError, UsageError
-from ..inference import forward_batches, sigmoid, to_model_input
+from ..inference import forward_batches, normalize_tensor, sigmoid
 from ..metrics import segmentation_metrics
 from ..models import count_parameters, create_model, get_entry
 from ..models.segmenters import MaskDiscriminator
@@ -252,10 +252,12 @@ class _Trainer:
             for step in bar:
                 index = order[step * batch : (step + 1) * batch].numpy()
                 pixels, masks = augment_pairs(
-                    torch.from_numpy(train.cache.pixels[index]), torch.from_numpy(train.cache.masks[index]), aug_generator
+                    torch.from_numpy(train.cache.pixels[index]).to(device, non_blocking=True),
+                    torch.from_numpy(train.cache.masks[index]).to(device, non_blocking=True),
+                    aug_generator,
                 )
-                inputs = to_model_input(preprocess.normalize(pixels.numpy()), device)
-                targets = (masks.to(device).float() / 255.0).unsqueeze(1)
+                inputs = normalize_tensor(pixels, preprocess)
+                targets = (masks.float() / 255.0).unsqueeze(1)
                 lr = cosine_lr(epoch * steps_per_epoch + step, total_steps, warmup, config.lr)
                 for opt in (optimizer, critic_optimizer):
                     for group in opt.param_groups if opt is not None else []:
