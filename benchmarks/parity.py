@@ -57,7 +57,7 @@ def _sized_run(run: Path, size: int, work: Path) -> Path:
     return copy
 
 
-def latency_by_size(run: Path, sizes: list[int], work: Path, runs: int) -> list[dict]:
+def latency_by_size(run: Path, sizes: list[int], work: Path, runs: int, data: str) -> list[dict]:
     import numpy as np
     import torch
 
@@ -71,7 +71,7 @@ def latency_by_size(run: Path, sizes: list[int], work: Path, runs: int) -> list[
     for size in sizes:
         sized = _sized_run(run, size, work)
         out = work / f"export_{size}"
-        records = export_run(sized, [FORMATS["tflite"], FORMATS["onnx"]], ["fp32", "int8"], out, calib_n=64, quiet=True)
+        records = export_run(sized, [FORMATS["tflite"], FORMATS["onnx"]], ["fp32", "int8"], out, calib_data=data, calib_n=64, quiet=True)
         one = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
         torch_model = Predictor.load(sized)
         row = {"size": size, "torch fp32": measure_latency(lambda m=torch_model, x=one: m.predict_pixels(x), runs=runs)["median_ms"]}
@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     export_dir = args.out / "export"
     started = time.time()
     for fmt in FORMATS.values():  # every mode of every format; earlier formats stay in the manifest
-        export_run(args.run, [fmt], list(fmt.quant_modes), export_dir, options={"max_drop": args.max_drop})
+        # --data is the local copy of the run's training data: calibration still takes only its train split.
+        export_run(args.run, [fmt], list(fmt.quant_modes), export_dir, calib_data=args.data, options={"max_drop": args.max_drop})
     export_seconds = time.time() - started
     _log(f"exported in {export_seconds:.0f} s; verifying on {args.data} [{args.split}]")
     options = VerifyOptions(
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(result, args.out / "verify.json")
     write_report(result, spec, args.out / "verify")
     _log("latency against input size")
-    sizes = latency_by_size(args.run, [int(s) for s in args.sizes.split(",")], args.out / "sizes", args.runs)
+    sizes = latency_by_size(args.run, [int(s) for s in args.sizes.split(",")], args.out / "sizes", args.runs, args.data)
 
     arch = spec.arch
     figures = args.results / f"parity_{arch}"

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import _atomic
-from .errors import EdgedermError, UsageError
+from .errors import DataError, EdgedermError, UsageError
 from .formats import Format
 from .manifest import MANIFEST, artifact_sha256, artifact_size
 
@@ -110,6 +110,31 @@ def _earlier_records(out_dir: Path, planned: set[tuple[str, str]], source_sha: s
     return [r for r in earlier if r.status == "ok" and (r.format, r.quant) not in planned and r.path and (out_dir / r.path).exists()]
 
 
+def _calibration(run_dir: Path, spec, calib_data: str | None, calib_n: int, quiet: bool):
+    """By default the run's own training data; either way restricted to the run's train split when the images are the
+    same ones (a run trained elsewhere is calibrated on ``--calib-data`` pointing at the local copy, never on its test images).
+    """
+    from .converters._calibration import load_calibration
+
+    recorded = spec.training.get("data", {}).get("spec")
+    source = calib_data or recorded
+    if not source:
+        raise UsageError("int8 export needs representative images", fix="pass --calib-data SPEC (e.g. the training data)")
+    splits = run_dir / "splits.csv"
+    try:
+        return load_calibration(source, spec.preprocess, n=calib_n, quiet=quiet, splits_csv=splits if splits.is_file() else None)
+    except DataError as error:
+        if calib_data is None:
+            raise DataError(
+                f"int8 calibration uses the run's training data {recorded}, which cannot be read here ({error.message})",
+                path=run_dir / "spec.json",
+                fix="pass --calib-data SPEC with a local copy of the training data (its train split is still used)",
+            ) from None
+        if splits.is_file() and "none of the train images" in error.message:
+            return load_calibration(source, spec.preprocess, n=calib_n, quiet=quiet)  # other data: all of it
+        raise
+
+
 def export_run(
     run_dir: Path,
     formats: list[Format],
@@ -121,7 +146,6 @@ def export_run(
     options: dict | None = None,
     quiet: bool = False,
 ) -> list[ArtifactRecord]:
-    from .converters._calibration import load_calibration
     from .converters._job import ExportJob
     from .training.checkpoint import load_checkpoint
 
@@ -133,12 +157,7 @@ def export_run(
     needs_calibration = any(q in calibrated and q in f.quant_modes for f in formats for q in quant_modes)
     calibration = None
     if needs_calibration:
-        source = calib_data or spec.training.get("data", {}).get("spec")
-        if not source:
-            raise UsageError("int8 export needs representative images", fix="pass --calib-data SPEC (e.g. the training data)")
-        # By default the run's own training data, restricted to its train split when the run made one.
-        own_split = run_dir / "splits.csv" if calib_data is None and (run_dir / "splits.csv").is_file() else None
-        calibration = load_calibration(source, spec.preprocess, n=calib_n, quiet=quiet, splits_csv=own_split)
+        calibration = _calibration(run_dir, spec, calib_data, calib_n, quiet)
     kept = _earlier_records(out_dir, {(f.name, q) for f in formats for q in quant_modes}, spec.source_sha256)
     records: list[ArtifactRecord] = []
     for fmt in formats:

@@ -167,3 +167,28 @@ def test_default_calibration_is_the_runs_train_split_only(trained_run: Path, tmp
     with open(trained_run / "splits.csv", newline="") as handle:
         train = [row for row in csv.DictReader(handle) if row["split"] == "train"]
     assert calibration["data"].endswith("[train]") and calibration["images"] == len(train)
+
+
+def test_a_run_trained_elsewhere_calibrates_on_a_local_copy_of_its_train_split(tmp_path: Path, ham_dir: Path):
+    """Trained on a GPU box, exported on a laptop: the recorded data path is gone, --calib-data points at the copy."""
+    import json
+    import shutil
+
+    from edgederm.errors import DataError
+    from edgederm.training.classification import TrainConfig, train_classifier
+
+    remote = shutil.copytree(ham_dir, tmp_path / "remote_copy")
+    run = tmp_path / "run"
+    train_classifier(
+        TrainConfig(data=f"ham10000:{remote}", out=run, arch="mobilenetv3_small_100", img_size=32, mode="head", epochs=1,
+                    weights="none", test_fraction=0.2, quiet=True)
+    )  # fmt: skip
+    shutil.rmtree(remote)
+    with pytest.raises(DataError, match=r"spec\.json: int8 calibration uses the run's training data .*--calib-data"):
+        export_run(run, [FORMATS["onnx"]], ["int8"], tmp_path / "a", quiet=True)
+
+    records = export_run(run, [FORMATS["onnx"]], ["int8"], tmp_path / "b", calib_data=f"ham10000:{ham_dir}", quiet=True)
+    assert records[0].status == "ok", records[0].message
+    calibration = json.loads((tmp_path / "b" / "manifest.json").read_text())["artifacts"][0]["details"]["calibration"]
+    train = [line for line in (run / "splits.csv").read_text().splitlines() if ",train," in line]
+    assert calibration["data"].endswith("[train]") and calibration["images"] == len(train)

@@ -123,6 +123,38 @@ def test_training_lowers_the_loss_with_and_without_the_critic(tmp_path: Path, ad
     torch.load(tmp_path / "run" / "last_state.pt", weights_only=True)
 
 
+def test_one_adversarial_step_moves_the_critic_and_the_generator(tmp_path: Path):
+    """The critic learns to tell true masks from predicted ones, and its verdict reaches the segmenter's update."""
+    from edgederm.models.segmenters import MaskDiscriminator
+    from edgederm.training.segmentation import _Trainer
+
+    torch.manual_seed(0)
+    inputs = torch.randn(4, 3, 64, 64)
+    targets = (torch.rand(4, 1, 64, 64) > 0.5).float()
+
+    def steps(adv_weight: float, n: int = 6):
+        torch.manual_seed(1)
+        model, critic = create_model("tinyseg", 1), MaskDiscriminator()
+        trainer = _Trainer(SegmentConfig(data="synthetic:8", out=tmp_path / "x", arch="tinyseg", adv_weight=adv_weight, device="cpu"))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=1e-3, betas=(0.5, 0.999))
+        critic_before = {k: v.clone() for k, v in critic.state_dict().items()}
+        history = [trainer._step(model, optimizer, critic, critic_optimizer, inputs, targets) for _ in range(n)]
+        critic_moved = any(not torch.equal(critic_before[k], v) for k, v in critic.state_dict().items())
+        return model, history, critic_moved
+
+    model, history, critic_moved = steps(adv_weight=0.1)
+    assert critic_moved
+    assert {"train_loss", "train_adv_loss", "critic_loss"} <= set(history[0])
+    critic_losses = [h["critic_loss"] for h in history]
+    adv_losses = [h["train_adv_loss"] for h in history]
+    assert critic_losses[-1] < critic_losses[0]  # the critic gets better at spotting predicted masks
+    assert len(set(adv_losses)) == len(adv_losses)  # the generator's adversarial loss moves every step
+    # The same steps without the adversarial term update the segmenter differently: the critic's gradient flows.
+    plain, _, _ = steps(adv_weight=0.0)
+    assert any(not torch.allclose(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values(), strict=True))
+
+
 def test_resume_after_a_kill_reaches_the_uninterrupted_weights(tmp_path: Path):
     """SIGKILL after epoch 1's checkpoint, then --resume: the same weights and metrics.csv as a straight run."""
     args = ["train", "segment", "--data", "synthetic:32,seed=2", "--arch", "tinyseg", "--img-size", "32"]
@@ -212,3 +244,35 @@ def test_cli_train_predict_evaluate_end_to_end(tmp_path: Path, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(run), str(tmp_path / "pred" / "masks"), "--out", str(tmp_path / "e2")]) == 2
     assert "no lesion mask" in capsys.readouterr().err
+
+
+def test_a_mask_round_trips_through_every_runtime_at_the_original_size(trained_segmenter: Path, tmp_path: Path):
+    """torch, TFLite, ONNX Runtime and CoreML (emulated on Linux) give the same 0/255 mask at the photo's own size."""
+    import shutil
+
+    from edgederm.export import export_run
+    from edgederm.formats import FORMATS
+    from edgederm.verify.coreml_emulator import EmulatedCoreMLPredictor
+
+    # An odd, non-square photo exercises the letterbox both ways and the resize back to the photo's size.
+    image = load_dataset("synthetic:1,seed=11")[0].load_image().resize((171, 113))
+    # The session's tiny segmenter is barely trained, so its probabilities are nearly flat: a copy of the run whose
+    # threshold is their 85th percentile gives a mask with real structure to carry through every runtime.
+    run = Path(shutil.copytree(trained_segmenter, tmp_path / "run"))
+    spec = ModelSpec.load(run / "spec.json")
+    probabilities = Predictor.load(run).predict_pixels(spec.preprocess.fit(image)[None])
+    spec.postprocess = {**spec.postprocess, "threshold": float(np.quantile(probabilities, 0.85))}
+    (run / "spec.json").write_text(spec.to_json())
+
+    records = export_run(run, [FORMATS[f] for f in ("tflite", "onnx", "coreml")], ["fp32"], tmp_path / "export", quiet=True)
+    assert all(r.status == "ok" for r in records), [(r.format, r.message) for r in records]
+    reference = Predictor.load(run).predict_mask(image)
+    assert reference.shape == (113, 171) and reference.dtype == np.uint8 and set(np.unique(reference)) <= {0, 255}
+    assert 0.01 < (reference > 0).mean() < 0.9
+    for record in records:
+        path = tmp_path / "export" / record.path
+        predictor = EmulatedCoreMLPredictor(path) if record.format == "coreml" else Predictor.load(path)
+        mask = predictor.predict_mask(image)
+        assert mask.shape == reference.shape and mask.dtype == np.uint8, record.format
+        iou = np.logical_and(mask > 0, reference > 0).sum() / np.logical_or(mask > 0, reference > 0).sum()
+        assert iou > 0.98, (record.format, iou)
