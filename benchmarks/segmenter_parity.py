@@ -190,12 +190,13 @@ def write_markdown(result: dict, path: Path) -> None:
         "Command (`benchmarks/segmenter_parity.py` runs these for both runs, then builds this file):",
         "",
         "```bash",
-        "nice -n 19 .venv/bin/python benchmarks/segmenter_parity.py",
+        ".venv/bin/python benchmarks/segmenter_parity.py",
         *[c.replace(str(ROOT) + "/", "") for c in result["commands"]],
         "```",
         "",
         "Latency: batch 1 at the run's input size, median of 50 runs after warm-up, on this 2-core CPU; 2-thread numbers",
         "are less reliable here than 1-thread ones (the machine's other work competes for the second core).",
+        *([result["note"]] if result.get("note") else []),
         "",
     ]
     for model in result["models"]:
@@ -315,6 +316,7 @@ def summary(result: dict) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--collect", action="store_true", help="skip export and verify; rebuild the results from runs/segparity")
+    parser.add_argument("--note", help="a sentence about the conditions of the run, kept with the results")
     args = parser.parse_args()
     if not args.collect:
         OUT.mkdir(parents=True, exist_ok=True)
@@ -323,6 +325,8 @@ def main() -> int:
             run_logged(export_command(name), log)  # a failed format is a failed row, verify still runs the rest
             run_logged(verify_command(name), log)
     result = collect()
+    if args.note:
+        result["note"] = args.note
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{RESULT_NAME}.json").write_text(json.dumps(result, indent=2) + "\n")
     write_markdown(result, RESULTS / f"{RESULT_NAME}.md")
