@@ -176,6 +176,7 @@ class _Int8Quantizer:
     QUANTIZABLE = (
         *("Conv", "Gemm", "MatMul", "Add", "Mul", "GlobalAveragePool", "AveragePool", "ReduceMean", "Reshape", "Flatten"),
         *("HardSwish", "HardSigmoid", "Sigmoid"),  # MobileNetV3's activations, when not folded into one conv
+        *("Pad", "Concat", "Resize", "MaxPool", "Transpose", "Split", "Slice"),  # data movers get QDQ around them too
     )
     ACTIVATIONS = ("Clip", "Relu", "Sigmoid", "HardSigmoid", "HardSwish")
 
@@ -190,7 +191,20 @@ class _Int8Quantizer:
         except Exception as error:  # noqa: BLE001 - an optimisation: symbolic shape inference gives up on some graphs (attention reshapes)
             _note(f"quant_pre_process failed ({_first_line(error)}); quantizing the graph as exported")
             onnx.save(model, self.prepared)
-        self.graph = onnx.load(self.prepared).graph
+        prepared = onnx.load(self.prepared)
+        # Inlined functions (MobileNetV3's HardSwish -> HardSigmoid + Mul) come out unnamed, and quantize_static can
+        # only leave a node float by name: unnamed, they stayed int8 whatever int8-aa chose (10% top-1 at "all float").
+        taken = {node.name for node in prepared.graph.node}
+        for index, node in enumerate(prepared.graph.node):
+            if not node.name:
+                node.name = next(
+                    f"{node.op_type}_{index}{suffix}"
+                    for suffix in ("", *map(str, range(1000)))
+                    if f"{node.op_type}_{index}{suffix}" not in taken
+                )
+                taken.add(node.name)
+        onnx.save(prepared, self.prepared)
+        self.graph = prepared.graph
         self.softmax = [node.name for node in self.graph.node if node.op_type == "Softmax"]  # the probabilities stay float
         self.layers = self._layers()
         self._inputs = np.concatenate(list(calibration.batches(32, "NCHW")))

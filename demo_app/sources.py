@@ -10,6 +10,7 @@ from edgederm.data.images import is_image_file, load_image
 from edgederm.errors import UsageError
 
 CAMERA = "camera"
+CAMERA_RESOLUTION = (640, 480)  # what the live preview asks the camera for: the size of a captured frame
 
 
 class StillFrames:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, corrupt_jpeg
 from PIL import Image
 
 sys.path.insert(0, str(REPO))  # demo_app runs from the repository root; it is not part of the installed package
@@ -33,8 +33,9 @@ from demo_app.history import CSV_COLUMNS, HistoryStore
 from demo_app.presentation import NO_REFER_TITLE, REFER_TITLE, result_view
 from demo_app.settings_store import AppSettings, find_artifacts, selected_artifacts
 from demo_app.sources import StillFrames, texture_to_image
+from edgederm.data.images import load_image
 from edgederm.data.synthetic import plan_synthetic, render_synthetic
-from edgederm.errors import EdgedermError, ModelError
+from edgederm.errors import EdgedermError, ImageError, ModelError
 from edgederm.export import export_run
 from edgederm.formats import FORMATS
 from edgederm.manifest import read_manifest
@@ -55,6 +56,29 @@ def artifacts(trained_run: Path) -> dict[str, Path]:
     records = export_run(trained_run, [FORMATS["tflite"], FORMATS["onnx"]], ["fp32"], out, quiet=True)
     assert all(r.status == "ok" for r in records), [(r.path, r.message) for r in records]
     return {r.format: out / r.path for r in records}
+
+
+@pytest.fixture(scope="module")
+def segmenter_artifact(trained_segmenter: Path, lesion, tmp_path_factory) -> Path:
+    """The session's tiny lesion segmenter exported to TFLite (fp32), its threshold set to give ``lesion`` an outline.
+
+    Three epochs on 48 synthetic photos leave every lesion probability below 0.5, so at the trained
+    threshold every mask is empty. The threshold lives in spec.json (like a classifier's operating
+    point): set it to the median probability on the fixture photo, so the masks compared are not all empty.
+    """
+    from edgederm.runtime import Predictor
+    from edgederm.runtime.predictor import lesion_probabilities
+
+    run = tmp_path_factory.mktemp("demo_app_seg") / "run"
+    shutil.copytree(trained_segmenter, run)
+    reference = Predictor.load(run)
+    probs = lesion_probabilities(reference.predict_pixels(reference.spec.preprocess.fit(Image.open(lesion[0]))[None]))
+    spec = json.loads((run / "spec.json").read_text())
+    spec["postprocess"]["threshold"] = float(np.median(probs))
+    (run / "spec.json").write_text(json.dumps(spec, indent=2))
+    records = export_run(run, [FORMATS["tflite"]], ["fp32"], run.parent / "export", quiet=True)
+    assert all(r.status == "ok" for r in records), [(r.path, r.message) for r in records]
+    return run.parent / "export" / records[0].path
 
 
 @pytest.fixture(scope="module")
@@ -498,6 +522,53 @@ def test_benchmark_and_exit_needs_no_display(artifacts, tmp_path):
     _check_benchmark_schema(json.loads(out.read_text()), [artifacts["tflite"], artifacts["onnx"]], [1, 2], 3, 1)
 
 
+def _markdown_table(text: str) -> tuple[list[str], list[list[str]]]:
+    """The artifact table of a verify.md: (header, rows) as cell strings."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| artifact |"))
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        table.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return table[0], table[2:]
+
+
+def test_benchmark_export_merges_into_verify(artifacts, tmp_path):
+    export_dir = artifacts["tflite"].parent  # export_run's folder: both artifacts and manifest.json
+    bench = tmp_path / "phone.json"
+    env = {k: v for k, v in cli_env().items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    done = _run_app(["--model", artifacts["tflite"], "--benchmark-and-exit", bench, "--runs", "3", "--warmup", "1"], env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    phone = json.loads(bench.read_text())
+    (measured,) = phone["artifacts"]
+    label = phone["device"]["name"]
+
+    verify_json, report = tmp_path / "v.json", tmp_path / "report"
+    done = subprocess.run(
+        [sys.executable, "-m", "edgederm", "verify", export_dir, "--data", "synthetic:40,seed=11", "--runs", "3", "--warmup", "0"]
+        + ["--saliency", "0", "--no-emulate-coreml", "--quiet", "--device-results", bench, "--json", verify_json, "--report", report],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode in (0, 1), done.stderr[-2000:]  # 1: an artifact missed a bound, which is not this test's subject
+
+    header, rows = _markdown_table((report / "verify.md").read_text())
+    column = header.index(f"{label} (device)")
+    cells = {row[0]: row[column] for row in rows}
+    expected = " / ".join(f"{t['median_ms']:.2f} ms @{t['threads']}" for t in measured["latency"])
+    assert cells["tflite fp32"] == expected, cells
+    assert cells["onnx fp32"] == "" and cells["torch fp32 (reference)"] == "", "only the measured artifact has a device latency"
+
+    verified = json.loads(verify_json.read_text())
+    (device,) = verified["device_results"]
+    assert device["device_label"] == label and device["file"] == str(bench) and device["artifacts"] == phone["artifacts"]
+    row = next(a for a in verified["artifacts"] if a["format"] == "tflite" and a["quant"] == "fp32")
+    assert row["sha256"] == measured["sha256"], "verify matches the phone's artifact by its sha256"
+
+
 # -- privacy: no socket, no torch ---------------------------------------------------------------
 
 GUARD = r"""
@@ -679,6 +750,177 @@ def test_capture_and_exit_from_a_folder(artifacts, lesion, tmp_path, kivy_env):
     assert shown["source"] == str(folder / "a.jpg") and shown["threads"] == 2 and shown["screenshot"] is None
 
 
+def _predictions_csv(model: Path, image: Path, out: Path) -> dict[str, str]:
+    """``edgederm predict MODEL IMAGE``: the one row of its predictions.csv."""
+    done = subprocess.run(
+        [sys.executable, "-m", "edgederm", "predict", model, image, "--out", out, "--quiet"],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(csv.DictReader((out / "predictions.csv").open(encoding="utf-8")))
+    assert len(rows) == 1 and rows[0]["error"] == "", rows
+    return rows[0]
+
+
+def test_capture_matches_edgederm_predict(artifacts, segmenter_artifact, lesion, tmp_path, kivy_env):
+    """The app's answer is the CLI's answer on the same photo and artifacts.
+
+    The app classifies the whole photo and runs the segmenter beside it only to outline the lesion
+    (capture.py), so the like-for-like CLI runs are plain ``edgederm predict CLS`` and ``edgederm
+    predict SEG``, not ``predict --segmenter --classifier``, which classifies a crop around the lesion.
+    """
+    classifier = artifacts["tflite"]
+    done = _run_app(
+        [
+            "--model",
+            classifier,
+            "--segmenter",
+            segmenter_artifact,
+            "--source",
+            lesion[0],
+            "--capture-and-exit",
+            "--data-dir",
+            tmp_path / "d",
+        ],
+        kivy_env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = json.loads(done.stdout)
+    assert shown["model"] == str(classifier) and shown["segmenter"] == str(segmenter_artifact)
+
+    cli = _predictions_csv(classifier, lesion[0], tmp_path / "cls")
+    class_names = list(cli)[2:-1]  # image, label, one column per class code, error
+    assert class_names == CapturePipeline.load(classifier).classifier.spec.class_names
+    cli_probs = {code: float(cli[code]) for code in class_names}
+    cli_top3 = sorted(cli_probs, key=cli_probs.get, reverse=True)[:3]
+    assert [row["label"] for row in shown["top3"]] == cli_top3
+    for row in shown["top3"]:
+        assert row["probability"] == pytest.approx(cli_probs[row["label"]], abs=1e-4), row["label"]
+
+    segmented = _predictions_csv(segmenter_artifact, lesion[0], tmp_path / "seg")
+    assert 0 < float(segmented["lesion_area_fraction"]) < 1, "the segmenter outlines part of the photo"
+    assert shown["lesion_area_fraction"] == pytest.approx(float(segmented["lesion_area_fraction"]), abs=1e-5)
+    cli_mask = np.asarray(Image.open(tmp_path / "seg" / segmented["mask"]))
+    stored = HistoryStore(tmp_path / "d" / "history").list()[0]
+    assert stored.lesion_area_fraction == pytest.approx((cli_mask >= 128).mean(), abs=1e-6)
+
+
+# Drives the real app in a subprocess (Kivy rewires the logging of the process that imports it): the
+# test's steps run one after another, each followed by a few drawn frames; ``report`` is printed at the end.
+APP_DRIVER = r"""
+import json, sys
+from pathlib import Path
+from demo_app.main import launch_options, parse_args, prepare_kivy_environment
+
+options = launch_options(parse_args(json.loads(sys.argv[1])))
+prepare_kivy_environment(options)
+from kivy.clock import Clock
+from kivy.core.window import Window
+from kivy.uix.button import Button
+from kivy.uix.label import Label
+from kivy.uix.popup import Popup
+from demo_app.ui.app import EdgedermScreeningApp, save_screenshot
+
+app = EdgedermScreeningApp(options)
+report = {}
+
+def screen(name):
+    return app.screens.get_screen(name)
+
+def labels(widget):
+    return [w.text for w in widget.walk(restrict=True) if isinstance(w, Label) and not isinstance(w, Button)]
+
+def press(widget, text):
+    next(w for w in widget.walk(restrict=True) if isinstance(w, Button) and w.text == text).dispatch("on_press")
+
+def choose_file(path):
+    # What a person does in the file chooser: select the photo, press Open.
+    popup = next(w for w in Window.children if isinstance(w, Popup))
+    popup.content.children[-1].selection = [str(path)]
+    press(popup, "Open")
+
+def _step(steps, index, waited):
+    if index == len(steps):
+        app.stop()
+        return
+    if waited == 0:
+        steps[index]()
+    if waited < 6:
+        Clock.schedule_once(lambda _dt: drive(steps, index, waited + 1), 0.05)
+    else:
+        drive(steps, index + 1, 0)
+
+def drive(steps, index=0, waited=0):
+    try:
+        _step(steps, index, waited)
+    except BaseException as exc:
+        app.failure = exc
+        app.stop()
+
+def run(steps):
+    app.preflight()
+    Clock.schedule_once(lambda _dt: drive(steps), 0)
+    app.run()
+    if app.failure:
+        raise app.failure
+    print(json.dumps(report))
+"""
+
+
+def _drive_app(steps: str, argv: list, env: dict[str, str], *extra) -> tuple[dict, subprocess.CompletedProcess]:
+    done = subprocess.run(
+        [sys.executable, "-c", APP_DRIVER + steps, json.dumps([str(a) for a in argv]), *map(str, extra)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1]), done
+
+
+HISTORY_AFTER_RESTART = r"""
+def record():
+    history = screen("history")
+    report["status"] = history.status.text
+    report["rows"] = labels(history.list)
+    report["entries"] = [{"id": e.id, "top3": e.top3, "photo": str(e.photo), "created": e.created} for e in app.history.list()]
+
+run([
+    app.accept_notice,
+    lambda: press(screen("camera"), "Capture"),
+    lambda: app.go("history"),
+    record,
+])
+"""
+
+
+def test_history_survives_a_restart(artifacts, lesion, tmp_path, kivy_env):
+    data = tmp_path / "data"
+    first = _run_app(["--model", artifacts["tflite"], "--source", lesion[0], "--capture-and-exit", "--data-dir", data], kivy_env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    earlier = json.loads(first.stdout)
+
+    rotated = tmp_path / "rotated.png"
+    Image.open(lesion[0]).rotate(90, expand=True).save(rotated)
+    report, _ = _drive_app(HISTORY_AFTER_RESTART, ["--model", artifacts["onnx"], "--source", rotated, "--data-dir", data], kivy_env)
+    entries = report["entries"]
+    assert len(entries) == 2 and entries[0]["id"] > entries[1]["id"], "the restarted app adds to the history, newest first"
+    assert entries[1]["top3"] == earlier["top3"], "the earlier capture is still there, as it was shown"
+    assert Path(entries[1]["photo"]).is_file()
+    assert report["status"].startswith("2 capture(s). Stored in ") and report["status"].endswith(str(data / "history"))
+    top = earlier["top3"][0]
+    assert any(f"{top['name']} {top['probability']:.0%}" in row and artifacts["tflite"].name in row for row in report["rows"]), report[
+        "rows"
+    ]
+    assert sum(artifacts["onnx"].name in row for row in report["rows"]) == 1, "the new capture is listed too"
+
+
 @pytest.mark.parametrize(
     ("make_args", "message"),
     [
@@ -687,10 +929,20 @@ def test_capture_and_exit_from_a_folder(artifacts, lesion, tmp_path, kivy_env):
         (lambda a, img, tmp: ["--model", img, "--source", img], "unsupported model format"),
         (lambda a, img, tmp: ["--model", a["tflite"], "--source", _not_an_image(tmp)], "not a JPEG, PNG"),
         (lambda a, img, tmp: ["--model", a["tflite"], "--source", tmp / "missing.jpg"], "no such image or folder"),
+        (lambda a, img, tmp: ["--model", a["tflite"], "--source", corrupt_jpeg(tmp / "cut.jpg")], "truncated"),
         (lambda a, img, tmp: ["--model", a["tflite"], "--source", img, "--threads", "0"], "--threads must be >= 1"),
         (lambda a, img, tmp: ["--source", img], "--capture-and-exit needs --model"),
     ],
-    ids=["missing-model", "truncated-model", "image-as-model", "not-an-image", "missing-image", "zero-threads", "no-model"],
+    ids=[
+        "missing-model",
+        "truncated-model",
+        "image-as-model",
+        "not-an-image",
+        "missing-image",
+        "truncated-jpeg",
+        "zero-threads",
+        "no-model",
+    ],
 )
 def test_bad_input_fails_with_one_line(artifacts, lesion, tmp_path, make_args, message):
     """These fail before a window opens, so they need no display."""
@@ -853,3 +1105,98 @@ def test_every_screen_draws(artifacts, lesion, tmp_path, kivy_env):
     assert "stand-in-segmenter" in report["status"]
     result = np.asarray(Image.open(out / "result.png").convert("RGB"))
     assert ((result == (255, 214, 0)).all(axis=-1)).sum() > 50, "the lesion outline (yellow) is drawn over the photo"
+
+
+CORRUPT_IMPORT = r"""
+corrupt, good = sys.argv[2:4]
+
+def after_corrupt():
+    report["status"] = screen("camera").status.text
+    report["screen"] = app.screens.current
+    report["history"] = len(app.history.list())
+
+def after_good():
+    report["screen_after_good"] = app.screens.current
+    report["history_after_good"] = len(app.history.list())
+
+run([
+    app.accept_notice,
+    lambda: press(screen("camera"), "Import a photo instead"),
+    lambda: choose_file(corrupt),
+    after_corrupt,
+    lambda: press(screen("camera"), "Import a photo instead"),
+    lambda: choose_file(good),
+    after_good,
+])
+"""
+
+
+def test_a_corrupt_imported_photo_gives_a_message_not_a_crash(artifacts, lesion, tmp_path, kivy_env):
+    corrupt = corrupt_jpeg(tmp_path / "cut.jpg")
+    with pytest.raises(ImageError) as expected:
+        load_image(corrupt)
+    report, _ = _drive_app(  # exits 0 with no traceback: the app ran on until the script stopped it
+        CORRUPT_IMPORT,
+        ["--model", artifacts["tflite"], "--source", lesion[0], "--data-dir", tmp_path / "data"],
+        kivy_env,
+        corrupt,
+        lesion[0],
+    )
+    assert report["status"] == str(expected.value) and "\n" not in report["status"], "the loader's one-line message is shown"
+    assert str(corrupt) in report["status"] and "truncated" in report["status"]
+    assert report["screen"] == "camera" and report["history"] == 0, "nothing is analysed or stored"
+    assert report["screen_after_good"] == "result" and report["history_after_good"] == 1, "the app keeps working"
+
+
+CAMERA_REFUSED = r"""
+import types
+import demo_app.ui.camera as camera_module
+
+# Android's runtime permission dialog, answered "Deny".
+asked = []
+permissions = types.ModuleType("android.permissions")
+permissions.Permission = types.SimpleNamespace(CAMERA="android.permission.CAMERA")
+permissions.check_permission = lambda permission: False
+permissions.request_permissions = lambda wanted, callback: (asked.append(wanted), callback(wanted, [False] * len(wanted)))
+sys.modules["android"] = types.ModuleType("android")
+sys.modules["android.permissions"] = permissions
+camera_module.platform = "android"
+out = Path(sys.argv[2])
+
+def refused():
+    camera = screen("camera")
+    report["asked"] = asked
+    report["reason"] = camera.unavailable_reason
+    report["capture_disabled"] = camera.capture_button.disabled
+    report["offer"] = labels(camera.preview_area)
+    report["shot"] = str(save_screenshot(app.screens, out))
+
+def picker_open():
+    report["picker"] = any(isinstance(w, Popup) for w in Window.children)
+
+def after_import():
+    report["screen"] = app.screens.current
+    report["history"] = len(app.history.list())
+
+run([
+    app.accept_notice,
+    refused,
+    lambda: press(screen("camera").preview_area, "Import a photo"),
+    picker_open,
+    lambda: choose_file(sys.argv[3]),
+    after_import,
+])
+"""
+
+
+def test_camera_permission_refused_offers_the_import(artifacts, lesion, tmp_path, kivy_env):
+    shot = tmp_path / "refused.png"
+    report, _ = _drive_app(
+        CAMERA_REFUSED, ["--model", artifacts["tflite"], "--source", "camera", "--data-dir", tmp_path / "data"], kivy_env, shot, lesion[0]
+    )
+    assert report["asked"] == [["android.permission.CAMERA"]], "the app asked for the camera permission"
+    assert report["reason"] == "Camera permission was refused." and report["capture_disabled"] is True
+    assert any("Camera permission was refused." in text and "import a photo from the gallery or files" in text for text in report["offer"])
+    _assert_not_blank(shot)
+    assert report["picker"] is True, "the offer's button opens the photo picker"
+    assert report["screen"] == "result" and report["history"] == 1, "the imported photo is analysed"

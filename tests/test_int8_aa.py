@@ -116,3 +116,24 @@ def test_an_unreachable_bound_is_a_clear_conversion_error():
     with pytest.raises(ConversionError, match="int8-aa cannot bring top-1 disagreement with fp32 within 1.0%"):
         for_job(Hopeless(), None, Job())
     assert Job.details["int8_aa"]["reached"] is False
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_every_candidate_float_is_the_float_model(trained_run: Path, tmp_path: Path, monkeypatch, fmt: str):
+    """What int8-aa can keep float must cover everything the quantizer touches (pads, inlined HardSwish nodes):
+    with every candidate float, the 'int8' model gives the fp32 model's probabilities."""
+    import importlib
+
+    converter = importlib.import_module(f"edgederm.converters.{fmt}")
+    seen = {}
+
+    def probe(quantizer, float_model, job):
+        everything = quantizer.build(quantizer.candidates())
+        seen["gap"] = float(np.abs(quantizer.predict(everything, None) - quantizer.predict(float_model, None)).max())
+        seen["candidates"] = len(quantizer.candidates())
+        return quantizer.build([])
+
+    monkeypatch.setattr(converter._accuracy_aware, "for_job", probe)
+    records = export_run(trained_run, [FORMATS[fmt]], ["int8"], tmp_path, calib_data=CALIB, calib_n=16, quiet=True)
+    assert records[0].status == "ok", records[0].message
+    assert seen["candidates"] > 0 and seen["gap"] < 1e-5, seen

@@ -143,13 +143,14 @@ class EdgedermScreeningApp(App):
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    def analyse_file(self, path: Path) -> None:
+    def analyse_file(self, path: Path) -> tuple[ResultView, Image.Image] | None:
+        """An imported photo: decoded safely, then analysed like a captured frame."""
         try:
             image = load_image(path)
         except EdgedermError as exc:
             self._say(str(exc))
-            return
-        self.analyse(image, str(path))
+            return None
+        return self.analyse(image, str(path))
 
     def analyse(self, image: Image.Image, where: str) -> tuple[ResultView, Image.Image] | None:
         """Run the pipeline on one frame, store it in the history and show the result screen."""

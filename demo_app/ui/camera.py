@@ -10,7 +10,7 @@ from kivy.uix.image import Image as KivyImage
 from kivy.utils import platform
 from PIL import Image
 
-from ..sources import CAMERA, StillFrames, texture_to_image
+from ..sources import CAMERA, CAMERA_RESOLUTION, StillFrames, texture_to_image
 from .widgets import texture_from_image
 
 STILL_INTERVAL_S = 2.5  # a folder of stills advances like a slow camera
@@ -98,7 +98,7 @@ class Preview(FloatLayout):
         try:
             from kivy.uix.camera import Camera
 
-            self.camera = Camera(play=True, resolution=(640, 480), fit_mode="contain", size_hint=(1, 1), pos_hint={"x": 0, "y": 0})
+            self.camera = Camera(play=True, resolution=CAMERA_RESOLUTION, fit_mode="contain", size_hint=(1, 1), pos_hint={"x": 0, "y": 0})
         except Exception as exc:  # noqa: BLE001 - each provider fails its own way when there is no device
             self.on_unavailable(f"No camera could be opened ({type(exc).__name__}: {exc}).")
             return
