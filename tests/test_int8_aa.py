@@ -137,3 +137,29 @@ def test_every_candidate_float_is_the_float_model(trained_run: Path, tmp_path: P
     records = export_run(trained_run, [FORMATS[fmt]], ["int8"], tmp_path, calib_data=CALIB, calib_n=16, quiet=True)
     assert records[0].status == "ok", records[0].message
     assert seen["candidates"] > 0 and seen["gap"] < 1e-5, seen
+
+
+def test_a_bound_met_only_with_every_layer_float_is_refused():
+    from edgederm.converters._accuracy_aware import for_job
+    from edgederm.converters._job import ConversionError
+
+    class AllOrNothing:  # agrees with fp32 only once nothing is quantized
+        def candidates(self):
+            return ["a", "b", "c"]
+
+        def build(self, keep_float):
+            return len(keep_float)
+
+        def predict(self, model, n):
+            reference = np.tile([[0.9, 0.1]], (10, 1))
+            return (reference if model is None or model == 3 else reference[:, ::-1])[:n]
+
+        def latency(self, model):
+            return 1.0
+
+    class Job:
+        quant, options, details = "int8-aa", {"max_drop": 0.01, "quiet": True}, {}
+
+    with pytest.raises(ConversionError, match="only with all 3 layers float: that is the float model"):
+        for_job(AllOrNothing(), None, Job())
+    assert Job.details["int8_aa"]["reached"] is True
