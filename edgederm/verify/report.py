@@ -18,7 +18,6 @@ from .. import _atomic
 from ..metrics import reliability_bins, roc_auc, roc_curve
 from ..runtime.screening import malignant_classes, malignant_score
 from ..spec import ModelSpec
-from .saliency import plot_saliency
 
 PLOTS = {
     "latency": ("latency.png", "Latency per artifact (batch 1, median with p90 whisker)"),
@@ -49,6 +48,22 @@ METRIC_COLUMNS = {
 def _save(fig, path: Path) -> None:
     _atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
     plt.close(fig)
+
+
+def _panels(count: int, columns: int, width: float, height: float) -> tuple[Any, list[Any]]:
+    """A figure of ``count`` panels, ``columns`` to a row, each ``width`` x ``height`` inches; axes stay off until used."""
+    columns = max(1, min(columns, count))
+    lines = max(1, -(-count // columns))
+    fig, axes = plt.subplots(lines, columns, figsize=(width * columns, height * lines), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, list(axes.flat)
+
+
+def _outline(ax, mask: np.ndarray, colour: str, width: float) -> None:
+    """The mask's border over the image (nothing to draw for an empty or full mask)."""
+    if mask.any() and not mask.all():
+        ax.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=width)
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -213,12 +228,8 @@ def _plot_reliability(result: dict[str, Any], path: Path) -> None:
 
 def _plot_confusions(result: dict[str, Any], class_names: list[str], path: Path) -> None:
     rows = [r for r in _scored(result) if (r.get("metrics") or {}).get("confusion_matrix")]
-    columns = min(4, len(rows))
-    lines = -(-len(rows) // columns)
-    fig, axes = plt.subplots(lines, columns, figsize=(3.2 * columns, 3.2 * lines), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, row in zip(axes.flat, rows, strict=False):
+    fig, axes = _panels(len(rows), 4, 3.2, 3.2)
+    for ax, row in zip(axes, rows, strict=False):
         counts = np.asarray(row["metrics"]["confusion_matrix"], float)
         share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
         ax.axis("on")
@@ -296,20 +307,31 @@ def _plot_overlays(result: dict[str, Any], spec: ModelSpec, path: Path, n: int =
             if i not in worst or iou < worst[i][0]:
                 worst[i] = (iou, row)
     chosen = sorted(worst, key=lambda i: worst[i][0])[:n]
-    fig, axes = plt.subplots(1, max(len(chosen), 1), figsize=(3.6 * max(len(chosen), 1), 3.8), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = _panels(len(chosen), len(chosen), 3.6, 3.8)
     reference_masks = masks_of(spec, truth, result["reference"]["probs"])
-    for ax, i in zip(axes.flat, chosen, strict=False):
+    for ax, i in zip(axes, chosen, strict=False):
         iou, row = worst[i]
         image = np.asarray(result["images"][i].load_image())
         artifact_mask = masks_of(spec, type(truth)(masks=[truth.masks[i]], sizes=[truth.sizes[i]]), row["probs"][i : i + 1])[0]
         ax.imshow(image)
         for mask, colour in ((truth.masks[i], "white"), (reference_masks[i], "lime"), (artifact_mask, "red")):
-            if mask.any() and not mask.all():
-                ax.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=1.2)
+            _outline(ax, mask, colour, 1.2)
         ax.set_title(f"{result['images'][i].display_path.split('/')[-1][:28]}\n{_label(row)}: IoU {iou:.2f} with torch", fontsize=7)
     fig.suptitle("white: true mask, green: torch fp32, red: the artifact", fontsize=9)
+    _save(fig, path)
+
+
+def _plot_saliency(saliency: dict[str, Any], path: Path, n: int = 8) -> None:
+    """The images with the least saliency on the lesion, then the most: CAM over the image, lesion outlined."""
+    items = sorted(saliency["items"], key=lambda i: i.inside)
+    picked = items[: n // 2] + items[-(n - n // 2) :] if len(items) > n else items
+    fig, axes = _panels(len(picked), 4, 3.1, 3.3)
+    for ax, item in zip(axes, picked, strict=False):
+        ax.imshow(item.pixels)
+        ax.imshow(item.cam, cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        _outline(ax, item.mask, "white", 1)
+        ax.set_title(f"{Path(item.sample.display_path).name[:24]}\n{item.predicted}: {item.inside:.0%} on the lesion", fontsize=7)
+    fig.suptitle("Grad-CAM (torch reference); white: true lesion outline", fontsize=9)
     _save(fig, path)
 
 
@@ -321,7 +343,7 @@ def write_report(result: dict[str, Any], spec: ModelSpec, out_dir: Path) -> tupl
         "reliability": lambda path: _plot_reliability(result, path),
         "confusion": lambda path: _plot_confusions(result, spec.class_names, path),
         "overlays": lambda path: _plot_overlays(result, spec, path),
-        "saliency": lambda path: plot_saliency(result["saliency"], path),
+        "saliency": lambda path: _plot_saliency(result["saliency"], path),
     }
     keys = [*TASK_PLOTS[result["task"]], *(["saliency"] if result.get("saliency") else [])]
     plots = [PLOTS[key] for key in keys]

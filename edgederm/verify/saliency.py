@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import _atomic
 from ..data.samples import Sample
 from ..errors import ImageError
 from ..metrics import binarize_mask
@@ -94,28 +93,3 @@ def saliency_on_lesions(run_dir: Path, samples: list[Sample], n: int = 64, seed:
         ],
         "items": items,
     }
-
-
-def plot_saliency(saliency: dict[str, Any], path: Path, n: int = 8) -> None:
-    """The images with the least saliency on the lesion, then the most: CAM over the image, lesion outlined."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    items = sorted(saliency["items"], key=lambda i: i.inside)
-    picked = items[: n // 2] + items[-(n - n // 2) :] if len(items) > n else items
-    columns = min(4, len(picked))
-    lines = -(-len(picked) // columns)
-    fig, axes = plt.subplots(lines, columns, figsize=(3.1 * columns, 3.3 * lines), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, item in zip(axes.flat, picked, strict=False):
-        ax.imshow(item.pixels)
-        ax.imshow(item.cam, cmap="jet", alpha=0.4, vmin=0, vmax=1)
-        if item.mask.any() and not item.mask.all():
-            ax.contour(item.mask.astype(float), levels=[0.5], colors="white", linewidths=1)
-        ax.set_title(f"{Path(item.sample.display_path).name[:24]}\n{item.predicted}: {item.inside:.0%} on the lesion", fontsize=7)
-    fig.suptitle("Grad-CAM (torch reference); white: true lesion outline", fontsize=9)
-    _atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
-    plt.close(fig)
