@@ -33,17 +33,24 @@ class Calibration:
 
 
 def load_calibration(
-    spec_data: str, preprocess: Preprocess, n: int = 300, seed: int = 0, quiet: bool = False, splits_csv: Path | None = None
+    spec_data: str,
+    preprocess: Preprocess,
+    n: int = 300,
+    seed: int = 0,
+    quiet: bool = False,
+    splits_csv: Path | None = None,
+    other_data_ok: bool = False,
 ) -> Calibration:
     """Up to ``n`` images of ``spec_data``, a seeded random subset, never failing on one bad image.
 
     With ``splits_csv`` (a training run's), only its train split: calibration never sees a test image.
+    ``other_data_ok``: data sharing no image with the run's split is used whole instead of refused.
     """
     dataset = load_dataset(spec_data)
     if splits_csv is not None:
         from edgederm.predict import select_split
 
-        dataset = select_split(dataset, "train", splits_csv)
+        dataset = select_split(dataset, "train", splits_csv, missing_ok=other_data_ok)
     if len(dataset) > n:
         chosen = np.sort(np.random.default_rng(seed).choice(len(dataset), n, replace=False))
         dataset = dataset.subset(chosen.tolist())

@@ -122,17 +122,22 @@ def _calibration(run_dir: Path, spec, calib_data: str | None, calib_n: int, quie
         raise UsageError("int8 export needs representative images", fix="pass --calib-data SPEC (e.g. the training data)")
     splits = run_dir / "splits.csv"
     try:
-        return load_calibration(source, spec.preprocess, n=calib_n, quiet=quiet, splits_csv=splits if splits.is_file() else None)
+        return load_calibration(
+            source,
+            spec.preprocess,
+            n=calib_n,
+            quiet=quiet,
+            splits_csv=splits if splits.is_file() else None,
+            other_data_ok=calib_data is not None,
+        )
     except DataError as error:
-        if calib_data is None:
-            raise DataError(
-                f"int8 calibration uses the run's training data {recorded}, which cannot be read here ({error.message})",
-                path=run_dir / "spec.json",
-                fix="pass --calib-data SPEC with a local copy of the training data (its train split is still used)",
-            ) from None
-        if splits.is_file() and "none of the train images" in error.message:
-            return load_calibration(source, spec.preprocess, n=calib_n, quiet=quiet)  # other data: all of it
-        raise
+        if calib_data is not None:
+            raise
+        raise DataError(
+            f"int8 calibration uses the run's training data {recorded}, which cannot be read here ({error.message})",
+            path=run_dir / "spec.json",
+            fix="pass --calib-data SPEC with a local copy of the training data (its train split is still used)",
+        ) from None
 
 
 def export_run(

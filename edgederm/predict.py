@@ -34,8 +34,11 @@ class Predictions:
         return np.array([e is None for e in self.errors], bool)
 
 
-def select_split(dataset: SampleSet, split: str, splits_csv: Path) -> SampleSet:
-    """Keep the samples that a training run's splits.csv put in ``split``."""
+def select_split(dataset: SampleSet, split: str, splits_csv: Path, *, missing_ok: bool = False) -> SampleSet:
+    """Keep the samples that a training run's splits.csv put in ``split``.
+
+    With ``missing_ok``, a dataset that shares no image with that split (other data) comes back whole.
+    """
     if not splits_csv.is_file():
         raise DataError("splits.csv not found", path=splits_csv, fix="--split needs a run directory from edgederm train (or --splits FILE)")
     with open(splits_csv, newline="", encoding="utf-8") as handle:
@@ -43,6 +46,8 @@ def select_split(dataset: SampleSet, split: str, splits_csv: Path) -> SampleSet:
     if not chosen:
         raise DataError(f"no images in split {split!r}", path=splits_csv)
     indices = [i for i, s in enumerate(dataset.samples) if s.image_id in chosen]
+    if not indices and missing_ok:
+        return dataset
     if not indices:
         raise DataError(
             f"none of the {split} images of {splits_csv} are in {dataset.spec}",
