@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from _machine import where
+
 RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = ("accuracy", "balanced_accuracy", "macro_auc")
 
@@ -28,7 +30,7 @@ def candidate(path: Path) -> dict:
     return {
         "name": path.stem,
         "recipe": result["recipe"],
-        "device": result["machine"].get("gpu") or f"{result['machine']['cpu_threads']} CPU threads",
+        "device": where(result["machine"]),
         "train_seconds": result["train_seconds"],
         "saved_epoch": int(best["epoch"]),
         "val": val,

@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _machine import where
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ["seg256_mobilegan_plain", "seg256_tinyseg_plain"]
 RESULT_NAME = "segmenter_isic2017"
@@ -255,9 +257,8 @@ def write_markdown(result: dict, path: Path) -> None:
 def _training_lines(training: dict | None) -> list[str]:
     if not training:
         return []
-    where = training["machine"].get("gpu") or f"{training['machine']['cpu_threads']} CPU threads"
     lines = [
-        f"Training (`{training['command']}`, on {where}; details in segmenter_training_isic2017.md). The runs below are the",
+        f"Training (`{training['command']}`, on {where(training['machine'])}; details in segmenter_training_isic2017.md). The runs below are the",
         "best of each arch by validation Jaccard; the targets are mobilegan int8 Jaccard >= 0.80 and tinyseg >= 0.75 on val.",
         "",
         "| run | params | adversarial | px | epochs | val Jaccard | val Dice | test Jaccard |",

@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _machine import training_machine, where
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -37,7 +37,7 @@ BASE = {
     "test_fraction": 0.15,
     "seed": 0,
 }
-# "gpu" was chosen from nine candidates by their validation metrics (benchmarks/reference_sweep.py);
+# "gpu" was chosen from ten candidates by their validation metrics (benchmarks/reference_sweep.py);
 # "cpu" is the first recipe, sized to finish in about an hour on 2 cores.
 PRESETS = {
     "gpu": {**BASE, "img_size": 224, "epochs": 30, "batch_size": 64, "augment": "affine", "ema": 0.998},
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "meets_targets": {k: (metrics[k] is not None and metrics[k] >= v) for k, v in TARGETS.items()},
         "validation_curve": curve,
         "train_seconds": round(train_seconds),
-        "machine": _machine(),
+        "machine": training_machine(),
         "report": str(report.relative_to(args.out)),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -113,17 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / f"{args.results_name}.md").write_text(_markdown(result))
     print(json.dumps({k: metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_auc", "melanoma_sensitivity")}))
     return 0
-
-
-def _machine() -> dict:
-    machine = {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__}
-    if torch.cuda.is_available():
-        machine["gpu"] = torch.cuda.get_device_name(0)
-    return machine
-
-
-def _where(machine: dict) -> str:
-    return f"one {machine['gpu']} GPU" if machine.get("gpu") else f"{machine['cpu_threads']} CPU threads"
 
 
 def _markdown(result: dict) -> str:
@@ -135,7 +124,7 @@ def _markdown(result: dict) -> str:
         f"Command: `{result['command']}`",
         "",
         f"Recipe: {', '.join(f'{k}={v}' for k, v in result['recipe'].items())}. Split: {result['split']}. "
-        f"Training took {result['train_seconds'] / 60:.1f} min on {_where(result['machine'])}.",
+        f"Training took {result['train_seconds'] / 60:.1f} min on {where(result['machine'])}.",
         "",
         f"The saved model is the epoch with the best validation balanced accuracy (epoch {best['epoch']:.0f}: "
         f"{best['val_balanced_accuracy']:.3f}), temperature-scaled on the validation split; the test split is scored once, at the end.",

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+from _machine import training_machine, where
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     rows = [_row(args.runs / run_name(arch, adv, args.img_size)) for arch, adv in configs]
     command = "python benchmarks/train_segmenters.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    result = {"command": command, "machine": _machine(), "runs": rows}
+    result = {"command": command, "machine": training_machine(), "runs": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "segmenter_training_isic2017.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "segmenter_training_isic2017.md").write_text(_markdown(result))
@@ -100,21 +101,11 @@ def _row(run: Path) -> dict:
     }
 
 
-def _machine() -> dict:
-    import torch
-
-    machine = {"platform": platform.platform(), "torch": torch.__version__, "cpu_threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        machine["gpu"] = torch.cuda.get_device_name(0)
-    return machine
-
-
 def _markdown(result: dict) -> str:
-    where = result["machine"].get("gpu") or f"{result['machine']['cpu_threads']} CPU threads"
     lines = [
         "# Training the ISIC 2017 segmenters",
         "",
-        f"Command: `{result['command']}` (on {where}).",
+        f"Command: `{result['command']}` (on {where(result['machine'])}).",
         "",
         *([result["note"], ""] if result.get("note") else []),
         "Train: isic2017/train less a 15% lesion-disjoint test split (seed 0); validation: the official isic2017/val (150 images). "

@@ -175,16 +175,14 @@ def for_job(quantizer: Any, float_model: Any, job: Any) -> Any:
         quiet=bool(job.options.get("quiet")),
     )
     job.details["int8_aa"] = result.to_dict()
-    if result.reached and result.candidates and len(result.kept_float) == result.candidates:
-        from ._job import ConversionError
+    from ._job import ConversionError
 
+    if result.reached and result.candidates and len(result.kept_float) == result.candidates:
         raise ConversionError(
             f"int8-aa reaches {result.max_drop:.1%} only with all {result.candidates} layers float: that is the float model, "
             "not an int8 one; use fp16, or a larger --max-drop"
         )
     if not result.reached:
-        from ._job import ConversionError
-
         raise ConversionError(
             f"int8-aa cannot bring top-1 disagreement with fp32 within {result.max_drop:.1%}: {result.disagreement:.1%} even with "
             f"{len(result.kept_float)}/{result.candidates} layers float (all-int8: {result.full_int8_disagreement:.1%}); "

@@ -197,11 +197,9 @@ class _Int8Quantizer:
         taken = {node.name for node in prepared.graph.node}
         for index, node in enumerate(prepared.graph.node):
             if not node.name:
-                node.name = next(
-                    f"{node.op_type}_{index}{suffix}"
-                    for suffix in ("", *map(str, range(1000)))
-                    if f"{node.op_type}_{index}{suffix}" not in taken
-                )
+                node.name = f"{node.op_type}_{index}"
+                while node.name in taken:
+                    node.name += "_"
                 taken.add(node.name)
         onnx.save(prepared, self.prepared)
         self.graph = prepared.graph

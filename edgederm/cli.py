@@ -353,7 +353,9 @@ def _segment_classify_mode(args: argparse.Namespace) -> bool:
         args.images.insert(0, str(args.model))
         args.model = None
     if args.crop_margin is None:
-        args.crop_margin = 0.2
+        from .segment_classify import DEFAULT_CROP_MARGIN
+
+        args.crop_margin = DEFAULT_CROP_MARGIN
     if not 0 <= args.crop_margin <= 5:
         raise UsageError(
             f"--crop-margin {args.crop_margin:g} is out of range", fix="use a share of the lesion box side in [0, 5], e.g. 0.2"

@@ -148,7 +148,7 @@ class MaskPredictions:
         return np.array([e is None for e in self.errors], bool)
 
 
-def _mask_names(dataset: SampleSet) -> list[str]:
+def mask_names(dataset: SampleSet) -> list[str]:
     """masks/<image stem>.png, made unique when two images share a stem."""
     names, seen = [], set()
     for sample in dataset.samples:
@@ -162,7 +162,7 @@ def _mask_names(dataset: SampleSet) -> list[str]:
     return names
 
 
-def _write_mask(path: Path, mask: np.ndarray) -> None:
+def write_mask(path: Path, mask: np.ndarray) -> None:
     _atomic.write_with(path, lambda tmp: Image.fromarray(mask).save(tmp, format="PNG"))
 
 
@@ -173,7 +173,7 @@ def run_segmenter(
     if score:
         dataset.require_masks()
     preprocess = predictor.spec.preprocess
-    names = _mask_names(dataset)
+    names = mask_names(dataset)
     n = len(dataset)
     result = MaskPredictions(dataset, [None] * n, np.full(n, np.nan), [None] * n, [None] * n, dict(predictor.spec.postprocess))
     pending: list[tuple[int, tuple[int, int], np.ndarray | None]] = []
@@ -185,7 +185,7 @@ def run_segmenter(
         probabilities = lesion_probabilities(predictor.predict_pixels(np.stack(batch)))
         for (index, size, truth), probs in zip(pending, probabilities, strict=True):
             mask = lesion_mask(probs, predictor.spec, size)
-            _write_mask(out_dir / names[index], mask)
+            write_mask(out_dir / names[index], mask)
             result.mask_files[index] = names[index]
             result.area_fractions[index] = float(np.count_nonzero(mask)) / mask.size
             if truth is not None:

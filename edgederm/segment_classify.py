@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from . import _atomic
 from .data.samples import SampleSet
 from .errors import ImageError, ModelError
-from .predict import Predictions, _mask_names, _write_mask
+from .predict import Predictions, mask_names, write_mask
 from .runtime import Predictor
 from .runtime.predictor import lesion_mask, lesion_probabilities
 
@@ -103,7 +103,7 @@ def run_segment_classify(
     """
     check_tasks(segmenter, classifier)
     n = len(dataset)
-    mask_names = _mask_names(dataset)
+    names = mask_names(dataset)
     if masks_to is not None:
         (masks_to / "masks").mkdir(parents=True, exist_ok=True)
     probs = np.full((n, len(classifier.class_names)), np.nan, np.float32)
@@ -124,8 +124,8 @@ def run_segment_classify(
             if on_mask is not None:
                 on_mask(index, mask)
             if masks_to is not None:
-                _write_mask(masks_to / mask_names[index], mask)
-                result.mask_files[index] = mask_names[index]
+                write_mask(masks_to / names[index], mask)
+                result.mask_files[index] = names[index]
             box, source = crop_box_for(mask, margin)
             result.boxes[index], result.crop_sources[index] = box, source
             result.area_fractions[index] = float(np.count_nonzero(mask)) / mask.size

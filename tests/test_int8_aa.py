@@ -92,30 +92,41 @@ def test_int8_aa_meets_a_zero_bound_on_the_calibration_images(exported: Path, tr
     assert Predictor.load(exported / row["path"]).spec.artifact["quant"] == "int8-aa"
 
 
+class _Scripted:
+    """A quantizer whose model is the number of layers kept float; it agrees with fp32 only where ``agrees(model)``."""
+
+    def __init__(self, layers: int, agrees):
+        self.layers, self.agrees = layers, agrees
+
+    def candidates(self):
+        return [f"layer{i}" for i in range(self.layers)]
+
+    def build(self, keep_float):
+        return len(keep_float)
+
+    def predict(self, model, n):
+        reference = np.tile([[0.9, 0.1]], (10, 1))
+        return (reference if model is None or self.agrees(model) else reference[:, ::-1])[:n]
+
+    def latency(self, model):
+        return 1.0
+
+
+def _int8_aa_job():
+    class Job:
+        quant, options, details = "int8-aa", {"max_drop": 0.01, "quiet": True}, {}
+
+    return Job()
+
+
 def test_an_unreachable_bound_is_a_clear_conversion_error():
     from edgederm.converters._accuracy_aware import for_job
     from edgederm.converters._job import ConversionError
 
-    class Hopeless:  # every layer float still disagrees: the error lies outside the candidates
-        def candidates(self):
-            return ["a", "b"]
-
-        def build(self, keep_float):
-            return len(keep_float)
-
-        def predict(self, model, n):
-            reference = np.tile([[0.9, 0.1]], (10, 1))
-            return (reference if model is None else reference[:, ::-1])[:n]
-
-        def latency(self, model):
-            return 1.0
-
-    class Job:
-        quant, options, details = "int8-aa", {"max_drop": 0.01, "quiet": True}, {}
-
+    job = _int8_aa_job()
     with pytest.raises(ConversionError, match="int8-aa cannot bring top-1 disagreement with fp32 within 1.0%"):
-        for_job(Hopeless(), None, Job())
-    assert Job.details["int8_aa"]["reached"] is False
+        for_job(_Scripted(2, agrees=lambda model: False), None, job)  # the error lies outside the candidates
+    assert job.details["int8_aa"]["reached"] is False
 
 
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])
@@ -143,23 +154,7 @@ def test_a_bound_met_only_with_every_layer_float_is_refused():
     from edgederm.converters._accuracy_aware import for_job
     from edgederm.converters._job import ConversionError
 
-    class AllOrNothing:  # agrees with fp32 only once nothing is quantized
-        def candidates(self):
-            return ["a", "b", "c"]
-
-        def build(self, keep_float):
-            return len(keep_float)
-
-        def predict(self, model, n):
-            reference = np.tile([[0.9, 0.1]], (10, 1))
-            return (reference if model is None or model == 3 else reference[:, ::-1])[:n]
-
-        def latency(self, model):
-            return 1.0
-
-    class Job:
-        quant, options, details = "int8-aa", {"max_drop": 0.01, "quiet": True}, {}
-
+    job = _int8_aa_job()
     with pytest.raises(ConversionError, match="only with all 3 layers float: that is the float model"):
-        for_job(AllOrNothing(), None, Job())
-    assert Job.details["int8_aa"]["reached"] is True
+        for_job(_Scripted(3, agrees=lambda model: model == 3), None, job)  # agrees only once nothing is quantized
+    assert job.details["int8_aa"]["reached"] is True
