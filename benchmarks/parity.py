@@ -43,7 +43,7 @@ def _ensure_run(run: Path) -> None:
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_reference.py"), "--out", str(run)], check=True)
 
 
-def _sized_run(run: Path, size: int, work: Path) -> Path:
+def sized_run(run: Path, size: int, work: Path) -> Path:
     """A copy of the run whose spec asks for ``size`` px: the same weights (fully convolutional)."""
     from edgederm.spec import ModelSpec
 
@@ -69,7 +69,7 @@ def latency_by_size(run: Path, sizes: list[int], work: Path, runs: int, data: st
     torch.set_num_threads(1)
     rows = []
     for size in sizes:
-        sized = _sized_run(run, size, work)
+        sized = sized_run(run, size, work)
         out = work / f"export_{size}"
         records = export_run(sized, [FORMATS["tflite"], FORMATS["onnx"]], ["fp32", "int8"], out, calib_data=data, calib_n=64, quiet=True)
         one = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)

@@ -20,30 +20,46 @@ default moving-average ranges 0.70-0.72, litert-torch PT2E (per-channel weights,
 0.72 in 47 s, PT2E with MinMaxObserver 0.69 in 57 s (0.78 in its own torch simulation).
 
 Metadata: the artifact's ModelSpec travels as JSON in the flatbuffer's ``Model.metadata`` list
-under SPEC_KEY, which ``edgederm.runtime.tflite_backend`` reads without torch. NHWC classifiers also
-get the standard TFLite Metadata (a TFLITE_METADATA entry: image input with its normalisation,
-probabilities output labelled by labels.txt) and labels.txt + edgederm_spec.json zipped onto the
-end of the file, so MediaPipe Tasks' ImageClassifier runs the file as is (checked with mediapipe
-0.10.21: same scores as edgederm's runtime on 64x64 inputs; MediaPipe stretches other sizes where
-edgederm letterboxes).
+under SPEC_KEY, which ``edgederm.runtime.tflite_backend`` reads without torch. NHWC files also get
+the standard TFLite Metadata (a TFLITE_METADATA entry) and labels.txt + edgederm_spec.json zipped
+onto the end of the file, so MediaPipe Tasks runs them as they are (checked with mediapipe 0.10.21
+on inputs already at the model's size; MediaPipe stretches other sizes where edgederm letterboxes):
+
+- classifiers as its ImageClassifier's writer describes them: image input with its normalisation,
+  probabilities output labelled by labels.txt; same top-1 as edgederm's runtime.
+- segmenters as its ImageSegmenter's writer does: the same image input, a (1, S, S, 1) lesion
+  probability mask (GRAYSCALE image content, channel labelled ``lesion`` by labels.txt) and
+  SEGMENTER_METADATA saying the activation (sigmoid) is already in the graph. MediaPipe's confidence
+  mask is then edgederm's lesion probability; its category mask of a one-channel model is 0 (the
+  ``lesion`` label) where the probability exceeds 0.5 and 255 elsewhere, without the spec's
+  threshold and clean-up, which ``edgederm.runtime.postprocess`` (numpy only) applies to the
+  confidence mask.
+
+MediaPipe normalises every channel alike ("Per-channel image normalization is not available"), so
+an NHWC file of a model trained with per-channel statistics (ImageNet's) takes input normalised
+with their channel averages, and a multiply-add per channel at the start of its graph makes up the
+difference; the file records that normalisation in the spec's ``artifact["input"]["normalization"]``
+and ``ModelSpec.input_preprocess`` applies it. NCHW files keep the model's own normalisation.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import re
 import warnings
 import weakref
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 from torch import nn
 
 from edgederm.formats import FORMATS
+from edgederm.preprocess import Preprocess
 from edgederm.runtime.tflite_backend import TFLITE_METADATA
 from edgederm.runtime.timing import measure_latency
 from edgederm.spec import ModelSpec
@@ -56,9 +72,12 @@ from ._wrap import deployable, example_input
 SIGNATURE = "serving_default"  # litert-torch's default signature key
 # TFLite Metadata (tensorflow_lite_support/metadata/metadata_schema.fbs): identifier, enum and union values.
 _METADATA_IDENTIFIER = b"M001"
-_METADATA_PARSER_VERSION = "1.0.0"  # every field written here exists in schema 1.0.0
-_RGB, _DESCRIPTIONS, _TENSOR_AXIS_LABELS = 1, 1, 2
+_METADATA_PARSER_VERSION = "1.0.0"  # every field of the classifier's metadata exists in schema 1.0.0
+_CUSTOM_METADATA_PARSER_VERSION = "1.5.0"  # SubGraphMetadata.custom_metadata was added in 1.5.0
+_RGB, _GRAYSCALE, _DESCRIPTIONS, _TENSOR_AXIS_LABELS = 1, 2, 1, 2
 _FEATURE_PROPERTIES, _IMAGE_PROPERTIES, _NORMALIZATION_OPTIONS = 1, 2, 1
+# MediaPipe's image_segmenter_metadata_schema.fbs: ImageSegmenterOptions, stored as custom metadata of this name.
+_SEGMENTER_METADATA, _SEGMENTER_IDENTIFIER, _ACTIVATION_NONE = "SEGMENTER_METADATA", b"V001", 0
 
 # export_run hands every quant mode the same model: lower it to fp32 TFLite once per layout.
 _FLOAT_MODELS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, bytes]] = weakref.WeakKeyDictionary()
@@ -71,6 +90,9 @@ def export(job: ExportJob) -> None:
         with _quiet_tools():
             model = _quantized_model(job, _float_model(job.model, job.spec, nhwc))
         tensors = _io_description(model, nhwc)
+        given = _file_preprocess(job.spec.preprocess, nhwc)
+        if given != job.spec.preprocess:
+            tensors["input"]["normalization"] = {"mean": list(given.mean), "std": list(given.std)}
         spec = artifact_spec(job.spec, "tflite", job.quant, tensors)
         model = _stamp(model, spec, nhwc)
     except ConversionError:
@@ -91,7 +113,7 @@ def _check_job(job: ExportJob) -> None:
 
 
 def _float_model(model: nn.Module, spec: ModelSpec, nhwc: bool) -> bytes:
-    key = (nhwc, spec.task, spec.preprocess.input_size)
+    key = (nhwc, spec.task, spec.preprocess.input_size, spec.preprocess.mean, spec.preprocess.std)
     cached = _FLOAT_MODELS.setdefault(model, {})
     if key not in cached:
         cached[key] = _convert_float(model, spec, nhwc)
@@ -101,8 +123,22 @@ def _float_model(model: nn.Module, spec: ModelSpec, nhwc: bool) -> bytes:
 def _convert_float(model: nn.Module, spec: ModelSpec, nhwc: bool) -> bytes:
     import litert_torch
 
-    graph = deployable(model, spec, nhwc=nhwc)  # the Deployable's own permute: smaller than to_channel_last_io's wrapper
+    given = _file_preprocess(spec.preprocess, nhwc)
+    normalization = None if given == spec.preprocess else (given.mean, given.std)
+    # The Deployable's own permute: smaller than to_channel_last_io's wrapper.
+    graph = deployable(model, spec, nhwc=nhwc, input_normalization=normalization)
     return bytes(litert_torch.convert(graph, (example_input(spec, nhwc=nhwc),)).model_content())
+
+
+def _file_preprocess(preprocess: Preprocess, nhwc: bool) -> Preprocess:
+    """The Preprocess that normalises the file's input: per-channel statistics become their averages in NHWC files.
+
+    MediaPipe Tasks apply one mean and std to every channel; the graph makes up the per-channel rest (module doc).
+    """
+    if not nhwc or (len(set(preprocess.mean)) == 1 and len(set(preprocess.std)) == 1):
+        return preprocess
+    mean, std = round(float(np.mean(preprocess.mean)), 6), round(float(np.mean(preprocess.std)), 6)
+    return dataclasses.replace(preprocess, mean=(mean,) * 3, std=(std,) * 3)
 
 
 def _quantized_model(job: ExportJob, fp32: bytes) -> bytes:
@@ -233,8 +269,9 @@ def _calibration_samples(fp32: bytes, job: ExportJob) -> dict[str, list[dict[str
     from ai_edge_litert.interpreter import Interpreter
 
     (input_name,) = Interpreter(model_content=fp32).get_signature_list()[SIGNATURE]["inputs"]
-    layout = "NHWC" if job.options.get("nhwc", True) else "NCHW"
-    return {SIGNATURE: [{input_name: batch} for batch in job.calibration.batches(1, layout=layout)]}
+    nhwc = bool(job.options.get("nhwc", True))
+    calibration = dataclasses.replace(job.calibration, preprocess=_file_preprocess(job.calibration.preprocess, nhwc))
+    return {SIGNATURE: [{input_name: batch} for batch in calibration.batches(1, layout="NHWC" if nhwc else "NCHW")]}
 
 
 def _quantize(fp32: bytes, rules: list[dict[str, Any]], qsvs: dict | None = None) -> bytes:
@@ -265,11 +302,17 @@ def _tensor_description(details: dict[str, Any]) -> dict[str, Any]:
 
 
 def with_metadata(model: bytes, entries: dict[str, bytes]) -> bytes:
-    """The model with ``entries`` as Model.metadata buffers (replacing entries of the same name)."""
+    """The model with ``entries`` as Model.metadata buffers (replacing entries of the same name).
+
+    Tensors are renamed to the module path they come from (``blocks.1.0.conv_dw``). litert-torch
+    names each one by the full class path of every module fused into it: 109 KB of names in an
+    EfficientNet-Lite0, 3% of its int8 file, and unreadable in Netron or an interpreter's details.
+    """
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
     tree = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    _short_tensor_names(tree)
     for buffer in tree.buffers:
         # Weights stored after the flatbuffer come back as byte slices, which Pack copies one byte at a time.
         if buffer.data is not None and not isinstance(buffer.data, np.ndarray):
@@ -285,12 +328,25 @@ def with_metadata(model: bytes, entries: dict[str, bytes]) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(tree))
 
 
+def _short_tensor_names(tree: Any) -> None:
+    for graph in tree.subgraphs:
+        io = set(graph.inputs) | set(graph.outputs)  # signature-facing names stay as litert-torch made them
+        seen: dict[str, int] = {}
+        for index, tensor in enumerate(graph.tensors):
+            name = _name(tensor.name or b"")
+            if index in io or "/" not in name:
+                continue
+            short = _module_path(name)
+            seen[short] = seen.get(short, 0) + 1
+            tensor.name = short if seen[short] == 1 else f"{short}:{seen[short] - 1}"
+
+
 def _stamp(model: bytes, spec: ModelSpec, nhwc: bool) -> bytes:
-    """Embed the spec; for NHWC classifiers also the standard TFLite Metadata MediaPipe Tasks reads."""
+    """Embed the spec; NHWC files also get the standard TFLite Metadata MediaPipe Tasks reads."""
     spec_json = spec.to_json().encode("utf-8")
-    if not (nhwc and spec.task == "classification"):  # MediaPipe's ImageClassifier wants NHWC images in, scores out
+    if not nhwc:  # MediaPipe's ImageClassifier and ImageSegmenter take NHWC images only
         return with_metadata(model, {SPEC_KEY: spec_json})
-    model = with_metadata(model, {SPEC_KEY: spec_json, TFLITE_METADATA: image_classifier_metadata(spec)})
+    model = with_metadata(model, {SPEC_KEY: spec_json, TFLITE_METADATA: standard_metadata(spec)})
     return with_associated_files(model, {LABELS_FILE: labels_text(spec).encode("utf-8"), SPEC_FILE: spec_json})
 
 
@@ -298,35 +354,79 @@ def _name(raw: str | bytes) -> str:
     return raw.decode("utf-8") if isinstance(raw, bytes) else raw
 
 
+def standard_metadata(spec: ModelSpec) -> bytes:
+    """The TFLite Metadata of an NHWC artifact: MediaPipe's ImageClassifier's or ImageSegmenter's, by the task."""
+    return image_classifier_metadata(spec) if spec.task == "classification" else image_segmenter_metadata(spec)
+
+
 def image_classifier_metadata(spec: ModelSpec) -> bytes:
-    """A ModelMetadata flatbuffer (TFLite Support's metadata_schema.fbs) as its image-classifier writer makes one.
+    """A ModelMetadata flatbuffer (TFLite Support's metadata_schema.fbs) as MediaPipe's image-classifier writer makes one.
 
     One RGB image input with the normalisation MediaPipe applies to 0-255 pixels, one output of
     class probabilities labelled by labels.txt; edgederm_spec.json rides along as a model-level file.
     """
+    return _model_metadata(
+        spec,
+        title=f"edgederm {spec.arch} skin-lesion classifier",
+        description=f"Classifies dermoscopy images into {', '.join(spec.class_names)}. Not a medical device.",
+        subgraph="image_classifier",
+        labels="Class names (HAM10000 dx codes), one per output index.",
+        output=_scores_tensor,
+    )
+
+
+def image_segmenter_metadata(spec: ModelSpec) -> bytes:
+    """A ModelMetadata flatbuffer as MediaPipe's image-segmenter writer makes one (activation NONE).
+
+    The image input as the classifier's; one (1, S, S, 1) output of lesion probabilities described
+    as a grayscale mask image over dimensions 1-2, its channel labelled by labels.txt (``lesion``);
+    SEGMENTER_METADATA custom metadata with activation NONE, as the sigmoid is in the graph.
+    """
+    return _model_metadata(
+        spec,
+        title=f"edgederm {spec.arch} skin-lesion segmenter",
+        description="Outlines the lesion in a dermoscopy image: per-pixel lesion probabilities. Not a medical device.",
+        subgraph="image_segmenter",
+        labels="The class of each output channel, one per line: the lesion.",
+        output=_mask_tensor,
+        custom={_SEGMENTER_METADATA: _segmenter_options()},
+    )
+
+
+def _model_metadata(
+    spec: ModelSpec,
+    *,
+    title: str,
+    description: str,
+    subgraph: str,
+    labels: str,
+    output: Callable[[Any, int], int],
+    custom: dict[str, bytes] | None = None,
+) -> bytes:
+    """One subgraph: the image input, ``output(builder, labels_file)``, and ``custom`` metadata by name."""
     import flatbuffers
 
     builder = flatbuffers.Builder(1024)
-    labels = _associated_file(builder, LABELS_FILE, "Class names (HAM10000 dx codes), one per output index.", _TENSOR_AXIS_LABELS)
+    labels_file = _associated_file(builder, LABELS_FILE, labels, _TENSOR_AXIS_LABELS)
     spec_file = _associated_file(builder, SPEC_FILE, "The edgederm ModelSpec: preprocessing, classes, calibration, export.", _DESCRIPTIONS)
-    subgraph = _table(
-        builder,
-        {
-            0: builder.CreateString("image_classifier"),
-            2: _vector(builder, [_image_tensor(builder, spec)]),
-            3: _vector(builder, [_scores_tensor(builder, labels)]),
-        },
-    )
+    fields = {
+        0: builder.CreateString(subgraph),
+        2: _vector(builder, [_image_tensor(builder, spec)]),
+        3: _vector(builder, [output(builder, labels_file)]),
+    }
+    if custom:
+        entries = [_table(builder, {0: builder.CreateString(name), 1: _bytes(builder, data)}) for name, data in custom.items()]
+        fields[9] = _vector(builder, entries)
     root = _table(
         builder,
         {
-            0: builder.CreateString(f"edgederm {spec.arch} skin-lesion classifier"),
-            1: builder.CreateString(f"Classifies dermoscopy images into {', '.join(spec.class_names)}. Not a medical device."),
+            0: builder.CreateString(title),
+            1: builder.CreateString(description),
             2: builder.CreateString(f"edgederm {spec.edgederm_version}, weights sha256 {spec.source_sha256 or 'unknown'}"),
-            3: _vector(builder, [subgraph]),
+            3: _vector(builder, [_table(builder, fields)]),
             4: builder.CreateString("edgederm"),
             6: _vector(builder, [spec_file]),
-            7: builder.CreateString(_METADATA_PARSER_VERSION),
+            7: builder.CreateString(_CUSTOM_METADATA_PARSER_VERSION if custom else _METADATA_PARSER_VERSION),
         },
     )
     builder.Finish(root, file_identifier=_METADATA_IDENTIFIER)
@@ -334,14 +434,16 @@ def image_classifier_metadata(spec: ModelSpec) -> bytes:
 
 
 def _image_tensor(builder: Any, spec: ModelSpec) -> int:
-    side, mean, std = spec.preprocess.input_size, np.asarray(spec.preprocess.mean), np.asarray(spec.preprocess.std)
+    """The RGB image input with the normalisation the file's input wants (``spec`` is the artifact's)."""
+    given = spec.input_preprocess
+    side, mean, std = given.input_size, np.asarray(given.mean), np.asarray(given.std)
     normalization = _table(builder, {0: _floats(builder, 255 * mean), 1: _floats(builder, 255 * std)})
     content = _table(builder, {1: _table(builder, {}, {0: _RGB})}, {0: _IMAGE_PROPERTIES})
     return _table(
         builder,
         {
             0: builder.CreateString("image"),
-            1: builder.CreateString(f"RGB image, {side}x{side} ({spec.preprocess.resize} in edgederm), as (pixel - mean) / std."),
+            1: builder.CreateString(f"RGB image, {side}x{side} ({given.resize} in edgederm), as (pixel - mean) / std."),
             3: content,
             4: _vector(builder, [_table(builder, {1: normalization}, {0: _NORMALIZATION_OPTIONS})]),
             5: _table(builder, {0: _floats(builder, (1 - mean) / std), 1: _floats(builder, -mean / std)}),
@@ -351,11 +453,23 @@ def _image_tensor(builder: Any, spec: ModelSpec) -> int:
 
 def _scores_tensor(builder: Any, labels: int) -> int:
     content = _table(builder, {1: _table(builder, {})}, {0: _FEATURE_PROPERTIES})
+    description = "Class probabilities (softmax in the graph), in the order of labels.txt."
+    return _probabilities_tensor(builder, "probabilities", description, content, labels)
+
+
+def _mask_tensor(builder: Any, labels: int) -> int:
+    # A grayscale image over dimensions 1-2 (height, width) of the (1, S, S, 1) output, as MediaPipe's SegmentationMaskMd.
+    content = _table(builder, {1: _table(builder, {}, {0: _GRAYSCALE}), 2: _table(builder, {}, ints={0: 1, 1: 2})}, {0: _IMAGE_PROPERTIES})
+    description = "Lesion probability per pixel (sigmoid in the graph), (1, S, S, 1); edgederm thresholds it as its spec says."
+    return _probabilities_tensor(builder, "mask_probabilities", description, content, labels)
+
+
+def _probabilities_tensor(builder: Any, name: str, description: str, content: int, labels: int) -> int:
     return _table(
         builder,
         {
-            0: builder.CreateString("probabilities"),
-            1: builder.CreateString("Class probabilities (softmax in the graph), in the order of labels.txt."),
+            0: builder.CreateString(name),
+            1: builder.CreateString(description),
             3: content,
             5: _table(builder, {0: _floats(builder, [1.0]), 1: _floats(builder, [0.0])}),
             6: _vector(builder, [labels]),
@@ -363,16 +477,27 @@ def _scores_tensor(builder: Any, labels: int) -> int:
     )
 
 
+def _segmenter_options() -> bytes:
+    """MediaPipe's ImageSegmenterOptions flatbuffer: activation NONE (the default, so an empty table)."""
+    import flatbuffers
+
+    builder = flatbuffers.Builder(16)
+    builder.Finish(_table(builder, {}, {0: _ACTIVATION_NONE}), file_identifier=_SEGMENTER_IDENTIFIER)
+    return bytes(builder.Output())
+
+
 def _associated_file(builder: Any, name: str, description: str, kind: int) -> int:
     return _table(builder, {0: builder.CreateString(name), 1: builder.CreateString(description)}, {2: kind})
 
 
-def _table(builder: Any, offsets: dict[int, int], small: dict[int, int] | None = None) -> int:
-    """A table from field slots: ``offsets`` to strings, vectors and tables built before it, ``small`` to byte enums."""
-    small = small or {}
-    builder.StartObject(1 + max([*offsets, *small], default=-1))
+def _table(builder: Any, offsets: dict[int, int], small: dict[int, int] | None = None, ints: dict[int, int] | None = None) -> int:
+    """A table from field slots: ``offsets`` to strings, vectors and tables built before it, ``small`` to byte enums, ``ints`` to int32s."""
+    small, ints = small or {}, ints or {}
+    builder.StartObject(1 + max([*offsets, *small, *ints], default=-1))
     for slot, offset in offsets.items():
         builder.PrependUOffsetTRelativeSlot(slot, offset, 0)
+    for slot, value in ints.items():
+        builder.PrependInt32Slot(slot, value, 0)
     for slot, value in small.items():
         builder.PrependUint8Slot(slot, value, 0)
     return builder.EndObject()
@@ -382,6 +507,14 @@ def _vector(builder: Any, offsets: list[int]) -> int:
     builder.StartVector(4, len(offsets), 4)
     for offset in reversed(offsets):
         builder.PrependUOffsetTRelative(offset)
+    return builder.EndVector()
+
+
+def _bytes(builder: Any, data: bytes) -> int:
+    """A [ubyte] vector aligned to 16 bytes (CustomMetadata.data's force_align: it holds a flatbuffer)."""
+    builder.StartVector(1, len(data), 16)
+    builder.head -= len(data)
+    builder.Bytes[builder.head : builder.head + len(data)] = data
     return builder.EndVector()
 
 

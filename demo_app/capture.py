@@ -54,7 +54,8 @@ class CapturePipeline:
         )
 
     def run(self, image: Image.Image) -> CaptureResult:
-        image = image.convert("RGB")
+        if image.mode != "RGB":  # convert() copies even an RGB photo
+            image = image.convert("RGB")
         spec = self.classifier.spec
         start = time.perf_counter()
         probs = np.asarray(self.classifier.predict_pixels(spec.preprocess.fit(image)[None])[0], dtype=np.float64)

@@ -48,7 +48,7 @@ def draw_contour(
     mask = np.asarray(mask)
     if mask.shape != (image.height, image.width):
         raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the photo is {image.width}x{image.height}")
-    pixels = np.array(image.convert("RGB"))
+    pixels = np.array(image if image.mode == "RGB" else image.convert("RGB"))  # a copy either way: one, not two
     pixels[contour(mask, thickness or default_thickness(image.size))] = color
     return Image.fromarray(pixels)
 

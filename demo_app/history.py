@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -77,6 +78,15 @@ class HistoryEntry:
 
 
 class HistoryStore:
+    """The history on disk. ``add`` writes at once; ``add_later`` writes on a background thread.
+
+    ``add_later`` is what a capture uses, so the result is drawn without waiting for the JPEG
+    encoding and the SQLite commit. Entries still waiting are written before anything reads the
+    history (``list``, ``get``, ``export_csv``, ``delete``, ``clear``) and by ``flush``, which the app
+    calls when it stops or pauses. The writer is not a daemon thread, so Python finishes the write
+    before the process exits even when ``flush`` was never called.
+    """
+
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self.photos = self.folder / "photos"
@@ -84,18 +94,66 @@ class HistoryStore:
         self.db_path = self.folder / "history.sqlite"
         with self._connect() as db:
             db.execute(_SCHEMA)
+        self._pending: list[tuple] = []  # (shown, view, model, created), oldest first
+        self._lock = threading.Lock()
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None  # a background write's failure, raised by the next flush
 
     def add(self, shown: Image.Image, view: ResultView, *, model: str) -> HistoryEntry:
         """Store the photo as shown (with its lesion outline, if any) and what the screen said."""
+        self.flush()  # ids stay in capture order
+        return self.get(self._write(shown, view, model, _now()))
+
+    def add_later(self, shown: Image.Image, view: ResultView, *, model: str) -> None:
+        """``add`` on a background thread: returns at once; ``flush`` waits for the write."""
+        with self._lock:
+            self._pending.append((shown, view, model, _now()))  # the time of the capture, not of the write
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_pending, name="history-writer")
+                self._writer.start()
+
+    @property
+    def pending(self) -> int:
+        """Entries queued by ``add_later`` and not yet on disk."""
+        with self._lock:
+            return len(self._pending)
+
+    def flush(self) -> None:
+        """Wait until every ``add_later`` entry is on disk; re-raises a background write's error."""
+        with self._lock:
+            writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join()
+        with self._lock:
+            error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _write_pending(self) -> None:
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._writer = None
+                    return
+                shown, view, model, created = self._pending[0]
+            try:
+                self._write(shown, view, model, created)
+            except BaseException as exc:  # noqa: BLE001 - kept for flush: the UI thread reports it
+                with self._lock:
+                    self._error = self._error or exc
+            with self._lock:
+                self._pending.pop(0)  # dropped only once written (or failed): flush never misses it
+
+    def _write(self, shown: Image.Image, view: ResultView, model: str, created: str) -> int:
         stem = uuid.uuid4().hex
         photo, thumbnail = self.photos / f"{stem}.jpg", self.photos / f"{stem}_thumb.jpg"
-        shown = shown.convert("RGB")
+        if shown.mode != "RGB":
+            shown = shown.convert("RGB")
         shown.save(photo, quality=90)
         small = shown.copy()
         small.thumbnail(THUMBNAIL_SIZE)
         small.save(thumbnail, quality=85)
         top3 = view.to_dict()["top3"]
-        created = datetime.now().astimezone().isoformat(timespec="seconds")
         with self._connect() as db:
             cursor = db.execute(
                 "INSERT INTO captures (created, photo, thumbnail, refer, reason, top3, lesion_area_fraction, latency_ms, model)"
@@ -112,10 +170,10 @@ class HistoryStore:
                     model,
                 ),
             )
-            row_id = int(cursor.lastrowid)
-        return self.get(row_id)
+            return int(cursor.lastrowid)
 
     def get(self, entry_id: int) -> HistoryEntry:
+        self.flush()
         with self._connect() as db:
             row = db.execute("SELECT * FROM captures WHERE id = ?", (entry_id,)).fetchone()
         if row is None:
@@ -124,6 +182,7 @@ class HistoryStore:
 
     def list(self) -> list[HistoryEntry]:
         """Newest first."""
+        self.flush()
         with self._connect() as db:
             rows = db.execute("SELECT * FROM captures ORDER BY id DESC").fetchall()
         return [self._entry(row) for row in rows]
@@ -187,6 +246,10 @@ class _Closing:
                 self.db.commit()
         finally:
             self.db.close()
+
+
+def _now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def _csv_row(entry: HistoryEntry) -> list:

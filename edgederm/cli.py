@@ -73,6 +73,23 @@ def _add_train(sub) -> None:
         help="--mode full: validate and keep an exponential moving average of the weights (e.g. 0.999; 0 = off)",
     )
     p.add_argument(
+        "--init-from",
+        metavar="RUN_DIR",
+        help="start from a trained run's weights (same arch, size, classes and split), e.g. to fine-tune it with --qat",
+    )
+    p.add_argument(
+        "--qat",
+        action="store_true",
+        help="--mode full: quantization-aware training through simulated int8 (fine-tune a run: --init-from RUN --epochs 3 --lr 1e-4)",
+    )
+    p.add_argument(
+        "--distill-from",
+        metavar="RUN_DIR",
+        help="--mode full: a teacher run whose softened probabilities join the loss (knowledge distillation)",
+    )
+    p.add_argument("--distill-weight", type=float, default=0.5, help="share of the loss given to the teacher's soft labels")
+    p.add_argument("--distill-temperature", type=float, default=2.0, help="softening temperature of the distillation loss")
+    p.add_argument(
         "--target-sensitivity",
         type=float,
         default=0.9,
@@ -279,6 +296,11 @@ def cmd_train_classify(args: argparse.Namespace) -> int:
         resize=args.resize,
         augment=args.augment,
         ema=args.ema,
+        init_from=args.init_from,
+        qat=args.qat,
+        distill_from=args.distill_from,
+        distill_weight=args.distill_weight,
+        distill_temperature=args.distill_temperature,
         target_sensitivity=args.target_sensitivity,
         seed=args.seed,
         device=args.device,

@@ -8,7 +8,7 @@ and know how the outputs were calibrated, without being told anything by hand.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,19 @@ class ModelSpec:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def input_preprocess(self) -> Preprocess:
+        """``preprocess`` with the mean and std the artifact's input tensor wants, for ``normalize``.
+
+        An NHWC TFLite file of a model with per-channel statistics takes one mean and std for every
+        channel (MediaPipe Tasks normalise channels alike) and applies the rest in its graph; it records
+        them as ``artifact["input"]["normalization"]``. ``fit`` stays ``preprocess``'s (its padding colour).
+        """
+        normalization = self.artifact.get("input", {}).get("normalization")
+        if not normalization:
+            return self.preprocess
+        return replace(self.preprocess, mean=tuple(normalization["mean"]), std=tuple(normalization["std"]))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

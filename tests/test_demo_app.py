@@ -340,6 +340,53 @@ def test_history_add_list_export_delete(tmp_path):
     assert len(list(csv.reader(store.export_csv(tmp_path / "empty.csv").open()))) == 1
 
 
+# A process that queues a capture's history entry and exits at once, without flush(); the write is
+# slowed down so the process reaches its end while the entry is still pending.
+EXIT_RIGHT_AFTER_A_CAPTURE = r"""
+import sys, time
+from PIL import Image
+from demo_app.history import HistoryStore
+from demo_app.presentation import ClassRow, ResultView
+
+write = HistoryStore._write
+HistoryStore._write = lambda *args: (time.sleep(0.5), write(*args))[1]
+view = ResultView(True, "Refer", "melanoma score high", 0.7, 0.5, (ClassRow("mel", "Melanoma", 0.7),), None, 12.0, 12.0, None)
+store = HistoryStore(sys.argv[1])
+store.add_later(Image.new("RGB", (64, 48)), view, model="exit.tflite")
+assert store.pending == 1
+"""
+
+
+def test_history_add_later_writes_in_the_background_and_loses_nothing(tmp_path):
+    store = HistoryStore(tmp_path / "history")
+    photo = Image.new("RGB", (640, 480), (180, 120, 110))
+    store.add_later(photo, _view(), model="a.tflite")
+    store.add_later(photo, _view((0.1, 0.7, 0.1, 0.1)), model="b.tflite")
+    entries = store.list()  # a read waits for the pending writes
+    assert store.pending == 0 and [e.model for e in entries] == ["b.tflite", "a.tflite"], "both stored, in capture order"
+    assert entries[0].refer and entries[1].top3[0]["label"] == "nv"
+    assert all(e.photo.is_file() and Image.open(e.thumbnail).size[0] <= 160 for e in entries)
+    assert HistoryStore(tmp_path / "history").list() == entries, "the history survives a restart"
+
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_RIGHT_AFTER_A_CAPTURE, str(tmp_path / "history")],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    latest = HistoryStore(tmp_path / "history").list()[0]
+    assert latest.model == "exit.tflite" and latest.photo.is_file(), "an entry still pending when the process exits is written"
+
+    shutil.rmtree(store.photos)  # the write fails (no photos folder): flush reports it on the caller's thread
+    store.add_later(photo, _view(), model="c.tflite")
+    with pytest.raises(OSError):
+        store.flush()
+    store.flush()  # reported once
+
+
 # -- settings, sources --------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from edgederm.errors import ModelError
 from edgederm.export import export_run
 from edgederm.formats import FORMATS
 from edgederm.manifest import read_manifest
+from edgederm.preprocess import Preprocess
 from edgederm.runtime import Predictor
 from edgederm.runtime.tflite_backend import TFLITE_METADATA, TFLitePredictor, read_tflite_metadata
 from edgederm.spec import ModelSpec
@@ -110,6 +111,99 @@ def test_standard_tflite_metadata_and_associated_files(exported, run_dir: Path):
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             assert archive.read(LABELS_FILE).decode().split() == run_spec.class_names
             assert archive.read(SPEC_FILE) == metadata[SPEC_KEY]
+
+
+class _Table:
+    """Just enough of a flatbuffer reader to walk TFLite Metadata (metadata_schema.fbs) tables by field slot."""
+
+    def __init__(self, data: bytes, position: int | None = None):
+        from flatbuffers import encode, number_types, table
+
+        self.types = number_types
+        self.table = table.Table(
+            bytearray(data), position if position is not None else encode.Get(number_types.UOffsetTFlags.packer_type, data, 0)
+        )
+
+    def _offset(self, slot: int) -> int:
+        return self.table.Offset(4 + 2 * slot)
+
+    def string(self, slot: int) -> str | None:
+        offset = self._offset(slot)
+        return self.table.String(offset + self.table.Pos).decode() if offset else None
+
+    def child(self, slot: int) -> _Table:
+        return _Table(self.table.Bytes, self.table.Indirect(self._offset(slot) + self.table.Pos))
+
+    def children(self, slot: int) -> list[_Table]:
+        offset = self._offset(slot)
+        start = self.table.Vector(offset) if offset else 0
+        return [_Table(self.table.Bytes, self.table.Indirect(start + 4 * i)) for i in range(self.table.VectorLen(offset) if offset else 0)]
+
+    def scalar(self, slot: int, kind: str = "Uint8") -> int:
+        offset = self._offset(slot)
+        return self.table.Get(getattr(self.types, f"{kind}Flags"), offset + self.table.Pos) if offset else 0
+
+    def array(self, slot: int, kind: str = "Float32") -> np.ndarray:
+        return self.table.GetVectorAsNumpy(getattr(self.types, f"{kind}Flags"), self._offset(slot))
+
+
+def _image_normalization(subgraph: _Table) -> tuple[np.ndarray, np.ndarray]:
+    (image,) = subgraph.children(2)  # input_tensor_metadata
+    assert image.child(3).scalar(0) == 2 and image.child(3).child(1).scalar(0) == 1  # ImageProperties, RGB
+    (unit,) = image.children(4)
+    assert unit.scalar(0) == 1  # NormalizationOptions
+    return unit.child(1).array(0), unit.child(1).array(1)
+
+
+def test_classifier_metadata_reads_back_as_mediapipe_image_classifier_metadata(exported, run_dir: Path):
+    out, records = exported
+    run_spec = ModelSpec.load(run_dir / "spec.json")
+    root = _Table(read_tflite_metadata((out / records["fp32"].path).read_bytes())[TFLITE_METADATA])
+    assert root.string(7) == "1.0.0" and [f.string(0) for f in root.children(6)] == [SPEC_FILE]
+    (subgraph,) = root.children(3)
+    assert subgraph.string(0) == "image_classifier" and not subgraph.children(9)
+    mean, std = _image_normalization(subgraph)
+    assert np.allclose(mean, 255 * np.asarray(run_spec.preprocess.mean)) and np.allclose(std, 255 * np.asarray(run_spec.preprocess.std))
+    (scores,) = subgraph.children(3)
+    assert scores.child(3).scalar(0) == 1  # FeatureProperties
+    (labels,) = scores.children(6)
+    assert labels.string(0) == LABELS_FILE and labels.scalar(2) == 2  # TENSOR_AXIS_LABELS
+
+
+def test_segmenter_metadata_reads_back_as_mediapipe_image_segmenter_metadata():
+    """What MediaPipe's image_segmenter writer writes: uniform normalisation, a grayscale mask over dims 1-2, activation NONE."""
+    from edgederm.converters.tflite import standard_metadata
+
+    artifact = {
+        "input": {"layout": "NHWC", "normalization": {"mean": [0.449] * 3, "std": [0.226] * 3}},
+        "output": {"shape": [1, 64, 64, 1]},
+    }
+    spec = ModelSpec(
+        task="segmentation",
+        arch="tinyseg",
+        class_names=["lesion"],
+        preprocess=Preprocess(input_size=64),
+        output="mask_probabilities",
+        artifact=artifact,
+    )
+    root = _Table(standard_metadata(spec))
+    assert root.string(0) == "edgederm tinyseg skin-lesion segmenter" and root.string(7) == "1.5.0"  # custom_metadata needs 1.5.0
+    assert [f.string(0) for f in root.children(6)] == [SPEC_FILE]
+    (subgraph,) = root.children(3)
+    assert subgraph.string(0) == "image_segmenter"
+    mean, std = _image_normalization(subgraph)  # the file's own normalisation: one value for every channel, as MediaPipe needs
+    assert np.allclose(mean, [0.449 * 255] * 3) and np.allclose(std, [0.226 * 255] * 3)
+    (mask,) = subgraph.children(3)
+    assert mask.string(0) == "mask_probabilities"
+    content = mask.child(3)
+    assert content.scalar(0) == 2 and content.child(1).scalar(0) == 2  # ImageProperties, GRAYSCALE
+    assert (content.child(2).scalar(0, "Int32"), content.child(2).scalar(1, "Int32")) == (1, 2)  # the image spans dims 1-2
+    (labels,) = mask.children(6)
+    assert labels.string(0) == LABELS_FILE and labels.scalar(2) == 2  # TENSOR_AXIS_LABELS
+    (custom,) = subgraph.children(9)
+    options = custom.array(1, "Uint8").tobytes()
+    assert custom.string(0) == "SEGMENTER_METADATA" and options[4:8] == b"V001"
+    assert _Table(options).scalar(0) == 0  # ImageSegmenterOptions.activation NONE: the sigmoid is in the graph
 
 
 def test_tflite_predictor_matches_torch(exported, pixels: np.ndarray, reference: np.ndarray):

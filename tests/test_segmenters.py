@@ -250,8 +250,11 @@ def test_a_mask_round_trips_through_every_runtime_at_the_original_size(trained_s
     """torch, TFLite, ONNX Runtime and CoreML (emulated on Linux) give the same 0/255 mask at the photo's own size."""
     import shutil
 
+    from edgederm.converters.tflite import standard_metadata
+
     from edgederm.export import export_run
     from edgederm.formats import FORMATS
+    from edgederm.runtime.tflite_backend import TFLITE_METADATA, read_tflite_metadata
     from edgederm.verify.coreml_emulator import EmulatedCoreMLPredictor
 
     # An odd, non-square photo exercises the letterbox both ways and the resize back to the photo's size.
@@ -272,6 +275,9 @@ def test_a_mask_round_trips_through_every_runtime_at_the_original_size(trained_s
     for record in records:
         path = tmp_path / "export" / record.path
         predictor = EmulatedCoreMLPredictor(path) if record.format == "coreml" else Predictor.load(path)
+        if record.format == "tflite":  # NHWC: MediaPipe's ImageSegmenter metadata (tests/test_mediapipe_client.py runs it)
+            assert read_tflite_metadata(path.read_bytes())[TFLITE_METADATA] == standard_metadata(predictor.spec)
+            assert predictor.spec.artifact["output"]["shape"] == [1, 64, 64, 1]
         mask = predictor.predict_mask(image)
         assert mask.shape == reference.shape and mask.dtype == np.uint8, record.format
         iou = np.logical_and(mask > 0, reference > 0).sum() / np.logical_or(mask > 0, reference > 0).sum()

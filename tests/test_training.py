@@ -15,7 +15,8 @@ import torch
 from conftest import cli_env, corrupt_jpeg, write_csv
 from safetensors.torch import load_file
 
-from edgederm.errors import DataError, ModelError
+from edgederm.errors import DataError, ModelError, UsageError
+from edgederm.inference import normalize_tensor
 from edgederm.runtime import Predictor
 from edgederm.spec import ModelSpec
 from edgederm.training.calibration import fit_temperature
@@ -63,7 +64,7 @@ def test_tampered_weights_are_refused(trained_run: Path, tmp_path: Path):
         load_checkpoint(copy)
 
 
-@pytest.mark.parametrize("extra", [[], ["--augment", "affine", "--ema", "0.9"]], ids=["basic", "affine+ema"])
+@pytest.mark.parametrize("extra", [[], ["--augment", "affine", "--ema", "0.9"], ["--qat"]], ids=["basic", "affine+ema", "qat"])
 def test_full_training_and_resume_reach_the_same_weights(tmp_path: Path, extra: list[str]):
     """A run killed with SIGKILL mid-training and resumed ends with the uninterrupted run's weights."""
     args = [
@@ -204,3 +205,86 @@ def test_asking_for_cuda_without_a_gpu_is_a_one_line_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(UsageError, match="process 1 has no GPU.*nproc_per_node=1"):
         choose_device("cuda", local_rank=1)
+
+
+def test_qat_fine_tunes_a_run_through_simulated_int8(tmp_path: Path):
+    common = dict(data="synthetic:48,seed=2", arch="mobilenetv3_small_100", img_size=48, mode="full", batch_size=8, quiet=True)
+    source = train_classifier(TrainConfig(out=tmp_path / "float", epochs=1, **common))
+    tuned = train_classifier(TrainConfig(out=tmp_path / "qat", epochs=1, lr=1e-4, init_from=str(source.run_dir), qat=True, **common))
+    assert tuned.spec.training["recipe"]["qat"] and tuned.spec.training["init_from_sha256"] == source.spec.source_sha256
+    assert tuned.spec.training["weights"] == f"run:{source.run_dir}"
+    before, after = load_file(str(source.run_dir / "model.safetensors")), load_file(str(tuned.run_dir / "model.safetensors"))
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+
+    from edgederm.training import qat
+
+    model, spec = load_checkpoint(tuned.run_dir)
+    example = torch.from_numpy(spec.preprocess.normalize(np.random.default_rng(0).integers(0, 256, (4, 48, 48, 3), dtype=np.uint8)))
+    simulated = qat.fixed_batch(qat.train_mode(qat.prepare(model, example), False), len(example))
+    with torch.no_grad():
+        simulated(example)  # the observers need one batch before the fake quantizers round anything
+        gap = (simulated(example[:3]) - model.eval()(example[:3])).abs().max().item()
+    assert 0 < gap < 5, "the QAT graph must round like int8, and stay close to the float model"
+
+
+def test_init_from_refuses_another_model_or_split(tmp_path: Path):
+    source = train_classifier(TrainConfig(data="synthetic:32,seed=1", out=tmp_path / "src", mode="head", epochs=1, weights="none", **TINY))
+    with pytest.raises(UsageError, match="px for classes"):
+        train_classifier(
+            TrainConfig(
+                data="synthetic:32,seed=1",
+                out=tmp_path / "a",
+                mode="full",
+                epochs=1,
+                init_from=str(source.run_dir),
+                **{**TINY, "img_size": 96},
+            )
+        )
+    with pytest.raises(UsageError, match="another train/val/test split"):
+        train_classifier(
+            TrainConfig(
+                data="synthetic:32,seed=1", out=tmp_path / "b", mode="full", epochs=1, seed=7, init_from=str(source.run_dir), **TINY
+            )
+        )
+    with pytest.raises(UsageError, match="--mode full"):
+        TrainConfig(data="synthetic:32", out=tmp_path / "c", mode="head", qat=True)
+
+
+def test_distillation_trains_a_smaller_student_at_another_size(trained_run: Path, tmp_path: Path):
+    teacher, _ = load_checkpoint(trained_run)
+    student = train_classifier(
+        TrainConfig(
+            data="synthetic:60,seed=4",
+            out=tmp_path / "student",
+            arch="mobilenetv3_small_100",
+            img_size=48,
+            mode="full",
+            epochs=1,
+            batch_size=8,
+            distill_from=str(trained_run),
+            quiet=True,
+        )
+    )
+    assert student.spec.training["teacher_sha256"] == ModelSpec.load(trained_run / "spec.json").source_sha256
+    assert student.spec.preprocess.input_size == 48 and student.spec.class_names == ["bkl", "mel", "nv", "vasc"]
+
+
+def test_distillation_loss_is_the_hard_loss_when_the_student_matches_the_teacher(trained_run: Path):
+    from edgederm.training.classification import _Teacher
+
+    spec = ModelSpec.load(trained_run / "spec.json")
+    config = TrainConfig(data="synthetic:8", out=Path("unused"), mode="full", distill_from=str(trained_run), distill_weight=0.25, **TINY)
+    teacher = _Teacher(config, spec.class_names, spec.preprocess, torch.device("cpu"))
+    pixels = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (4, 48, 48, 3), dtype=np.uint8))
+    with torch.no_grad():
+        inputs = torch.nn.functional.interpolate(
+            normalize_tensor(pixels, spec.preprocess), size=(64, 64), mode="bilinear", antialias=True, align_corners=False
+        )
+        same = teacher.model(inputs)
+    hard = torch.tensor(1.0)
+    assert teacher.loss(same, hard, pixels).item() == pytest.approx(0.75, abs=1e-4)
+    confident_elsewhere = torch.nn.functional.one_hot(same.argmin(1), same.shape[1]).float() * 20
+    assert teacher.loss(confident_elsewhere, hard, pixels).item() > 0.75 + 1.0
+    with pytest.raises(UsageError, match="not this run's classes"):
+        _Teacher(config, ["mel", "nv"], spec.preprocess, torch.device("cpu"))

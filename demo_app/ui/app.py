@@ -26,6 +26,7 @@ from ..presentation import ResultView, json_line, result_view
 from ..settings_store import AppSettings, find_artifacts, selected_artifacts
 from ..sources import CAMERA, StillFrames, texture_to_image
 from .screens import BenchmarkScreen, CameraScreen, HistoryScreen, NoticeScreen, ResultScreen, SettingsScreen
+from .widgets import BACKGROUND
 
 BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "models"  # packaged into the APK / IPA
 FRAME_WAIT_S = 10.0  # a headless camera capture waits this long for the first frame
@@ -78,6 +79,9 @@ class EdgedermScreeningApp(App):
             self.reload_pipeline()
 
     def build(self):
+        from kivy.core.window import Window  # imported here: importing it opens the window
+
+        Window.clearcolor = BACKGROUND  # every page's background (the screens draw no full-screen rectangle)
         self.screens = ScreenManager(transition=NoTransition())
         for screen in (NoticeScreen, CameraScreen, ResultScreen, HistoryScreen, SettingsScreen, BenchmarkScreen):
             self.screens.add_widget(screen(self))
@@ -97,7 +101,16 @@ class EdgedermScreeningApp(App):
             self.go("camera")
 
     def on_pause(self):
+        self.flush_history()  # Android may end a paused app without calling on_stop
         return True  # Android: keep the state when the user switches apps
+
+    def on_stop(self):
+        self.flush_history()  # a capture's entry is on disk before the app exits
+
+    def flush_history(self) -> None:
+        history = getattr(self, "history", None)  # None when preflight failed before the store opened
+        if history is not None:
+            history.flush()
 
     # -- what the screens call ------------------------------------------------------------------
 
@@ -153,7 +166,11 @@ class EdgedermScreeningApp(App):
         return self.analyse(image, str(path))
 
     def analyse(self, image: Image.Image, where: str) -> tuple[ResultView, Image.Image] | None:
-        """Run the pipeline on one frame, store it in the history and show the result screen."""
+        """Run the pipeline on one frame, show the result screen and store the capture in the history.
+
+        The history entry (JPEG files and an SQLite row) is written on a background thread while the
+        result is drawn; ``flush_history`` (on stop and on pause) waits for it.
+        """
         if self.pipeline is None:
             self._say(f"No model loaded: {self.pipeline_error or 'choose one in Settings'}")
             return None
@@ -164,9 +181,9 @@ class EdgedermScreeningApp(App):
             return None
         view = result_view(result)
         shown = image if result.mask is None else draw_contour(image, result.mask)
-        self.history.add(shown, view, model=self.pipeline.classifier.path.name)
         self.screens.get_screen("result").show(view, shown)
         self.go("result")
+        self.history.add_later(shown, view, model=self.pipeline.classifier.path.name)
         return view, shown
 
     def _say(self, message: str) -> None:
@@ -238,14 +255,39 @@ class EdgedermScreeningApp(App):
         if screenshot is not None:
             save_screenshot(self.screens, screenshot)
         if self.options.capture_and_exit:
+            self.history.flush()  # a failed write fails the run (one line on stderr), as before
             self.json_line = json_line(self._view, **self._context, screenshot=str(screenshot) if screenshot else None)
         self.stop()
 
 
 def save_screenshot(widget, path: Path) -> Path:
-    """Render the widget tree into an offscreen buffer and save it as PNG (works with or without a real screen)."""
-    texture = widget.export_as_image().texture
-    image = texture_to_image(texture.pixels, texture.size, colorfmt="rgba", bottom_row_first=False)
+    """Render the widget tree into an offscreen buffer and save it as PNG (works with or without a real screen).
+
+    ``Widget.export_as_image`` with the window's clear colour behind the widgets, as on screen: the
+    pages draw no background of their own.
+    """
+    from kivy.core.window import Window
+    from kivy.graphics import ClearBuffers, ClearColor, Fbo, Scale, Translate
+
+    parent = widget.parent.canvas if widget.parent is not None else None
+    index = parent.indexof(widget.canvas) if parent is not None else -1
+    if index > -1:
+        parent.remove(widget.canvas)
+    fbo = Fbo(size=widget.size, with_stencilbuffer=True)
+    with fbo:
+        ClearColor(*Window.clearcolor)
+        ClearBuffers()
+        Scale(1, -1, 1)
+        Translate(-widget.x, -widget.y - widget.height, 0)
+    fbo.add(widget.canvas)
+    try:
+        fbo.draw()
+        texture = fbo.texture
+        image = texture_to_image(texture.pixels, texture.size, colorfmt="rgba", bottom_row_first=False)
+    finally:
+        fbo.remove(widget.canvas)
+        if index > -1:
+            parent.insert(index, widget.canvas)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)

@@ -24,7 +24,7 @@ from ..benchmark import parse_threads_list, run_benchmark, write_benchmark
 from ..presentation import DISCLAIMER, ResultView
 from .camera import Preview
 from .importer import pick_file, pick_image
-from .widgets import BACKGROUND, CALM_GREEN, MUTED, REFER_RED, Panel, ProbabilityBar, Text, button, button_row, texture_from_image
+from .widgets import CALM_GREEN, MUTED, REFER_RED, Panel, ProbabilityBar, Text, button, button_row, texture_from_image
 
 GREY = (0.3, 0.31, 0.34, 1)
 NOTICE = (
@@ -43,8 +43,12 @@ NOTICE = (
 
 
 def _page(screen: Screen, title: str) -> BoxLayout:
-    """A full-screen vertical layout with a title, added to ``screen``; returns the layout for the body."""
-    root = Panel(color=BACKGROUND, orientation="vertical", padding=dp(12), spacing=dp(8))
+    """A full-screen vertical layout with a title, added to ``screen``; returns the layout for the body.
+
+    The page background is the window's clear colour (``BACKGROUND``, set by the app), not a
+    full-screen rectangle drawn over it: one full-screen fill less per frame.
+    """
+    root = BoxLayout(orientation="vertical", padding=dp(12), spacing=dp(8))
     root.add_widget(Text(title, size=22, bold=True))
     screen.add_widget(root)
     return root
@@ -131,7 +135,7 @@ class ResultScreen(Screen):
     def __init__(self, app, **kwargs):
         super().__init__(name="result", **kwargs)
         self.app = app
-        page = Panel(color=BACKGROUND, orientation="vertical", padding=dp(12), spacing=dp(8))
+        page = BoxLayout(orientation="vertical", padding=dp(12), spacing=dp(8))  # on the window's BACKGROUND, like _page
         self.add_widget(page)
         self.banner = Panel(color=REFER_RED, orientation="vertical", padding=dp(10), spacing=dp(2), size_hint_y=None)
         self.banner_title = Text("", size=26, bold=True)
@@ -145,27 +149,46 @@ class ResultScreen(Screen):
         self.rows = BoxLayout(orientation="vertical", size_hint_y=None, spacing=dp(4))
         self.rows.bind(minimum_height=self.rows.setter("height"))
         page.add_widget(self.rows)
+        # The top-3 rows are built once and refilled by each capture (more are added if a spec ever shows more).
+        self._row_widgets = [self._make_row(rank) for rank in range(3)]
+        self._rows_shown = 0
         self.details = Text("", size=13, color=MUTED)
         page.add_widget(self.details)
         page.add_widget(Text(DISCLAIMER, size=12, color=MUTED))
         page.add_widget(button_row(button("New photo", lambda: app.go("camera")), button("History", lambda: app.go("history"), color=GREY)))
 
     def show(self, view: ResultView, shown: Image.Image) -> None:
+        """Update the screen in place: the widgets are built once, so a capture only changes texts, bars and the photo."""
         self.banner.set_color(REFER_RED if view.refer else CALM_GREEN)
         self.banner_title.text = view.banner_title
         self.banner_reason.text = view.reason if view.refer else f"{view.reason}. Not a diagnosis: see a clinician if in doubt."
-        self.photo.texture = texture_from_image(shown)
-        self.rows.clear_widgets()
-        for rank, row in enumerate(view.rows):
-            line = BoxLayout(orientation="horizontal", size_hint_y=None, spacing=dp(8))
-            name = Text(f"{row.name} ({row.label})", size=16 if rank == 0 else 14, bold=rank == 0)
-            percent = Text(row.percent, size=16 if rank == 0 else 14, bold=rank == 0, halign="right", size_hint_x=None, width=dp(56))
-            line.add_widget(name)
-            line.add_widget(percent)
-            name.bind(height=lambda _w, h, line=line: setattr(line, "height", h))
-            self.rows.add_widget(line)
-            self.rows.add_widget(ProbabilityBar(row.probability))
+        self.photo.texture = texture_from_image(shown, reuse=self.photo.texture)
+        self.photo.canvas.ask_update()  # a reused texture is the same object: redraw it anyway
+        while len(self._row_widgets) < len(view.rows):
+            self._row_widgets.append(self._make_row(rank=len(self._row_widgets)))
+        if self._rows_shown != len(view.rows):  # the first capture, or a classifier with another number of classes
+            self.rows.clear_widgets()
+            for line, _name, _percent, bar in self._row_widgets[: len(view.rows)]:
+                self.rows.add_widget(line)
+                self.rows.add_widget(bar)
+            self._rows_shown = len(view.rows)
+        for (_line, name, percent, bar), row in zip(self._row_widgets[: len(view.rows)], view.rows, strict=True):
+            name.text = f"{row.name} ({row.label})"
+            percent.text = row.percent
+            bar.value = row.probability
         self.details.text = f"{view.latency_text}\n{view.area_text}"
+
+    @staticmethod
+    def _make_row(rank: int) -> tuple[BoxLayout, Text, Text, ProbabilityBar]:
+        """One line of the top-3: the class name, its percentage and a bar (the best one larger and bold)."""
+        size, bold = (16 if rank == 0 else 14), rank == 0
+        line = BoxLayout(orientation="horizontal", size_hint_y=None, spacing=dp(8))
+        name = Text("", size=size, bold=bold)
+        percent = Text("", size=size, bold=bold, halign="right", size_hint_x=None, width=dp(56))
+        line.add_widget(name)
+        line.add_widget(percent)
+        name.bind(height=lambda _w, h, line=line: setattr(line, "height", h))
+        return line, name, percent, ProbabilityBar(0.0)
 
 
 class HistoryScreen(Screen):

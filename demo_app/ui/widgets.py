@@ -5,6 +5,7 @@ from __future__ import annotations
 from kivy.graphics import Color, Rectangle
 from kivy.graphics.texture import Texture
 from kivy.metrics import dp, sp
+from kivy.properties import BoundedNumericProperty
 from kivy.uix.boxlayout import BoxLayout
 from kivy.uix.button import Button
 from kivy.uix.label import Label
@@ -66,27 +67,37 @@ def button_row(*buttons: Button, height: float = 48) -> BoxLayout:
     return row
 
 
-def texture_from_image(image: Image.Image) -> Texture:
-    """An upright RGBA texture of a PIL image (RGBA keeps rows 4-byte aligned for any width)."""
-    rgba = image.convert("RGBA")
-    texture = Texture.create(size=rgba.size, colorfmt="rgba")
+def texture_from_image(image: Image.Image, reuse: Texture | None = None) -> Texture:
+    """An upright RGBA texture of a PIL image (RGBA keeps rows 4-byte aligned for any width).
+
+    ``reuse``: a texture this function made earlier; filled in place when it has the image's size
+    (no new GPU texture per capture), else a new one is made.
+    """
+    rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+    flipped = reuse is not None and reuse.tex_coords[1] > reuse.tex_coords[7]  # v of the bottom-left corner > v of the top-left
+    if flipped and tuple(reuse.size) == rgba.size and reuse.colorfmt == "rgba":
+        texture = reuse
+    else:
+        texture = Texture.create(size=rgba.size, colorfmt="rgba")
+        texture.flip_vertical()  # PIL rows run top-down, OpenGL's bottom-up
     texture.blit_buffer(rgba.tobytes(), colorfmt="rgba", bufferfmt="ubyte")
-    texture.flip_vertical()  # PIL rows run top-down, OpenGL's bottom-up
     return texture
 
 
 class ProbabilityBar(BoxLayout):
     """A thin horizontal bar filled to ``value`` (0..1)."""
 
+    value = BoundedNumericProperty(0.0, min=0.0, max=1.0, errorhandler=lambda v: max(0.0, min(1.0, float(v))))
+
     def __init__(self, value: float, color=ACCENT, **kwargs):
         super().__init__(size_hint_y=None, height=dp(8), **kwargs)
-        self.value = max(0.0, min(1.0, float(value)))
+        self.value = value
         with self.canvas:
             Color(*PANEL)
             self._track = Rectangle()
             Color(*color)
             self._fill = Rectangle()
-        self.bind(pos=self._redraw, size=self._redraw)
+        self.bind(pos=self._redraw, size=self._redraw, value=self._redraw)
 
     def _redraw(self, *_):
         self._track.pos, self._track.size = self.pos, self.size

@@ -4,9 +4,10 @@ The ModelSpec is read from the flatbuffer's ``Model.metadata`` entry named ``edg
 small parser of the TFLite schema below (no schema package needed), which also checks that every
 weight buffer lies inside the file, and the zip of associated files (labels.txt,
 edgederm_spec.json) after it is checked too, so a truncated download is refused with one line
-before an interpreter maps it. Inputs are normalised by the spec's Preprocess, laid out as the
-artifact says, and quantized/dequantized with the tensors' own scale and zero point when the
-artifact has integer input/output.
+before an interpreter maps it. Inputs are normalised by the spec's Preprocess (with the mean and
+std the artifact records for its input, ``ModelSpec.input_preprocess``), laid out as the artifact
+says, and quantized/dequantized with the tensors' own scale and zero point when the artifact has
+integer input/output.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class TFLitePredictor(Predictor):
         self.input_layout = self.spec.artifact.get("input", {}).get("layout", "NHWC")
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        array = self.spec.preprocess.normalize(np.asarray(pixels))
+        array = self.spec.input_preprocess.normalize(np.asarray(pixels))
         if self.input_layout != self.spec.preprocess.layout:
             array = np.ascontiguousarray(np.moveaxis(array, -1, 1) if self.input_layout == "NCHW" else np.moveaxis(array, 1, -1))
         if not len(array):

@@ -32,10 +32,10 @@ from ..models import create_model, get_entry
 from ..operating_point import DEFAULT_TARGET_SENSITIVITY, choose_operating_point, sensitivity_specificity
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from ..spec import ModelSpec
-from . import checkpoint
+from . import checkpoint, qat
 from .augment import POLICIES, augment_batch
 from .calibration import fit_temperature, fold_temperature
-from .common import TrainResult, assign_splits, check_fractions, recipe_of, write_metrics_csv
+from .common import TrainResult, assign_splits, check_fractions, recipe_of, same_recipe, write_metrics_csv
 from .common import comparable_recipe as _comparable
 from .common import cosine_lr as _cosine_lr
 from .common import write_splits as _write_splits
@@ -64,7 +64,12 @@ class TrainConfig:
     class_weight_power: float = 0.5
     augment: str = "basic"
     ema: float = 0.0  # full mode: 0 = off, else the decay of a weight average that is validated and kept
-    warmup_epochs: float = 1.0
+    init_from: str | None = None  # a run dir whose weights (and split) this run starts from
+    qat: bool = False  # full mode: train through simulated int8 (see training/qat.py)
+    distill_from: str | None = None  # a teacher run dir: its soft labels join the loss
+    distill_weight: float = 0.5  # share of the loss taken by the teacher's soft labels
+    distill_temperature: float = 2.0
+    warmup_epochs: float | None = None  # None: 1 epoch, or 0.1 when fine-tuning a trained run (--init-from)
     weights: str = "default"
     resize: str = "letterbox"
     target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY  # for the malignant-class operating point
@@ -82,6 +87,8 @@ class TrainConfig:
             raise UsageError(f"--balance must be one of {BALANCE}, got {self.balance!r}")
         if self.epochs is None:
             self.epochs = 30 if self.mode == "head" else 10
+        if self.warmup_epochs is None:
+            self.warmup_epochs = 0.1 if self.init_from else 1.0
         if self.batch_size is None:
             self.batch_size = 256 if self.mode == "head" else 32
         if self.lr is None:
@@ -95,6 +102,12 @@ class TrainConfig:
             raise UsageError(f"--augment must be one of {POLICIES}, got {self.augment!r}")
         if self.amp not in ("auto", "on", "off"):
             raise UsageError("--amp must be auto, on or off")
+        if (self.qat or self.distill_from) and self.mode != "full":
+            raise UsageError("--qat and --distill-from train the whole network", fix="add --mode full")
+        if self.qat and self.ema:
+            raise UsageError("--qat keeps the fake-quantized weights it validates; it does not combine with --ema", fix="drop --ema")
+        if not 0.0 < self.distill_weight <= 1.0 or self.distill_temperature <= 0:
+            raise UsageError("--distill-weight must be in (0, 1] and --distill-temperature positive")
 
     def recipe(self) -> dict[str, Any]:
         return recipe_of(self)
@@ -197,6 +210,48 @@ def _bn_eps(model: nn.Module) -> dict[str, float]:
     return {}
 
 
+def _init_source(config: TrainConfig, class_names: list[str], dataset: SampleSet, external_val: SampleSet | None):
+    """The model and spec of ``--init-from``, after checking it is the same model on the same split.
+
+    The split check keeps fine-tuning (QAT, a second schedule) lesion-disjoint: a run that starts
+    from weights trained with other val/test lesions would have trained on this run's test images.
+    """
+    source_model, source_spec = checkpoint.load_checkpoint(config.init_from)
+    given = (config.arch, config.img_size, class_names)
+    theirs = (source_spec.arch, source_spec.preprocess.input_size, source_spec.class_names)
+    if source_spec.task != "classification" or given != theirs:
+        raise UsageError(
+            f"--init-from {config.init_from} is a {theirs[0]} at {theirs[1]} px for classes {theirs[2]}; "
+            f"this run is a {given[0]} at {given[1]} px for {given[2]}",
+            fix=f"pass --arch {theirs[0]} --img-size {theirs[1]} and the data it was trained on",
+        )
+    if _split_rows(Path(config.init_from) / "splits.csv") != _split_rows(None, dataset, external_val):
+        raise UsageError(
+            f"--init-from {config.init_from} was trained on another train/val/test split (its splits.csv)",
+            fix="pass the same --data, --val-data, --val-fraction, --test-fraction and --seed so no test lesion is trained on",
+        )
+    return source_model, source_spec
+
+
+def _split_rows(path: Path | None, dataset: SampleSet | None = None, external_val: SampleSet | None = None) -> set[tuple[str, str]]:
+    """(image id, split) pairs, from a run's splits.csv or from the split this run just made."""
+    if path is not None:
+        import csv
+
+        if not path.is_file():
+            return set()
+        with open(path, newline="") as handle:
+            return {(row["image_id"], row["split"]) for row in csv.DictReader(handle)}
+    rows = {(s.image_id, s.split) for s in dataset.samples}
+    return rows | {(s.image_id, "val") for s in (external_val.samples if external_val else [])}
+
+
+def _teacher_sha(run: str | None) -> str | None:
+    if run is None:
+        return None
+    return ModelSpec.load(checkpoint.resolve_checkpoint(run)[1]).source_sha256
+
+
 # ----------------------------------------------------------------------------------------------
 # The loop
 
@@ -219,10 +274,13 @@ class _Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
         dataset, external_val = _assign_splits(config)
-        class_names = _class_names(dataset)
+        class_names = self.class_names = _class_names(dataset)
         if len(class_names) < 2:
             raise DataError(f"training needs at least 2 classes, found {class_names}", path=config.data)
         preprocess, weights = _preprocess_for(config)
+        source = _init_source(config, class_names, dataset, external_val) if config.init_from else None
+        if source is not None:
+            preprocess, weights = source[1].preprocess, f"run:{config.init_from}"
         quiet = config.quiet or not context.is_main
         self.log(
             f"edgederm: {config.mode} training {config.arch} at {config.img_size}px on {dataset.spec} "
@@ -250,8 +308,11 @@ class _Trainer:
         for line in skipped:
             self.log(f"skipped unreadable image: {line}")
 
-        model = create_model(config.arch, len(class_names), None if weights == "none" else weights)
-        _zero_head(model)
+        if source is not None:
+            model = source[0]
+        else:
+            model = create_model(config.arch, len(class_names), None if weights == "none" else weights)
+            _zero_head(model)
         model = model.to(context.device, memory_format=torch.channels_last)
         class_weights = _class_weights(train.labels, len(class_names), config.class_weight_power, config.balance).to(context.device)
         criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
@@ -273,6 +334,8 @@ class _Trainer:
             training={
                 "recipe": config.recipe(),
                 "weights": weights,
+                "init_from_sha256": source[1].source_sha256 if source else None,
+                "teacher_sha256": _teacher_sha(config.distill_from),
                 "data": dataset.summary(),
                 "val_data": external_val.summary() if external_val else None,
                 "skipped_images": len(skipped),
@@ -343,27 +406,33 @@ class _Trainer:
 
     def _train_full(self, model, criterion, train: SplitData, val: SplitData | None, preprocess: Preprocess) -> None:
         config, context = self.config, self.context
-        use_amp = context.device.type == "cuda" and config.amp != "off"
-        if config.amp == "on" and context.device.type != "cuda":
-            self.log("warning: --amp on needs CUDA; training in fp32 on the CPU")
-        net: nn.Module = model
-        if context.enabled:
-            net = nn.parallel.DistributedDataParallel(model, device_ids=[context.device.index] if context.device.type == "cuda" else None)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-        ema = WeightAverage(model, config.ema) if config.ema else None
+        use_amp = context.device.type == "cuda" and config.amp != "off" and not config.qat
+        if config.amp == "on" and (context.device.type != "cuda" or config.qat):
+            self.log("warning: --amp on needs CUDA and no --qat; training in fp32")
         n = len(train.labels)
         per_rank = n // context.world_size
         batch = min(config.batch_size, per_rank)
         steps_per_epoch = max(1, per_rank // batch)
-        start_epoch, history = self._resume(model, optimizer, scaler, ema)
+        net: nn.Module = model
+        if config.qat:
+            if context.enabled:
+                raise UsageError("--qat trains in one process", fix="run it without torchrun")
+            example = normalize_tensor(torch.from_numpy(train.cache.pixels[:batch]).to(context.device), preprocess)
+            net = qat.prepare(model, example)
+        elif context.enabled:
+            net = nn.parallel.DistributedDataParallel(model, device_ids=[context.device.index] if context.device.type == "cuda" else None)
+        teacher = _Teacher(config, self.class_names, preprocess, context.device) if config.distill_from else None
+        optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        ema = WeightAverage(model, config.ema) if config.ema else None
+        start_epoch, history = self._resume(model, optimizer, scaler, ema, net if config.qat else None)
         for epoch in range(start_epoch, config.epochs):
             torch.manual_seed(config.seed * 1009 + epoch)  # dropout and drop-path replay on resume
             generator = torch.Generator().manual_seed(config.seed * 1009 + epoch)
             order = torch.randperm(n, generator=generator)[: per_rank * context.world_size]
             mine = order[context.rank :: context.world_size]
             aug_generator = torch.Generator().manual_seed((config.seed * 1009 + epoch) * 131 + context.rank)
-            net.train()
+            qat.train_mode(net, True) if config.qat else net.train()
             total, seen = 0.0, 0
             bar = tqdm(
                 range(steps_per_epoch),
@@ -376,13 +445,17 @@ class _Trainer:
             for step in bar:
                 index = mine[step * batch : (step + 1) * batch].numpy()
                 pixels = torch.from_numpy(train.cache.pixels[index]).to(context.device, non_blocking=True)
-                inputs = normalize_tensor(augment_batch(pixels, aug_generator, policy=config.augment), preprocess)
+                augmented = augment_batch(pixels, aug_generator, policy=config.augment)
+                inputs = normalize_tensor(augmented, preprocess)
                 targets = torch.from_numpy(train.labels[index]).to(context.device)
                 self._set_lr(
                     optimizer, epoch * steps_per_epoch + step, config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)
                 )
                 with torch.autocast(device_type=context.device.type, dtype=torch.float16, enabled=use_amp):
-                    loss = criterion(net(inputs), targets)
+                    logits = net(inputs)
+                    loss = criterion(logits, targets)
+                    if teacher is not None:
+                        loss = teacher.loss(logits, loss, augmented)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -393,12 +466,16 @@ class _Trainer:
                 seen += len(index)
                 bar.set_postfix(loss=f"{total / seen:.4f}")
             row = {"epoch": epoch + 1, "train_loss": total / max(1, seen), "lr": optimizer.param_groups[0]["lr"]}
+            if config.qat:
+                qat.copy_weights_back(net, model)
             if val is not None and context.is_main:
                 judged = ema.module if ema is not None else model
-                logits = forward_batches(judged.eval(), val.cache.pixels, preprocess, context.device)
+                # QAT is judged as it will ship: through the simulated int8 graph.
+                runner = qat.fixed_batch(qat.train_mode(net, False), batch) if config.qat else judged.eval()
+                logits = forward_batches(runner, val.cache.pixels, preprocess, context.device)
                 row.update(self._val_row(logits, val.labels, judged))
             history.append(row)
-            self._end_epoch(model, optimizer, epoch, history, row, scaler, ema)
+            self._end_epoch(model, optimizer, epoch, history, row, scaler, ema, net if config.qat else None)
         if ema is not None and self.best_weights is None:
             self.best_weights = {k: v.detach().cpu().clone() for k, v in ema.module.state_dict().items()}
 
@@ -420,14 +497,16 @@ class _Trainer:
             self.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         return row
 
-    def _resume(self, model: nn.Module, optimizer, scaler=None, ema: WeightAverage | None = None) -> tuple[int, list[dict]]:
+    def _resume(
+        self, model: nn.Module, optimizer, scaler=None, ema: WeightAverage | None = None, qat_net: nn.Module | None = None
+    ) -> tuple[int, list[dict]]:
         if not self.config.resume:
             return 0, []
         state = checkpoint.load_training_state(self.run_dir)
         if state is None:
             self.log(f"--resume: no {checkpoint.LAST_STATE} in {self.run_dir}; starting from epoch 1")
             return 0, []
-        if state.get("recipe") != _comparable(self.config.recipe()):
+        if not same_recipe(state.get("recipe") or {}, _comparable(self.config.recipe()), TrainConfig):
             raise UsageError(
                 f"--resume with a different recipe than the interrupted run in {self.run_dir}",
                 fix="resume with the same arguments, or use a new --out",
@@ -438,12 +517,14 @@ class _Trainer:
             scaler.load_state_dict(state["scaler"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
+        if qat_net is not None:
+            qat_net.load_state_dict(state["qat"])  # weights and observer ranges: QAT resumes exactly
         self.best_score = float(state["best_score"])
         self.best_weights = state.get("best_weights") or None
         self.log(f"resumed from {self.run_dir / checkpoint.LAST_STATE} after epoch {state['epoch'] + 1}")
         return int(state["epoch"]) + 1, list(state["history"])
 
-    def _end_epoch(self, model, optimizer, epoch: int, history: list[dict], row: dict, scaler=None, ema=None) -> None:
+    def _end_epoch(self, model, optimizer, epoch: int, history: list[dict], row: dict, scaler=None, ema=None, qat_net=None) -> None:
         shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "epoch")
         self.log(f"epoch {epoch + 1}/{self.config.epochs}: {shown}")
         if self.context.is_main:
@@ -459,6 +540,8 @@ class _Trainer:
             }
             if ema is not None:
                 state["ema"] = ema.state_dict()
+            if qat_net is not None:
+                state["qat"] = qat.state_dict(qat_net)
             checkpoint.save_training_state(model, state, self.run_dir)
         self.context.barrier()
 
@@ -494,6 +577,42 @@ class _Trainer:
                 f"macro AUC {'n/a' if auc is None else f'{auc:.3f}'}, ECE {result['ece']:.3f} (n={result['n']})"
             )
         return metrics
+
+
+class _Teacher:
+    """Knowledge distillation (Hinton et al.): the teacher's softened probabilities join the loss.
+
+    The teacher sees the student's augmented batch, resized to its own input size. Both letterbox
+    (or both crop), so resizing the student's frame is the teacher's preprocessing of the same photo.
+    """
+
+    def __init__(self, config: TrainConfig, class_names: list[str], preprocess: Preprocess, device: torch.device):
+        model, spec = checkpoint.load_checkpoint(config.distill_from)
+        if spec.task != "classification" or spec.class_names != class_names:
+            raise UsageError(
+                f"--distill-from {config.distill_from} classifies {spec.class_names}, not this run's classes",
+                fix="distil from a classifier trained on the same classes",
+            )
+        if spec.preprocess.resize != preprocess.resize:
+            raise UsageError(
+                f"--distill-from {config.distill_from} was trained with --resize {spec.preprocess.resize}",
+                fix=f"pass --resize {spec.preprocess.resize}",
+            )
+        self.model = model.to(device, memory_format=torch.channels_last).eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.preprocess, self.weight, self.temperature = spec.preprocess, config.distill_weight, config.distill_temperature
+
+    def loss(self, logits: torch.Tensor, hard_loss: torch.Tensor, augmented: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            inputs = normalize_tensor(augmented, self.preprocess)
+            side = self.preprocess.input_size
+            if inputs.shape[-1] != side:
+                inputs = nn.functional.interpolate(inputs, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+            soft_targets = torch.softmax(self.model(inputs).float() / self.temperature, dim=1)
+        student = torch.log_softmax(logits.float() / self.temperature, dim=1)
+        soft_loss = nn.functional.kl_div(student, soft_targets, reduction="batchmean") * self.temperature**2
+        return (1 - self.weight) * hard_loss + self.weight * soft_loss
 
 
 class WeightAverage:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -123,3 +123,9 @@ def recipe_of(config: Any) -> dict[str, Any]:
     data.pop("resume")
     data.pop("quiet")
     return data
+
+
+def same_recipe(stored: dict[str, Any], current: dict[str, Any], config_type: Any) -> bool:
+    """Whether a resume continues the stored recipe; a field added since that run matches at its default."""
+    defaults = {f.name: f.default for f in fields(config_type)}
+    return all(stored.get(key, defaults.get(key)) == value for key, value in current.items()) and set(stored) <= set(current)

@@ -1,0 +1,253 @@
+"""The accuracy-latency frontier: balanced accuracy on the HAM10000 test split against TFLite int8 latency at 1 thread.
+
+    python benchmarks/pareto.py --run runs/reference --run runs/reference_cpu160 --run runs/student \
+        [--sizes 96,128,160,192,224] [--data ham10000:../shared/data/ham10000]
+
+Every run is exported to a full-integer int8 TFLite at each input size (the same weights: these
+classifiers are fully convolutional, so a run trained at 224 px also runs at 128 px; the table
+says at which size it was trained), calibrated on its own train split. Each artifact is scored on
+its run's lesion-disjoint test split (all runs here share the seed-0 HAM10000 split) and timed at
+batch 1, 1 thread, in the same process on the same machine.
+
+The peer point (Ultralytics YOLO11n-cls trained from scratch, TFLite int8 at 160 px) is the
+measurement quoted in issue #4, taken on the same split and CPU; this script does not re-measure it.
+
+Writes benchmarks/results/pareto.{json,md} and pareto.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+SHARED = REPO.parent / "shared" / "data"
+PEER = {
+    "label": "Ultralytics YOLO11n-cls, from scratch (peer)",
+    "balanced_accuracy": 0.359,
+    "latency_ms": 0.80,
+    "size": 160,
+    "source": "quoted from issue #4 (same lesion-disjoint HAM10000 data and CPU, TFLite int8); not re-measured here",
+}
+BMA_TARGET = 0.75
+
+
+def _log(message: str) -> None:
+    print(f"pareto: {message}", file=sys.stderr, flush=True)
+
+
+def measure(run: Path, size: int, data: str, work: Path, runs: int) -> dict:
+    import numpy as np
+    from parity import sized_run
+
+    from edgederm.data.layouts import load_dataset
+    from edgederm.data.pixels import load_pixels
+    from edgederm.export import export_run
+    from edgederm.formats import FORMATS
+    from edgederm.metrics import classification_metrics
+    from edgederm.predict import select_split
+    from edgederm.runtime import Predictor
+    from edgederm.runtime.timing import measure_latency
+    from edgederm.spec import ModelSpec
+
+    spec = ModelSpec.load(run / "spec.json")
+    sized = run if size == spec.preprocess.input_size else sized_run(run, size, work / run.name)
+    out = work / run.name / f"int8_{size}"
+    started = time.time()
+    (record,) = export_run(sized, [FORMATS["tflite"]], ["int8"], out, calib_data=data, calib_n=100, quiet=True)
+    if record.status != "ok":
+        raise RuntimeError(f"{run} at {size}px: {record.message}")
+    export_s = time.time() - started
+    test = select_split(load_dataset(data), "test", run / "splits.csv")
+    float_model = Predictor.load(sized)
+    pixels = load_pixels(test, float_model.spec.preprocess, desc=None, quiet=True)
+    labels = np.array([spec.class_names.index(test.samples[i].label) for i in pixels.kept])
+    artifact = Predictor.load(out / record.path, threads=1)
+    scores = {}
+    for name, predictor in (("int8", artifact), ("fp32", float_model)):
+        metrics = classification_metrics(labels, predictor.predict_pixels(pixels.pixels), spec.class_names)
+        scores[name] = {"balanced_accuracy": metrics.balanced_accuracy, "mel_sensitivity": metrics.melanoma_sensitivity}
+    one = pixels.pixels[:1]
+    latency = measure_latency(lambda: artifact.predict_pixels(one), runs=runs)
+    row = {
+        "run": run.name,
+        "arch": spec.arch,
+        "trained_px": spec.preprocess.input_size,
+        "size": size,
+        "recipe": {k: spec.training["recipe"].get(k) for k in ("epochs", "augment", "ema", "qat", "distill_from")},
+        "n_test": int(len(labels)),
+        "balanced_accuracy": scores["int8"]["balanced_accuracy"],
+        "mel_sensitivity": scores["int8"]["mel_sensitivity"],
+        "fp32_balanced_accuracy": scores["fp32"]["balanced_accuracy"],
+        "latency_ms": latency["median_ms"],
+        "latency_p90_ms": latency["p90_ms"],
+        "size_bytes": record.size,
+        "export_s": export_s,
+    }
+    _log(
+        f"{run.name} at {size}px: BMA {row['balanced_accuracy']:.3f} (fp32 {row['fp32_balanced_accuracy']:.3f}), {row['latency_ms']:.2f} ms"
+    )
+    return row
+
+
+def frontier(rows: list[dict]) -> list[dict]:
+    """The rows no other row beats on both axes (faster or as fast, and more accurate)."""
+    best, kept = -1.0, []
+    for row in sorted(rows, key=lambda r: (r["latency_ms"], -r["balanced_accuracy"])):
+        if row["balanced_accuracy"] > best:
+            kept.append(row)
+            best = row["balanced_accuracy"]
+    return kept
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    dominating = [r for r in rows if r["balanced_accuracy"] > PEER["balanced_accuracy"] and r["latency_ms"] <= PEER["latency_ms"]]
+    best = max(rows, key=lambda r: r["balanced_accuracy"])
+    return [
+        {
+            "target": f"an artifact more accurate than the peer at no more latency (<= {PEER['latency_ms']} ms)",
+            "value": ", ".join(f"{r['run']} {r['size']}px: {r['balanced_accuracy']:.3f} at {r['latency_ms']:.2f} ms" for r in dominating)
+            or f"none; fastest: {min(rows, key=lambda r: r['latency_ms'])['latency_ms']:.2f} ms",
+            "met": bool(dominating),
+        },
+        {
+            "target": f"best artifact balanced accuracy >= {BMA_TARGET}",
+            "value": f"{best['run']} {best['size']}px: {best['balanced_accuracy']:.3f}",
+            "met": best["balanced_accuracy"] >= BMA_TARGET,
+        },
+    ]
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for run in dict.fromkeys(r["run"] for r in rows):
+        mine = sorted((r for r in rows if r["run"] == run), key=lambda r: r["latency_ms"])
+        ax.plot([r["latency_ms"] for r in mine], [r["balanced_accuracy"] for r in mine], marker="o", alpha=0.8, label=run)
+        for r in mine:
+            ax.annotate(f"{r['size']}", (r["latency_ms"], r["balanced_accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    edge = frontier(rows)
+    ax.step(
+        [r["latency_ms"] for r in edge],
+        [r["balanced_accuracy"] for r in edge],
+        where="post",
+        color="black",
+        lw=1,
+        ls="--",
+        label="frontier",
+    )
+    ax.scatter(
+        [PEER["latency_ms"]], [PEER["balanced_accuracy"]], marker="X", s=90, color="crimson", zorder=5, label=PEER["label"] + " (quoted)"
+    )
+    ax.axhline(BMA_TARGET, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("TFLite int8 latency, batch 1, 1 thread (ms, log scale)")
+    ax.set_ylabel("balanced accuracy, HAM10000 test split (int8 artifact)")
+    ax.set_title("Accuracy against latency (labels: input px)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def markdown(payload: dict) -> str:
+    rows, edge = payload["rows"], {(r["run"], r["size"]) for r in frontier(payload["rows"])}
+    lines = [
+        "# Accuracy against latency: HAM10000 classifiers as TFLite int8",
+        "",
+        f"Command: `{payload['command']}`",
+        "",
+        f"Machine: `{payload['machine']['platform']}`, {payload['machine']['cpus']} CPUs; every artifact timed in the same process "
+        f"(batch 1, 1 thread, median of {payload['runs']} runs after warm-up, preprocessing included). "
+        "Balanced accuracy and melanoma sensitivity are the int8 artifact's, on each run's lesion-disjoint test split "
+        "(the same seed-0 split for every run here); `fp32 BMA` is the torch model at the same input size. "
+        "A run exported at a size other than the one it was trained at keeps its weights (these networks are fully convolutional).",
+        *(["", f"Conditions: {payload['note']}"] if payload.get("note") else []),
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "|---|---|:---:|",
+        *[f"| {c['target']} | {c['value']} | {'yes' if c['met'] else 'no'} |" for c in payload["target_checks"]],
+        "",
+        f"Peer: {PEER['label']}, balanced accuracy {PEER['balanced_accuracy']} at {PEER['latency_ms']} ms ({PEER['size']} px), {PEER['source']}.",
+        "",
+        "| run | arch | trained px | px | recipe | BMA (int8) | mel sens. (int8) | fp32 BMA | ms (median) | ms (p90) | MB | frontier |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for r in sorted(rows, key=lambda r: r["latency_ms"]):
+        recipe = ", ".join(f"{k} {v}" for k, v in r["recipe"].items() if v not in (None, False, 0, 0.0))
+        mel = "-" if r["mel_sensitivity"] is None else f"{r['mel_sensitivity']:.3f}"
+        lines.append(
+            f"| {r['run']} | {r['arch']} | {r['trained_px']} | {r['size']} | {recipe} | {r['balanced_accuracy']:.3f} | {mel} | "
+            f"{r['fp32_balanced_accuracy']:.3f} | {r['latency_ms']:.2f} | {r['latency_p90_ms']:.2f} | {r['size_bytes'] / 1e6:.2f} | "
+            f"{'yes' if (r['run'], r['size']) in edge else ''} |"
+        )
+    lines += ["", "![accuracy against latency](pareto.png)", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, action="append", required=True, help="a HAM10000 classifier run (repeat)")
+    parser.add_argument("--sizes", default="96,128,160,192,224", help="input sizes to export each run at (px)")
+    parser.add_argument("--own-size-only", type=Path, action="append", default=[], help="export this run only at its training size")
+    parser.add_argument("--data", default=f"ham10000:{SHARED / 'ham10000'}")
+    parser.add_argument("--runs", type=int, default=100, help="timed runs per artifact")
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "pareto")
+    parser.add_argument("--note", default="", help="conditions worth stating (load, other jobs)")
+    parser.add_argument("--markdown-only", action="store_true", help="re-render pareto.md/png from pareto.json")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+    path = RESULTS / "pareto.json"
+    if args.markdown_only:
+        payload = json.loads(path.read_text())
+        payload["note"] = args.note or payload.get("note", "")
+    else:
+        import os
+
+        import torch
+
+        from edgederm.spec import ModelSpec
+
+        torch.set_num_threads(1)
+        sizes = [int(s) for s in args.sizes.split(",")]
+        only_own = {p.resolve() for p in args.own_size_only}
+        rows = []
+        for run in args.run + args.own_size_only:
+            own = ModelSpec.load(run / "spec.json").preprocess.input_size
+            for size in [own] if run.resolve() in only_own else sizes:
+                rows.append(measure(run, size, args.data, args.work, args.runs))
+        command = "python benchmarks/pareto.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+        payload = {
+            "command": command,
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg()},
+            "runs": args.runs,
+            "data": args.data,
+            "note": args.note,
+            "peer": PEER,
+            "rows": rows,
+        }
+    payload["frontier"] = [(r["run"], r["size"]) for r in frontier(payload["rows"])]
+    payload["target_checks"] = targets(payload["rows"])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / "pareto.md").write_text(markdown(payload))
+    plot(payload["rows"], RESULTS / "pareto.png")
+    _log(f"wrote {path.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

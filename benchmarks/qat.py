@@ -1,0 +1,153 @@
+"""What quantization-aware training buys: int8 artifacts of a run and of its QAT fine-tune, side by side.
+
+    python benchmarks/qat.py --pair runs/reference:runs/reference_qat \
+        --pair runs/mnv3_isic:runs/mnv3_isic_qat --eval mnv3_isic=isic2017:../shared/data/isic2017/val
+
+For each pair (the post-training-quantized run, and the run fine-tuned from it with
+``edgederm train classify --init-from RUN --qat``), both runs are exported to TFLite and ONNX int8
+(calibrated the same way, on their shared train split) and scored on the same images: the run's
+lesion-disjoint test split, or ``--eval NAME=SPEC`` for a run trained with an external validation
+set. Each int8 artifact is compared with its own run's torch fp32 model (the drop PTQ causes) and
+with the PTQ run's fp32 model (what a user switching to the QAT run gets).
+
+Writes benchmarks/results/qat.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+SHARED = REPO.parent / "shared" / "data"
+
+
+def _log(message: str) -> None:
+    print(f"qat: {message}", file=sys.stderr, flush=True)
+
+
+def _images(run: Path, eval_spec: str | None, data: str):
+    from edgederm.data.layouts import load_dataset
+    from edgederm.predict import select_split
+
+    if eval_spec:
+        return load_dataset(eval_spec), eval_spec
+    return select_split(load_dataset(data), "test", run / "splits.csv"), f"{data} (test split)"
+
+
+def score(run: Path, images, work: Path, calib: str) -> dict:
+    import numpy as np
+
+    from edgederm.data.pixels import load_pixels
+    from edgederm.export import export_run
+    from edgederm.formats import FORMATS
+    from edgederm.metrics import classification_metrics
+    from edgederm.runtime import Predictor
+
+    reference = Predictor.load(run)
+    names = reference.spec.class_names
+    pixels = load_pixels(images, reference.spec.preprocess, desc=None, quiet=True)
+    labels = np.array([names.index(images.samples[i].label) for i in pixels.kept])
+    records = export_run(run, [FORMATS["tflite"], FORMATS["onnx"]], ["int8"], work / run.name, calib_data=calib, calib_n=100, quiet=True)
+    probs = {"torch fp32": reference.predict_pixels(pixels.pixels)}
+    for record in records:
+        if record.status != "ok":
+            raise RuntimeError(f"{run}: {record.format} int8: {record.message}")
+        probs[f"{record.format} int8"] = Predictor.load(work / run.name / record.path).predict_pixels(pixels.pixels)
+    rows = {}
+    for name, p in probs.items():
+        metrics = classification_metrics(labels, p, names)
+        rows[name] = {
+            "accuracy": metrics.accuracy,
+            "balanced_accuracy": metrics.balanced_accuracy,
+            "mel_sensitivity": metrics.melanoma_sensitivity,
+            "macro_auc": metrics.macro_auc,
+            "agreement": float((p.argmax(1) == probs["torch fp32"].argmax(1)).mean()),
+            "max_abs_dprob": float(np.abs(p - probs["torch fp32"]).max()),
+        }
+    return {"run": run.name, "n": int(len(labels)), "recipe": reference.spec.training.get("recipe", {}), "rows": rows}
+
+
+def markdown(payload: dict) -> str:
+    lines = [
+        "# Quantization-aware training against post-training quantization",
+        "",
+        f"Command: `{payload['command']}`",
+        "",
+        f"Machine: `{payload['machine']}`. Every row of a pair is scored on the same images. `agreement` and `max |dprob|` "
+        "compare an artifact with its own run's torch fp32 model; `drop` is its balanced accuracy / melanoma sensitivity "
+        "minus that fp32 model's (negative: worse).",
+        *(["", f"Conditions: {payload['note']}"] if payload.get("note") else []),
+        "",
+    ]
+    for pair in payload["pairs"]:
+        ptq, qat = pair["ptq"], pair["qat"]
+        recipe = qat["recipe"]
+        lines += [
+            f"## {ptq['run']} -> {qat['run']} ({pair['images']}, n={ptq['n']})",
+            "",
+            f"QAT recipe: `--init-from {ptq['run']} --qat --epochs {recipe.get('epochs')} --lr {recipe.get('lr')}`.",
+            "",
+            "| run | artifact | accuracy | BMA | mel sens. | macro AUC | agreement | max abs dprob | BMA drop (pt) | mel sens. drop (pt) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for side in (ptq, qat):
+            base = side["rows"]["torch fp32"]
+            for name, row in side["rows"].items():
+                mel = row["mel_sensitivity"]
+                dmel = "-" if mel is None or base["mel_sensitivity"] is None else f"{(mel - base['mel_sensitivity']) * 100:+.1f}"
+                lines.append(
+                    f"| {side['run']} | {name} | {row['accuracy']:.3f} | {row['balanced_accuracy']:.3f} | "
+                    f"{'-' if mel is None else f'{mel:.3f}'} | {row['macro_auc'] or 0:.3f} | {row['agreement']:.3f} | "
+                    f"{row['max_abs_dprob']:.3f} | {(row['balanced_accuracy'] - base['balanced_accuracy']) * 100:+.1f} | {dmel} |"
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pair", action="append", required=True, help="PTQ_RUN:QAT_RUN (repeat)")
+    parser.add_argument("--eval", action="append", default=[], help="RUN_NAME=SPEC: score this pair on SPEC instead of the test split")
+    parser.add_argument("--data", default=f"ham10000:{SHARED / 'ham10000'}", help="the data the runs' splits.csv index")
+    parser.add_argument("--calib", action="append", default=[], help="RUN_NAME=SPEC: calibration data (default --data)")
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "qat_bench")
+    parser.add_argument("--note", default="")
+    parser.add_argument("--markdown-only", action="store_true")
+    args = parser.parse_args(argv)
+
+    path = RESULTS / "qat.json"
+    if args.markdown_only:
+        payload = json.loads(path.read_text())
+        payload["note"] = args.note or payload.get("note", "")
+    else:
+        evals = dict(item.split("=", 1) for item in args.eval)
+        calibs = dict(item.split("=", 1) for item in args.calib)
+        pairs = []
+        for item in args.pair:
+            ptq_run, qat_run = (Path(p) for p in item.split(":", 1))
+            images, described = _images(ptq_run, evals.get(ptq_run.name), args.data)
+            calib = calibs.get(ptq_run.name, args.data)
+            pair = {"images": described, "ptq": score(ptq_run, images, args.work, calib), "qat": score(qat_run, images, args.work, calib)}
+            _log(f"{item}: " + ", ".join(f"{s['run']} {k} BMA {v['balanced_accuracy']:.3f}" for s in (pair["ptq"], pair["qat"]) for k, v in s["rows"].items()))
+            pairs.append(pair)
+        payload = {
+            "command": "python benchmarks/qat.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+            "machine": platform.platform(),
+            "note": args.note,
+            "pairs": pairs,
+        }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    path.with_suffix(".md").write_text(markdown(payload))
+    _log(f"wrote {path.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
