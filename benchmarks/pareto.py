@@ -161,6 +161,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def markdown(payload: dict) -> str:
+    from _markdown import conditions_and_targets
+
     rows, edge = payload["rows"], {(r["run"], r["size"]) for r in frontier(payload["rows"])}
     lines = [
         "# Accuracy against latency: HAM10000 classifiers as TFLite int8",
@@ -172,13 +174,7 @@ def markdown(payload: dict) -> str:
         "Balanced accuracy and melanoma sensitivity are the int8 artifact's, on each run's lesion-disjoint test split "
         "(the same seed-0 split for every run here); `fp32 BMA` is the torch model at the same input size. "
         "A run exported at a size other than the one it was trained at keeps its weights (these networks are fully convolutional).",
-        *(["", f"Conditions: {payload['note']}"] if payload.get("note") else []),
-        "",
-        "## Targets",
-        "",
-        "| target | measured | met |",
-        "|---|---|:---:|",
-        *[f"| {c['target']} | {c['value']} | {'yes' if c['met'] else 'no'} |" for c in payload["target_checks"]],
+        *conditions_and_targets(payload.get("note", ""), payload["target_checks"]),
         "",
         f"Peer: {PEER['label']}, balanced accuracy {PEER['balanced_accuracy']} at {PEER['latency_ms']} ms ({PEER['size']} px), {PEER['source']}.",
         "",

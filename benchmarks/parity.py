@@ -148,6 +148,8 @@ def _targets(result: dict) -> list[dict]:
 
 
 def _markdown(command: str, result: dict, sizes: list[dict], checks: list[dict], arch: str, export_seconds: float, note: str = "") -> str:
+    from _markdown import conditions_and_targets
+
     from edgederm.verify.report import PLOTS, TASK_PLOTS, _saliency_lines, markdown_table, table_rows
 
     header, rows = table_rows(result)
@@ -159,13 +161,7 @@ def _markdown(command: str, result: dict, sizes: list[dict], checks: list[dict],
         f"Machine: `{result['machine']['platform']}`, {result['machine']['cpus']} CPUs, one process, the same {result['n_images']} "
         f"preprocessed test images for every row. Export of all {len(result['artifacts'])} artifacts: {export_seconds:.0f} s. "
         "CoreML rows marked emulated ran in edgederm's MIL reference executor (numerics only; CoreML itself runs only on Apple platforms).",
-        *(["", f"Conditions: {note}"] if note else []),
-        "",
-        "## Targets",
-        "",
-        "| target | measured | met |",
-        "|---|---|:---:|",
-        *[f"| {c['target']} | {c['value']} | {'yes' if c['met'] else 'no'} |" for c in checks],
+        *conditions_and_targets(note, checks),
         "",
         "## Every artifact (verify)",
         "",

@@ -180,12 +180,14 @@ def for_job(quantizer: Any, float_model: Any, job: Any) -> Any:
     if result.reached and result.candidates and len(result.kept_float) == result.candidates:
         raise ConversionError(
             f"int8-aa reaches {result.max_drop:.1%} only with all {result.candidates} layers float: that is the float model, "
-            "not an int8 one; use fp16, or a larger --max-drop"
+            "not an int8 one; fine-tune the run through simulated int8 "
+            "(edgederm train classify --init-from RUN --qat --mode full --epochs 3 --lr 1e-4 ...), use fp16, or a larger --max-drop"
         )
     if not result.reached:
         raise ConversionError(
             f"int8-aa cannot bring top-1 disagreement with fp32 within {result.max_drop:.1%}: {result.disagreement:.1%} even with "
             f"{len(result.kept_float)}/{result.candidates} layers float (all-int8: {result.full_int8_disagreement:.1%}); "
-            "post-training quantization does not get there for this model: use fp16, or a larger --max-drop"
+            "post-training quantization does not get there for this model: fine-tune it through simulated int8 "
+            "(edgederm train classify --init-from RUN --qat --mode full --epochs 3 --lr 1e-4 ...), use fp16, or a larger --max-drop"
         )
     return model

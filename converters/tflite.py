@@ -212,7 +212,8 @@ class _StaticInt8:
         layers: list[_accuracy_aware.Layer] = []
         seen: set[str] = set()
         for op in graph.operators:
-            if tfl.TFL_OP_CODE_TO_NAME[tree.operatorCodes[op.opcodeIndex].builtinCode] in self.LAYER_OPS:
+            # .get: ops the quantizer has no name for (EXP, from a softmax over one element) are not layers it quantizes.
+            if tfl.TFL_OP_CODE_TO_NAME.get(tree.operatorCodes[op.opcodeIndex].builtinCode) in self.LAYER_OPS:
                 scope = tfl.get_op_scope(op, graph.tensors)
                 name = _module_path(scope)
                 name = name if name not in seen else f"{name}#{len(layers)}"

@@ -47,11 +47,48 @@ def prepare(model: nn.Module, example: torch.Tensor) -> nn.Module:
 
 
 def train_mode(prepared: nn.Module, training: bool) -> nn.Module:
-    """Exported graphs ignore ``.train()``: batch norm and dropout switch through torchao's helpers."""
+    """Exported graphs ignore ``.train()``: batch norm and dropout switch through torchao's helpers.
+
+    The fake quantizers keep observing in either mode; ``training=False`` during training freezes
+    batch-norm statistics while the weights still learn.
+    """
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
 
     (move_exported_model_to_train if training else move_exported_model_to_eval)(prepared)
     return prepared
+
+
+@torch.no_grad()
+def calibrate(prepared: nn.Module, batches) -> int:
+    """Start every range at the absolute min/max over ``batches`` (the model in eval mode), as the int8 exports calibrate.
+
+    PT2E's observers are moving averages with a step of 0.01 that start from the first batch they
+    see: ranges that clip activations, so fine-tuning bends a converged model around the clipping
+    instead of learning the rounding. Returns the number of batches seen.
+    """
+    observers = [m.activation_post_process for m in prepared.modules() if hasattr(m, "activation_post_process")]
+    observers = [o for o in observers if hasattr(o, "averaging_constant")]
+    steps = [o.averaging_constant for o in observers]
+    lows: list[torch.Tensor | None] = [None] * len(observers)
+    highs: list[torch.Tensor | None] = [None] * len(observers)
+    train_mode(prepared, False)
+    seen = 0
+    try:
+        for observer in observers:
+            observer.averaging_constant = 1.0  # each batch's own extremes, folded into lows/highs below
+        for seen, batch in enumerate(batches, start=1):
+            prepared(batch)
+            for i, observer in enumerate(observers):
+                low, high = observer.min_val.clone(), observer.max_val.clone()
+                lows[i] = low if lows[i] is None else torch.minimum(lows[i], low)
+                highs[i] = high if highs[i] is None else torch.maximum(highs[i], high)
+    finally:
+        for observer, step, low, high in zip(observers, steps, lows, highs, strict=True):
+            observer.averaging_constant = step
+            if low is not None:
+                observer.min_val.copy_(low)
+                observer.max_val.copy_(high)
+    return seen
 
 
 def fixed_batch(prepared: nn.Module, size: int):
