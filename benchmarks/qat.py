@@ -134,7 +134,12 @@ def main(argv: list[str] | None = None) -> int:
             images, described = _images(ptq_run, evals.get(ptq_run.name), args.data)
             calib = calibs.get(ptq_run.name, args.data)
             pair = {"images": described, "ptq": score(ptq_run, images, args.work, calib), "qat": score(qat_run, images, args.work, calib)}
-            _log(f"{item}: " + ", ".join(f"{s['run']} {k} BMA {v['balanced_accuracy']:.3f}" for s in (pair["ptq"], pair["qat"]) for k, v in s["rows"].items()))
+            _log(
+                f"{item}: "
+                + ", ".join(
+                    f"{s['run']} {k} BMA {v['balanced_accuracy']:.3f}" for s in (pair["ptq"], pair["qat"]) for k, v in s["rows"].items()
+                )
+            )
             pairs.append(pair)
         payload = {
             "command": "python benchmarks/qat.py " + shlex.join(argv if argv is not None else sys.argv[1:]),

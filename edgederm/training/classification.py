@@ -421,7 +421,10 @@ class _Trainer:
             net = qat.prepare(model, example)
             if config.init_from and not config.resume:
                 calibration = train.cache.pixels[: batch * max(1, min(steps_per_epoch, 8))]
-                chunks = (normalize_tensor(torch.from_numpy(c).to(context.device), preprocess) for c in np.split(calibration, len(calibration) // batch))
+                chunks = (
+                    normalize_tensor(torch.from_numpy(c).to(context.device), preprocess)
+                    for c in np.split(calibration, len(calibration) // batch)
+                )
                 self.log(f"--qat: activation ranges from {qat.calibrate(net, chunks) * batch} training images")
         elif context.enabled:
             net = nn.parallel.DistributedDataParallel(model, device_ids=[context.device.index] if context.device.type == "cuda" else None)

@@ -76,8 +76,9 @@ def calibrate(prepared: nn.Module, batches) -> int:
     try:
         for observer in observers:
             observer.averaging_constant = 1.0  # each batch's own extremes, folded into lows/highs below
-        for seen, batch in enumerate(batches, start=1):
+        for batch in batches:
             prepared(batch)
+            seen += 1
             for i, observer in enumerate(observers):
                 low, high = observer.min_val.clone(), observer.max_val.clone()
                 lows[i] = low if lows[i] is None else torch.minimum(lows[i], low)
