@@ -252,7 +252,6 @@ def test_init_from_refuses_another_model_or_split(tmp_path: Path):
 
 
 def test_distillation_trains_a_smaller_student_at_another_size(trained_run: Path, tmp_path: Path):
-    teacher, _ = load_checkpoint(trained_run)
     student = train_classifier(
         TrainConfig(
             data="synthetic:60,seed=4",

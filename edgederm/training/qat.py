@@ -25,7 +25,7 @@ from ..errors import UsageError
 def prepare(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """A fake-quantized, trainable graph of ``model`` for batches shaped like ``example`` (see ``fixed_batch``).
 
-    The batch size is static: a dynamic batch dimension made each training step several times slower here.
+    The batch size is static, as PT2E is usually run (a dynamic batch dimension measured slower here, under CPU contention).
     """
     try:
         from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
