@@ -151,7 +151,6 @@ class ResultScreen(Screen):
         page.add_widget(self.rows)
         # The top-3 rows are built once and refilled by each capture (more are added if a spec ever shows more).
         self._row_widgets = [self._make_row(rank) for rank in range(3)]
-        self._rows_shown = 0
         self.details = Text("", size=13, color=MUTED)
         page.add_widget(self.details)
         page.add_widget(Text(DISCLAIMER, size=12, color=MUTED))
@@ -166,12 +165,11 @@ class ResultScreen(Screen):
         self.photo.canvas.ask_update()  # a reused texture is the same object: redraw it anyway
         while len(self._row_widgets) < len(view.rows):
             self._row_widgets.append(self._make_row(rank=len(self._row_widgets)))
-        if self._rows_shown != len(view.rows):  # the first capture, or a classifier with another number of classes
+        if len(self.rows.children) != 2 * len(view.rows):  # the first capture, or a classifier with another number of classes
             self.rows.clear_widgets()
             for line, _name, _percent, bar in self._row_widgets[: len(view.rows)]:
                 self.rows.add_widget(line)
                 self.rows.add_widget(bar)
-            self._rows_shown = len(view.rows)
         for (_line, name, percent, bar), row in zip(self._row_widgets[: len(view.rows)], view.rows, strict=True):
             name.text = f"{row.name} ({row.label})"
             percent.text = row.percent

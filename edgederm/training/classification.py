@@ -419,11 +419,11 @@ class _Trainer:
                 raise UsageError("--qat trains in one process", fix="run it without torchrun")
             example = normalize_tensor(torch.from_numpy(train.cache.pixels[:batch]).to(context.device), preprocess)
             net = qat.prepare(model, example)
-            if config.init_from and not config.resume:
-                calibration = train.cache.pixels[: batch * max(1, min(steps_per_epoch, 8))]
+            if config.init_from:  # a resumed run then loads its own ranges over these
+                pixels = train.cache.pixels
                 chunks = (
-                    normalize_tensor(torch.from_numpy(c).to(context.device), preprocess)
-                    for c in np.split(calibration, len(calibration) // batch)
+                    normalize_tensor(torch.from_numpy(pixels[i : i + batch]).to(context.device), preprocess)
+                    for i in range(0, batch * min(steps_per_epoch, 8), batch)
                 )
                 self.log(f"--qat: activation ranges from {qat.calibrate(net, chunks) * batch} training images")
         elif context.enabled:
