@@ -11,8 +11,9 @@ drop from above (an image whose answer did not change cannot lose accuracy); ``e
 then measures the real metric drops on held-out labelled images.
 
 A converter supplies a quantizer with ``candidates()``, ``build(keep_float) -> model``,
-``predict(model, n) -> probabilities on the first n calibration images`` and ``latency(model) -> ms``,
-and calls ``for_job``.
+``predict(model, n) -> probabilities on the first n calibration images``, ``latency(model) -> ms``,
+``reference`` (the fp32 model's probabilities on the calibration images) and ``range_choice`` (its
+activation ranges, ``_ranges.choose``), and calls ``for_job``.
 """
 
 from __future__ import annotations
@@ -89,9 +90,9 @@ def _console():
     return sys.__stderr__ or sys.stderr
 
 
-def _log(message: str, quiet: bool) -> None:
+def log(message: str, quiet: bool, tag: str = "int8-aa") -> None:
     if not quiet:
-        print(f"  int8-aa: {message}", file=_console(), flush=True)
+        print(f"  {tag}: {message}", file=_console(), flush=True)
 
 
 def search(
@@ -119,7 +120,7 @@ def search(
     result = AwareResult(max_drop, len(candidates), [], full_gap, full_gap, full_gap <= max_drop)
     full_latency = latency(full)
     result.full_int8_latency_ms = result.latency_ms = full_latency
-    _log(f"all-int8 disagrees with fp32 on {full_gap:.1%} of {len(reference)} calibration images (bound {max_drop:.1%})", quiet)
+    log(f"all-int8 disagrees with fp32 on {full_gap:.1%} of {len(reference)} calibration images (bound {max_drop:.1%})", quiet)
     if result.reached or not candidates:
         result.builds, result.seconds = builds, round(time.time() - started, 1)
         return full, result
@@ -139,7 +140,7 @@ def search(
         if k not in cache:
             model, probs = evaluate(ranked[:k])
             cache[k] = (model, _disagreement(probs, reference))
-            _log(f"{k} layer(s) float: disagreement {cache[k][1]:.1%}", quiet)
+            log(f"{k} layer(s) float: disagreement {cache[k][1]:.1%}", quiet)
         return cache[k][1]
 
     # A few layers (typically the stem) usually carry the error, and one flipped image more or less makes
@@ -157,12 +158,15 @@ def search(
     result.kept_float, result.disagreement, result.reached = ranked[:high], final_gap, final_gap <= max_drop
     result.latency_ms = latency(model)
     result.builds, result.seconds = builds, round(time.time() - started, 1)
-    _log(result.summary(), quiet)
+    log(result.summary(), quiet)
     return model, result
 
 
-def for_job(quantizer: Any, float_model: Any, job: Any) -> Any:
-    """int8 (all layers) or int8-aa (the search) for an ExportJob; int8-aa's decisions go to ``job.details``."""
+def for_job(quantizer: Any, job: Any) -> Any:
+    """int8 (all layers) or int8-aa (the search) for an ExportJob; the quantizer's choices go to ``job.details``."""
+    quiet = bool(job.options.get("quiet"))
+    job.details["activation_ranges"] = quantizer.range_choice.to_dict()
+    log(quantizer.range_choice.summary(), quiet, tag="int8")
     if job.quant == "int8":
         return quantizer.build([])
     model, result = search(
@@ -170,9 +174,9 @@ def for_job(quantizer: Any, float_model: Any, job: Any) -> Any:
         quantizer.build,
         quantizer.predict,
         quantizer.latency,
-        quantizer.predict(float_model, None),
+        quantizer.reference,
         float(job.options.get("max_drop", DEFAULT_MAX_DROP)),
-        quiet=bool(job.options.get("quiet")),
+        quiet=quiet,
     )
     job.details["int8_aa"] = result.to_dict()
     from ._job import ConversionError

@@ -7,17 +7,18 @@ fp16          float16 weights: ai-edge-quantizer's FLOAT_CASTING weight-only rec
 int8-dynamic  ai-edge-quantizer ``dynamic_wi8_afp32``: per-channel int8 weights, activations
               quantized on the fly by the conv kernels; the classifier's FULLY_CONNECTED keeps int8
               weights with float compute (see _dynamic_int8_recipe); float32 input/output.
-int8          ai-edge-quantizer ``static_wi8_ai8`` calibrated on ``job.calibration``: int8 weights
-              and activations throughout, float32 input/output (one QUANTIZE after the input, one
-              DEQUANTIZE before the output) so MediaPipe and every app feed the same normalised
-              floats as to fp32. ``options["int8_io"]`` keeps int8 input/output instead; their
+int8          ai-edge-quantizer ``static_wi8_ai8`` calibrated on ``job.calibration`` (activation
+              ranges chosen by ``_ranges``): int8 weights and activations throughout, float32
+              input/output (one QUANTIZE after the input, one DEQUANTIZE before the output) so
+              MediaPipe and every app feed the same normalised floats as to fp32. ``options["int8_io"]`` keeps int8 input/output instead; their
               scale and zero point are in the embedded spec and the interpreter's tensor details.
 
-Why ai-edge-quantizer with absolute min/max ranges for int8, measured on an EfficientNet-Lite0
-trained on HAM10000 (head mode, 192 px; 100 calibration images, top-1 agreement with the fp32
-model on 300 other images): ai-edge-quantizer min/max 0.79-0.85 (4.1 MB, 6 s), the same with its
-default moving-average ranges 0.70-0.72, litert-torch PT2E (per-channel weights, HistogramObserver)
-0.72 in 47 s, PT2E with MinMaxObserver 0.69 in 57 s (0.78 in its own torch simulation).
+Why ai-edge-quantizer, measured on an EfficientNet-Lite0 trained on HAM10000 (head mode, 192 px;
+100 calibration images, top-1 agreement with the fp32 model on 300 other images): ai-edge-quantizer
+with absolute min/max ranges 0.79-0.85 (4.1 MB, 6 s), the same with its default moving-average
+ranges 0.70-0.72, litert-torch PT2E (per-channel weights, HistogramObserver) 0.72 in 47 s, PT2E with
+MinMaxObserver 0.69 in 57 s (0.78 in its own torch simulation). Absolute min/max is the first of the
+candidate ranges ``_ranges`` tries; MobileNetV3's unbounded activations do better clipped.
 
 Metadata: the artifact's ModelSpec travels as JSON in the flatbuffer's ``Model.metadata`` list
 under SPEC_KEY, which ``edgederm.runtime.tflite_backend`` reads without torch. NHWC files also get
@@ -64,7 +65,7 @@ from edgederm.runtime.tflite_backend import TFLITE_METADATA
 from edgederm.runtime.timing import measure_latency
 from edgederm.spec import ModelSpec
 
-from . import _accuracy_aware
+from . import _accuracy_aware, _ranges
 from ._job import ConversionError, ExportJob
 from ._metadata import LABELS_FILE, SPEC_FILE, SPEC_KEY, artifact_spec, labels_text
 from ._wrap import deployable, example_input
@@ -170,7 +171,7 @@ def _dynamic_int8_recipe() -> list[dict[str, Any]]:
 
 
 def _static_int8(fp32: bytes, job: ExportJob) -> bytes:
-    return _accuracy_aware.for_job(_StaticInt8(fp32, job), fp32, job)
+    return _accuracy_aware.for_job(_StaticInt8(fp32, job), job)
 
 
 class _StaticInt8:
@@ -186,7 +187,6 @@ class _StaticInt8:
 
     def __init__(self, fp32: bytes, job: ExportJob):
         from ai_edge_quantizer import calibrator, recipe, recipe_manager
-        from ai_edge_quantizer.utils import qsv_utils
 
         self.fp32, self.layout = fp32, "NHWC" if job.options.get("nhwc", True) else "NCHW"
         self.rules = recipe.static_wi8_ai8()
@@ -197,12 +197,20 @@ class _StaticInt8:
             self.rules.append({"regex": ".*", "operation": "SOFTMAX", "algorithm_key": "no_quantize", "op_config": {}})
         manager = recipe_manager.RecipeManager()
         manager.load_quantization_recipe(self.rules)
-        # Absolute min/max over the calibration set: the default moving average clips activations (see the module doc).
-        calibration = calibrator.Calibrator(fp32, num_threads=os.cpu_count() or 1, qsv_update_func=qsv_utils.min_max_update)
+        calibration = calibrator.Calibrator(fp32, num_threads=os.cpu_count() or 1, qsv_update_func=_stack_extremes)
         self.samples = _calibration_samples(fp32, job)
         calibration.calibrate(self.samples, manager)
-        self.qsvs = calibration.get_model_qsvs()
+        extremes = calibration.get_model_qsvs()
         self.regions = _accuracy_aware.float_regions(self._layers())
+        self.reference = self.predict(fp32, None)
+
+        def ranges_at(percentile: float) -> dict[str, Any]:
+            return {name: _qsv_at(qsv, percentile) for name, qsv in extremes.items()}
+
+        percentile, self.full_int8, self.range_choice = _ranges.choose(
+            lambda percentile: self._build(ranges_at(percentile), []), lambda model: self.predict(model, None), self.reference
+        )
+        self.qsvs = ranges_at(percentile)
 
     def _layers(self) -> list[_accuracy_aware.Layer]:
         from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
@@ -225,9 +233,12 @@ class _StaticInt8:
         return list(self.regions)
 
     def build(self, keep_float: list[str]) -> bytes:
+        return self._build(self.qsvs, keep_float) if keep_float else self.full_int8
+
+    def _build(self, qsvs: dict[str, Any], keep_float: list[str]) -> bytes:
         scopes = dict.fromkeys(scope for layer in keep_float for scope in self.regions[layer])
         skip = [{"regex": f"^{re.escape(s)}$", "operation": "*", "algorithm_key": "no_quantize", "op_config": {}} for s in scopes]
-        return _quantize(self.fp32, self.rules + skip, self.qsvs)
+        return _quantize(self.fp32, self.rules + skip, qsvs)
 
     def _runner(self, model: bytes, threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
@@ -257,6 +268,21 @@ class _StaticInt8:
     def latency(self, model: bytes) -> float:
         run, one = self._runner(model, threads=1), next(iter(self.samples[SIGNATURE][0].values()))
         return measure_latency(lambda: run(one), runs=30, warmup=3)["median_ms"]
+
+
+def _stack_extremes(qsv: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """ai-edge-quantizer's QSV update that keeps each image's min and max (the first image's is ``qsv`` itself)."""
+    stacked = qsv if "mins" in qsv else {"mins": [qsv["min"]], "maxs": [qsv["max"]]}
+    stacked["mins"].append(new["min"])
+    stacked["maxs"].append(new["max"])
+    return stacked
+
+
+def _qsv_at(qsv: dict[str, Any], percentile: float) -> dict[str, Any]:
+    if "mins" not in qsv:  # a tensor one calibration image saw
+        return qsv
+    low, high = _ranges.from_extremes(np.stack(qsv["mins"]), np.stack(qsv["maxs"]), percentile)
+    return {"min": low, "max": high}
 
 
 def _module_path(scope: str) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from edgederm.converters._accuracy_aware import Layer, float_regions, search
 from edgederm.converters._calibration import load_calibration
+from edgederm.converters._ranges import PERCENTILES, RangeChoice
 
 from edgederm.export import export_run
 from edgederm.formats import FORMATS
@@ -92,11 +93,24 @@ def test_int8_aa_meets_a_zero_bound_on_the_calibration_images(exported: Path, tr
     assert Predictor.load(exported / row["path"]).spec.artifact["quant"] == "int8-aa"
 
 
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_the_activation_ranges_closest_to_fp32_are_chosen_and_recorded(exported: Path, fmt: str):
+    manifest = json.loads((exported / "manifest.json").read_text())
+    row = next(a for a in manifest["artifacts"] if a["format"] == fmt and a["quant"] == "int8-aa")
+    ranges = row["details"]["activation_ranges"]
+    assert len(ranges["scores"]) == len(PERCENTILES) and ranges["percentile"] in PERCENTILES
+    errors = {label: score["mean_abs_dp"] for label, score in ranges["scores"].items()}
+    chosen = "min/max" if ranges["percentile"] == 100 else f"p{ranges['percentile']:g}"
+    assert errors[chosen] == min(errors.values())
+
+
 class _Scripted:
     """A quantizer whose model is the number of layers kept float; it agrees with fp32 only where ``agrees(model)``."""
 
     def __init__(self, layers: int, agrees):
         self.layers, self.agrees = layers, agrees
+        self.reference = np.tile([[0.9, 0.1]], (10, 1))  # the fp32 model's probabilities
+        self.range_choice = RangeChoice(100.0, {"min/max": {"mean_abs_dp": 0.0, "disagreement": 0.0}}, 0.0)
 
     def candidates(self):
         return [f"layer{i}" for i in range(self.layers)]
@@ -105,8 +119,7 @@ class _Scripted:
         return len(keep_float)
 
     def predict(self, model, n):
-        reference = np.tile([[0.9, 0.1]], (10, 1))
-        return (reference if model is None or self.agrees(model) else reference[:, ::-1])[:n]
+        return (self.reference if self.agrees(model) else self.reference[:, ::-1])[:n]
 
     def latency(self, model):
         return 1.0
@@ -125,7 +138,7 @@ def test_an_unreachable_bound_is_a_clear_conversion_error():
 
     job = _int8_aa_job()
     with pytest.raises(ConversionError, match="int8-aa cannot bring top-1 disagreement with fp32 within 1.0%"):
-        for_job(_Scripted(2, agrees=lambda model: False), None, job)  # the error lies outside the candidates
+        for_job(_Scripted(2, agrees=lambda model: False), job)  # the error lies outside the candidates
     assert job.details["int8_aa"]["reached"] is False
 
 
@@ -138,9 +151,9 @@ def test_every_candidate_float_is_the_float_model(trained_run: Path, tmp_path: P
     converter = importlib.import_module(f"edgederm.converters.{fmt}")
     seen = {}
 
-    def probe(quantizer, float_model, job):
+    def probe(quantizer, job):
         everything = quantizer.build(quantizer.candidates())
-        seen["gap"] = float(np.abs(quantizer.predict(everything, None) - quantizer.predict(float_model, None)).max())
+        seen["gap"] = float(np.abs(quantizer.predict(everything, None) - quantizer.reference).max())
         seen["candidates"] = len(quantizer.candidates())
         return quantizer.build([])
 
@@ -156,5 +169,5 @@ def test_a_bound_met_only_with_every_layer_float_is_refused():
 
     job = _int8_aa_job()
     with pytest.raises(ConversionError, match="only with all 3 layers float: that is the float model"):
-        for_job(_Scripted(3, agrees=lambda model: model == 3), None, job)  # agrees only once nothing is quantized
+        for_job(_Scripted(3, agrees=lambda model: model == 3), job)  # agrees only once nothing is quantized
     assert job.details["int8_aa"]["reached"] is True

@@ -1,0 +1,81 @@
+"""Activation ranges for static int8, chosen by measured agreement with fp32 (TFLite and ONNX alike).
+
+Each converter records every activation tensor's minimum and maximum on each calibration image.
+A candidate range for a tensor is a percentile of those per-image extremes: 100 is the absolute
+min/max, lower percentiles clip the few images whose extremes stretch the int8 grid for all the
+others. The converter quantizes the whole model once per candidate and keeps the one whose
+probabilities are closest to fp32's on the calibration images (mean |Δp|, which moves smoothly where
+top-1 agreement moves one image at a time); a tie keeps the wider range.
+
+Why, measured on 150 ISIC 2017 val images against fp32 (TFLite, 100 calibration images): a
+MobileNetV3-Large (hard-swish and ReLU activations, unbounded) agrees on top-1 0.82 with absolute
+min/max and 0.94-0.96 at the 99th-90th percentile, while weight-only int8 agrees 0.99, so its error
+was in the activation ranges. EfficientNet-Lite0 (ReLU6, bounded) is best at min/max: 0.98
+everywhere, mean |Δp| lowest at 100.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+PERCENTILES = (100.0, 99.0, 95.0, 90.0)
+
+Model = TypeVar("Model")
+
+
+def from_extremes(mins: np.ndarray, maxs: np.ndarray, percentile: float) -> tuple[np.ndarray, np.ndarray]:
+    """A tensor's range from its per-image extremes, stacked on axis 0 (other axes kept: per-channel ranges)."""
+    mins, maxs = np.asarray(mins, dtype=np.float32), np.asarray(maxs, dtype=np.float32)
+    if percentile >= 100:
+        return mins.min(axis=0), maxs.max(axis=0)
+    return np.percentile(mins, 100 - percentile, axis=0).astype(np.float32), np.percentile(maxs, percentile, axis=0).astype(np.float32)
+
+
+@dataclass
+class RangeChoice:
+    percentile: float
+    scores: dict[str, dict[str, float]]  # per candidate: mean |Δp| and top-1 disagreement with fp32
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        chosen = self.scores[_label(self.percentile)]
+        return (
+            f"activation ranges at the {_label(self.percentile)} of per-image extremes "
+            f"(mean |dp| {chosen['mean_abs_dp']:.4f}, top-1 disagreement {chosen['disagreement']:.1%} on the calibration images)"
+        )
+
+
+def _label(percentile: float) -> str:
+    return "min/max" if percentile >= 100 else f"p{percentile:g}"
+
+
+def choose(
+    build: Callable[[float], Model],
+    predict: Callable[[Model], np.ndarray],
+    reference: np.ndarray,
+    percentiles: Sequence[float] = PERCENTILES,
+) -> tuple[float, Model, RangeChoice]:
+    """The percentile whose all-int8 model is closest to ``reference`` (fp32 probabilities), and that model."""
+    started = time.time()
+    best: tuple[float, float, Model] | None = None
+    scores = {}
+    for percentile in percentiles:
+        model = build(percentile)
+        probs = predict(model)
+        error = float(np.abs(probs - reference).mean())
+        scores[_label(percentile)] = {
+            "mean_abs_dp": round(error, 6),
+            "disagreement": round(float((probs.argmax(1) != reference.argmax(1)).mean()), 6),
+        }
+        if best is None or error < best[1] - 1e-9:
+            best = (percentile, error, model)
+    assert best is not None, "no candidate percentile"
+    return best[0], best[2], RangeChoice(best[0], scores, round(time.time() - started, 1))
