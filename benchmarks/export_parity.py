@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             times.append(
                 {
                     "model": arch,
-                    "run": str(run),
+                    "run": run.name,
                     **{k: getattr(record, k) for k in ("format", "quant", "status", "seconds", "size", "message")},
                 }
             )
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             parity.append(
                 {
                     "model": arch,
+                    "run": run.name,
                     "format": record.format,
                     "quant": record.quant,
                     "backend": "MIL emulator (torch)" if getattr(predictor, "emulated", False) else getattr(predictor, "backend_name", ""),
@@ -90,7 +91,15 @@ def main(argv: list[str] | None = None) -> int:
             )
     command = "python benchmarks/export_parity.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     machine = {"platform": platform.platform(), "python": platform.python_version()}
-    total = sum(t["seconds"] or 0 for t in times if t["quant"] in ("fp32", "fp16", "int8"))
+    per_run = {}
+    for t in times:
+        if t["quant"] in ("fp32", "fp16", "int8"):
+            per_run[(t["model"], t["run"])] = per_run.get((t["model"], t["run"]), 0.0) + (t["seconds"] or 0)
+    # The target is for one classifier of each architecture: the first run given of each.
+    firsts: dict[str, float] = {}
+    for (model, _), seconds in per_run.items():
+        firsts.setdefault(model, seconds)
+    total = sum(firsts.values())
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "export_times.json").write_text(
         json.dumps({"command": command, "machine": machine, "total_seconds": total, "artifacts": times}, indent=2) + "\n"
@@ -99,26 +108,29 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"command": command, "machine": machine, "eval_data": args.eval_data, "targets": TARGETS, "artifacts": parity}, indent=2)
         + "\n"
     )
-    (RESULTS / "export_times.md").write_text(_times_markdown(command, times, total))
+    (RESULTS / "export_times.md").write_text(_times_markdown(command, times, total, per_run))
     (RESULTS / "export_parity.md").write_text(_parity_markdown(command, args.eval_data, parity))
     return 0
 
 
-def _times_markdown(command: str, times: list[dict], total: float) -> str:
+def _times_markdown(command: str, times: list[dict], total: float, per_run: dict[tuple[str, str], float]) -> str:
+    runs = ", ".join(f"{run} ({model}) {seconds:.0f} s" for (model, run), seconds in per_run.items())
     lines = [
         "# Export time per artifact",
         "",
         f"Command: `{command}`",
         "",
-        f"Total for fp32/fp16/int8: {total:.0f} s (target: {TARGETS['total_export_seconds']} s for both models); int8-aa rows are extra. "
-        "One run, this 2-core CPU.",
+        f"Total for fp32/fp16/int8: {total:.0f} s for the first run of each architecture (target: {TARGETS['total_export_seconds']} s "
+        f"for a Lite0 and a MobileNetV3-Large); per run: {runs}. int8-aa rows are extra. One process, this 2-core CPU.",
         "",
-        "| model | format | quant | status | seconds | size (MB) | note |",
-        "|---|---|---|---|---:|---:|---|",
+        "| run | model | format | quant | status | seconds | size (MB) | note |",
+        "|---|---|---|---|---|---:|---:|---|",
     ]
     for t in times:
         size = f"{t['size'] / 1e6:.2f}" if t["size"] else ""
-        lines.append(f"| {t['model']} | {t['format']} | {t['quant']} | {t['status']} | {t['seconds'] or ''} | {size} | {t['message']} |")
+        lines.append(
+            f"| {t['run']} | {t['model']} | {t['format']} | {t['quant']} | {t['status']} | {t['seconds'] or ''} | {size} | {t['message']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -131,8 +143,8 @@ def _parity_markdown(command: str, eval_data: str, parity: list[dict]) -> str:
         f"Images: `{eval_data}`. Targets: top-1 agreement >= {TARGETS['agreement_fp']:.0%} (fp32/fp16), >= {TARGETS['agreement_int8']:.0%} (int8); "
         f"int8 size <= {TARGETS['int8_size_ratio']}x fp32. CoreML rows ran in edgederm's MIL reference executor (CoreML itself runs only on Apple platforms).",
         "",
-        "| model | format | quant | runtime | top-1 agreement | max abs dprob | size (MB) | size vs fp32 | target met |",
-        "|---|---|---|---|---:|---:|---:|---:|:---:|",
+        "| run | model | format | quant | runtime | top-1 agreement | max abs dprob | size (MB) | size vs fp32 | target met |",
+        "|---|---|---|---|---|---:|---:|---:|---:|:---:|",
     ]
     for p in parity:
         int8 = p["quant"].startswith("int8")
@@ -141,7 +153,7 @@ def _parity_markdown(command: str, eval_data: str, parity: list[dict]) -> str:
             met = met and p["size_vs_fp32"] <= TARGETS["int8_size_ratio"]
         ratio = "" if p["size_vs_fp32"] is None else f"{p['size_vs_fp32']:.2f}"
         lines.append(
-            f"| {p['model']} | {p['format']} | {p['quant']} | {p['backend']} | {p['top1_agreement']:.3f} | {p['max_abs_dprob']:.4f} | "
+            f"| {p['run']} | {p['model']} | {p['format']} | {p['quant']} | {p['backend']} | {p['top1_agreement']:.3f} | {p['max_abs_dprob']:.4f} | "
             f"{p['size'] / 1e6:.2f} | {ratio} | {'yes' if met else 'no'} |"
         )
     return "\n".join(lines) + "\n"
