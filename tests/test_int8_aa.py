@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from edgederm.converters._accuracy_aware import Layer, float_regions, search
 from edgederm.converters._calibration import load_calibration
-from edgederm.converters._ranges import PERCENTILES, RangeChoice
+from edgederm.converters._ranges import CLEAR_GAIN, PERCENTILES, RangeChoice
 
 from edgederm.export import export_run
 from edgederm.formats import FORMATS
@@ -100,8 +100,10 @@ def test_the_activation_ranges_closest_to_fp32_are_chosen_and_recorded(exported:
     ranges = row["details"]["activation_ranges"]
     assert len(ranges["scores"]) == len(PERCENTILES) and ranges["percentile"] in PERCENTILES
     errors = {label: score["mean_abs_dp"] for label, score in ranges["scores"].items()}
+    closest = min(errors, key=errors.get)
+    clearly_closer = errors[closest] < (1 - CLEAR_GAIN) * errors["min/max"]
     chosen = "min/max" if ranges["percentile"] == 100 else f"p{ranges['percentile']:g}"
-    assert errors[chosen] == min(errors.values())
+    assert chosen == (closest if clearly_closer else "min/max")
 
 
 class _Scripted:
