@@ -10,8 +10,9 @@ int8-dynamic  ai-edge-quantizer ``dynamic_wi8_afp32``: per-channel int8 weights,
 int8          ai-edge-quantizer ``static_wi8_ai8`` calibrated on ``job.calibration`` (activation
               ranges chosen by ``_ranges``): int8 weights and activations throughout, float32
               input/output (one QUANTIZE after the input, one DEQUANTIZE before the output) so
-              MediaPipe and every app feed the same normalised floats as to fp32. ``options["int8_io"]`` keeps int8 input/output instead; their
-              scale and zero point are in the embedded spec and the interpreter's tensor details.
+              MediaPipe and every app feed the same normalised floats as to fp32.
+              ``options["int8_io"]`` keeps int8 input/output instead; their scale and zero point
+              are in the embedded spec and the interpreter's tensor details.
 
 Why ai-edge-quantizer, measured on an EfficientNet-Lite0 trained on HAM10000 (head mode, 192 px;
 100 calibration images, top-1 agreement with the fp32 model on 300 other images): ai-edge-quantizer
