@@ -4,7 +4,9 @@ Full int8 first. If its top-1 answers disagree with the fp32 model's on more tha
 the calibration images, each quantizable layer is ranked by how much keeping it alone in float
 brings the int8 probabilities back towards fp32 (mean |Δp| on a subset of the calibration images),
 and the fewest top-ranked layers are kept in float that bring the disagreement within the bound
-(a doubling then bisecting search over that ranking).
+(a doubling then bisecting search over that ranking). The file must stay an int8 file: at most
+``max_size`` (default 0.3) of the fp32 model's size. A bound that needs more float weights than that
+is not reached, and the error says so and points at quantization-aware training.
 
 Top-1 disagreement with fp32 is the criterion because it needs no labels and bounds the accuracy
 drop from above (an image whose answer did not change cannot lose accuracy); ``edgederm verify``
@@ -12,7 +14,7 @@ then measures the real metric drops on held-out labelled images.
 
 A converter supplies a quantizer with ``candidates()``, ``build(keep_float) -> model``,
 ``predict(model, n) -> probabilities on the first n calibration images``, ``latency(model) -> ms``,
-``reference`` (the fp32 model's probabilities on the calibration images) and ``range_choice`` (its
+``size(model) -> bytes``, ``float_size`` (the fp32 model's bytes), ``reference`` (the fp32 model's probabilities on the calibration images) and ``range_choice`` (its
 activation ranges, ``_ranges.choose``), and calls ``for_job``.
 """
 
@@ -28,6 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 DEFAULT_MAX_DROP = 0.01
+DEFAULT_MAX_SIZE = 0.30  # of the fp32 file: the size an int8 artifact promises
 RANK_IMAGES = 64  # images used to rank layers; the search itself uses every calibration image
 LINEAR_STEPS = 8
 
@@ -44,6 +47,9 @@ class AwareResult:
     full_int8_latency_ms: float | None = None
     builds: int = 0
     seconds: float = 0.0
+    size_ratio: float | None = None  # final model's bytes / the fp32 model's
+    max_size: float | None = None
+    over_size: bool = False  # the bound needs more float layers than max_size allows
     ranking: list[dict[str, Any]] = field(default_factory=list)  # the 10 most sensitive layers
 
     def to_dict(self) -> dict[str, Any]:
@@ -54,9 +60,10 @@ class AwareResult:
         if self.latency_ms and self.full_int8_latency_ms:
             latency = f"; latency {self.latency_ms:.2f} ms vs {self.full_int8_latency_ms:.2f} ms all-int8"
         outcome = "within" if self.reached else "NOT within"
+        size = f", {self.size_ratio:.2f}x the fp32 size" if self.size_ratio is not None else ""
         return (
             f"{len(self.kept_float)}/{self.candidates} layers kept float, top-1 disagreement with fp32 "
-            f"{self.disagreement:.1%} (all-int8 {self.full_int8_disagreement:.1%}), {outcome} {self.max_drop:.1%}{latency}"
+            f"{self.disagreement:.1%} (all-int8 {self.full_int8_disagreement:.1%}), {outcome} {self.max_drop:.1%}{size}{latency}"
         )
 
 
@@ -103,9 +110,16 @@ def search(
     reference: np.ndarray,
     max_drop: float,
     *,
+    size: Callable[[Any], int] | None = None,
+    float_bytes: int | None = None,
+    max_size: float | None = None,
     quiet: bool = False,
 ) -> tuple[Any, AwareResult]:
-    """The int8 model with the fewest float layers within ``max_drop``; ``reference`` = fp32 probabilities."""
+    """The int8 model with the fewest float layers within ``max_drop``; ``reference`` = fp32 probabilities.
+
+    With ``size`` (bytes of a model) and ``float_bytes`` (the fp32 model's), only models of at most
+    ``max_size`` times ``float_bytes`` are candidates.
+    """
     started = time.time()
     builds = 0
 
@@ -115,15 +129,22 @@ def search(
         model = build(excluded)
         return model, predict(model, n)
 
+    def nbytes(model: Any) -> int | None:
+        return size(model) if size is not None else None
+
+    max_bytes = max_size * float_bytes if max_size is not None and float_bytes else None
+
     full, full_probs = evaluate([])
     full_gap = _disagreement(full_probs, reference)
-    result = AwareResult(max_drop, len(candidates), [], full_gap, full_gap, full_gap <= max_drop)
+    result = AwareResult(max_drop, len(candidates), [], full_gap, full_gap, full_gap <= max_drop, max_size=max_size)
     full_latency = latency(full)
     result.full_int8_latency_ms = result.latency_ms = full_latency
     log(f"all-int8 disagrees with fp32 on {full_gap:.1%} of {len(reference)} calibration images (bound {max_drop:.1%})", quiet)
-    if result.reached or not candidates:
+    full_bytes = nbytes(full)
+    if result.reached or not candidates or (max_bytes is not None and full_bytes is not None and full_bytes > max_bytes):
+        result.over_size = not result.reached and bool(candidates)
         result.builds, result.seconds = builds, round(time.time() - started, 1)
-        return full, result
+        return full, _sized(result, full_bytes, float_bytes)
 
     n_rank = min(RANK_IMAGES, len(reference))
     base = float(np.abs(full_probs[:n_rank] - reference[:n_rank]).mean())
@@ -134,32 +155,54 @@ def search(
     ranked = sorted(candidates, key=lambda name: -benefit[name])
     result.ranking = [{"layer": name, "mean_abs_prob_gain": round(benefit[name], 6)} for name in ranked[:10]]
 
-    cache: dict[int, tuple[Any, float]] = {}
+    cache: dict[int, tuple[Any, float, int | None]] = {0: (full, full_gap, full_bytes)}
 
-    def gap(k: int) -> float:
+    def step(k: int) -> tuple[Any, float, int | None]:
         if k not in cache:
             model, probs = evaluate(ranked[:k])
-            cache[k] = (model, _disagreement(probs, reference))
+            cache[k] = (model, _disagreement(probs, reference), nbytes(model))
             log(f"{k} layer(s) float: disagreement {cache[k][1]:.1%}", quiet)
-        return cache[k][1]
+        return cache[k]
+
+    def over(k: int) -> bool:
+        bytes_k = step(k)[2]
+        return max_bytes is not None and bytes_k is not None and bytes_k > max_bytes
+
+    def done(k: int) -> bool:  # within the bound, or past the size budget: no larger k is wanted
+        return over(k) or step(k)[1] <= max_drop
 
     # A few layers (typically the stem) usually carry the error, and one flipped image more or less makes
     # the disagreement non-monotonic in k: try the first few one by one, then double and bisect.
-    low, high = 0, 1  # gap(low) > max_drop is known (low = 0 is all-int8)
-    while high < min(LINEAR_STEPS, len(ranked)) and gap(high) > max_drop:
+    low, high = 0, 1  # low (all-int8) is known to fit and to miss the bound
+    while high < min(LINEAR_STEPS, len(ranked)) and not done(high):
         low, high = high, high + 1
-    while high < len(ranked) and gap(high) > max_drop:
+    while high < len(ranked) and not done(high):
         low, high = high, min(2 * high, len(ranked))
-    if gap(high) <= max_drop:
+    if done(high):
         while high - low > 1:
             middle = (low + high) // 2
-            low, high = (low, middle) if gap(middle) <= max_drop else (middle, high)
-    model, final_gap = cache[high]
-    result.kept_float, result.disagreement, result.reached = ranked[:high], final_gap, final_gap <= max_drop
+            low, high = (low, middle) if done(middle) else (middle, high)
+    final = low if over(high) else high  # over budget: the most float layers that still fit
+    model, final_gap, final_bytes = step(final)
+    result.kept_float, result.disagreement = ranked[:final], final_gap
+    result.reached, result.over_size = final_gap <= max_drop, over(high) and final_gap > max_drop
     result.latency_ms = latency(model)
     result.builds, result.seconds = builds, round(time.time() - started, 1)
+    _sized(result, final_bytes, float_bytes)
     log(result.summary(), quiet)
     return model, result
+
+
+def _sized(result: AwareResult, nbytes: int | None, float_bytes: int | None) -> AwareResult:
+    if nbytes is not None and float_bytes:
+        result.size_ratio = round(nbytes / float_bytes, 4)
+    return result
+
+
+_REMEDY = (
+    "fine-tune the run through simulated int8 (edgederm train classify --init-from RUN --qat --mode full --epochs 3 --lr 1e-4 ...), "
+    "use fp16, or a larger --max-drop"
+)
 
 
 def for_job(quantizer: Any, job: Any) -> Any:
@@ -176,6 +219,9 @@ def for_job(quantizer: Any, job: Any) -> Any:
         quantizer.latency,
         quantizer.reference,
         float(job.options.get("max_drop", DEFAULT_MAX_DROP)),
+        size=quantizer.size,
+        float_bytes=quantizer.float_size,
+        max_size=float(job.options.get("max_size", DEFAULT_MAX_SIZE)),
         quiet=quiet,
     )
     job.details["int8_aa"] = result.to_dict()
@@ -184,14 +230,19 @@ def for_job(quantizer: Any, job: Any) -> Any:
     if result.reached and result.candidates and len(result.kept_float) == result.candidates:
         raise ConversionError(
             f"int8-aa reaches {result.max_drop:.1%} only with all {result.candidates} layers float: that is the float model, "
-            "not an int8 one; fine-tune the run through simulated int8 "
-            "(edgederm train classify --init-from RUN --qat --mode full --epochs 3 --lr 1e-4 ...), use fp16, or a larger --max-drop"
+            f"not an int8 one; {_REMEDY}"
+        )
+    if result.over_size:
+        raise ConversionError(
+            f"int8-aa cannot bring top-1 disagreement with fp32 within {result.max_drop:.1%} in an int8-sized file "
+            f"(at most {result.max_size:.2f}x the fp32 size): {result.disagreement:.1%} with the {len(result.kept_float)} most "
+            f"sensitive of {result.candidates} layers float (all-int8: {result.full_int8_disagreement:.1%}); {_REMEDY}, "
+            "or allow a larger file (--max-size)"
         )
     if not result.reached:
         raise ConversionError(
             f"int8-aa cannot bring top-1 disagreement with fp32 within {result.max_drop:.1%}: {result.disagreement:.1%} even with "
             f"{len(result.kept_float)}/{result.candidates} layers float (all-int8: {result.full_int8_disagreement:.1%}); "
-            "post-training quantization does not get there for this model: fine-tune it through simulated int8 "
-            "(edgederm train classify --init-from RUN --qat --mode full --epochs 3 --lr 1e-4 ...), use fp16, or a larger --max-drop"
+            f"post-training quantization does not get there for this model: {_REMEDY}"
         )
     return model

@@ -279,6 +279,13 @@ class _Int8Quantizer:
         session, inputs = self._session(model), self._inputs[:n]
         return np.concatenate([session.run(None, {INPUT_NAME: inputs[i : i + 32]})[0] for i in range(0, len(inputs), 32)])
 
+    @property
+    def float_size(self) -> int:
+        return self.prepared.stat().st_size
+
+    def size(self, model: onnx.ModelProto) -> int:
+        return model.ByteSize()
+
     def latency(self, model: onnx.ModelProto) -> float:
         session, one = self._session(model, threads=1), self._inputs[:1]
         return measure_latency(lambda: session.run(None, {INPUT_NAME: one}), runs=30, warmup=3)["median_ms"]

@@ -266,6 +266,13 @@ class _StaticInt8:
         inputs = [next(iter(sample.values())) for sample in self.samples[SIGNATURE][:n]]
         return np.concatenate([run(array) for array in inputs])
 
+    @property
+    def float_size(self) -> int:
+        return len(self.fp32)
+
+    def size(self, model: bytes) -> int:
+        return len(model)
+
     def latency(self, model: bytes) -> float:
         run, one = self._runner(model, threads=1), next(iter(self.samples[SIGNATURE][0].values()))
         return measure_latency(lambda: run(one), runs=30, warmup=3)["median_ms"]

@@ -178,6 +178,12 @@ def _add_export(sub) -> None:
         default=0.01,
         help="int8-aa: largest share of calibration images whose top-1 may differ from fp32 (default 0.01)",
     )
+    p.add_argument(
+        "--max-size",
+        type=float,
+        default=0.3,
+        help="int8-aa: largest file size as a share of fp32, which limits the layers kept float (default 0.3)",
+    )
     p.add_argument("--nchw", action="store_true", help="TFLite: keep NCHW input instead of the phone-friendly NHWC")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--quiet", action="store_true")
@@ -457,6 +463,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     formats, quants = parse_formats(args.formats), parse_quant_modes(args.quant)
     if args.calib_n < 1:
         raise UsageError("--calib-n must be at least 1")
+    if not 0 < args.max_size <= 1:
+        raise UsageError(f"--max-size {args.max_size:g} is not a share of the fp32 size", fix="pass a value in (0, 1], e.g. 0.3")
     records = export_run(
         args.run_dir,
         formats,
@@ -464,7 +472,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         args.out,
         calib_data=args.calib_data,
         calib_n=args.calib_n,
-        options={"nhwc": not args.nchw, "max_drop": args.max_drop},
+        options={"nhwc": not args.nchw, "max_drop": args.max_drop, "max_size": args.max_size},
         quiet=args.quiet,
     )
     print(f"{'format':8} {'quant':13} {'status':8} {'size':>10} {'seconds':>8}  path / message")

@@ -52,6 +52,32 @@ def test_search_returns_all_int8_when_already_within_the_bound():
     assert result.kept_float == [] and result.builds == 1 and result.reached
 
 
+def test_search_keeps_the_file_int8_sized():
+    noise = {"stem": 0.05, "dw1": 0.02, "pw1": 0.001, "head": 0.002, "fc": 0.0}
+    build, predict, reference = toy(noise)
+    float_bytes = {"stem": 10, "dw1": 60, "pw1": 5, "head": 5, "fc": 5}  # what keeping each layer float adds to a 25-byte int8 file
+
+    def search_within(max_size):
+        return search(
+            list(noise),
+            lambda excluded: (build(excluded), 25 + sum(float_bytes[k] for k in excluded)),
+            lambda model, count: predict(model[0], count),
+            lambda model: 1.0,
+            reference,
+            0.01,
+            size=lambda model: model[1],
+            float_bytes=100,
+            max_size=max_size,
+            quiet=True,
+        )[1]
+
+    result = search_within(0.5)
+    assert result.over_size and not result.reached  # the bound needs dw1 float too: a 0.95x file
+    assert result.kept_float == ["stem"] and result.size_ratio == pytest.approx(0.35)
+    result = search_within(1.0)
+    assert result.reached and not result.over_size and result.kept_float == ["stem", "dw1"]
+
+
 def test_float_region_takes_the_readers_of_the_output():
     layers = [
         Layer("conv1", ("conv1", "clip1"), frozenset({"x"}), frozenset({"a"})),
@@ -126,6 +152,11 @@ class _Scripted:
     def latency(self, model):
         return 1.0
 
+    float_size = 1000
+
+    def size(self, model):  # each float layer adds 10% of the fp32 size to a 0.25x all-int8 file
+        return 250 + 100 * model
+
 
 def _int8_aa_job():
     class Job:
@@ -165,11 +196,26 @@ def test_every_candidate_float_is_the_float_model(trained_run: Path, tmp_path: P
     assert seen["candidates"] > 0 and seen["gap"] < 1e-5, seen
 
 
+def test_a_bound_met_only_past_the_size_budget_is_a_clear_conversion_error():
+    from edgederm.converters._accuracy_aware import for_job
+    from edgederm.converters._job import ConversionError
+
+    job = _int8_aa_job()
+    with pytest.raises(ConversionError, match=r"in an int8-sized file \(at most 0.30x the fp32 size\).*--max-size"):
+        for_job(_Scripted(3, agrees=lambda model: model >= 2), job)  # 2 float layers: a 0.45x file
+    assert job.details["int8_aa"]["over_size"] is True
+    assert job.details["int8_aa"]["kept_float"] == []  # one float layer is already 0.35x
+    job = _int8_aa_job()
+    job.options["max_size"] = 0.5
+    assert for_job(_Scripted(3, agrees=lambda model: model >= 2), job) == 2
+
+
 def test_a_bound_met_only_with_every_layer_float_is_refused():
     from edgederm.converters._accuracy_aware import for_job
     from edgederm.converters._job import ConversionError
 
     job = _int8_aa_job()
+    job.options["max_size"] = 1.0
     with pytest.raises(ConversionError, match="only with all 3 layers float: that is the float model"):
         for_job(_Scripted(3, agrees=lambda model: model == 3), job)  # agrees only once nothing is quantized
     assert job.details["int8_aa"]["reached"] is True
