@@ -4,9 +4,9 @@ Every mode starts from the same simplified fp32 graph: input ``image`` (normalis
 dynamic batch), output ``probabilities`` (softmax in the graph). fp16 converts weights and
 compute but keeps float32 inputs/outputs so callers feed the same array to every mode. int8 is
 static QDQ with per-channel int8 weights and uint8 activations, the fastest onnxruntime CPU
-layout measured here, with activation ranges chosen by ``_ranges``; the softmax stays float. The
-run's spec is stamped into ``metadata_props`` and the finished model is run once by onnxruntime
-before it is written.
+layout measured here, with activation ranges chosen by ``_ranges`` and conv biases corrected by
+``_onnx_bias`` where that measurably helps; the softmax stays float. The run's spec is stamped
+into ``metadata_props`` and the finished model is run once by onnxruntime before it is written.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from edgederm import __version__
 from edgederm.runtime.timing import measure_latency
 
-from . import _accuracy_aware, _ranges
+from . import _accuracy_aware, _onnx_bias, _ranges
 from ._calibration import Calibration
 from ._job import ConversionError, ExportJob
 from ._metadata import artifact_spec, metadata_strings
@@ -54,8 +54,11 @@ def export(job: ExportJob) -> None:
         model = _to_fp16(model)
     elif job.quant.startswith("int8"):
         with tempfile.TemporaryDirectory(prefix="onnx-int8-", dir=job.target.parent) as tmp:
-            model = _accuracy_aware.for_job(_Int8Quantizer(model, job.calibration, Path(tmp)), job)
-        notes.update({key: job.details[key] for key in ("activation_ranges", "int8_aa") if key in job.details})
+            quantizer = _Int8Quantizer(model, job.calibration, Path(tmp))
+            job.details["bias_correction"] = quantizer.bias_correction.to_dict()
+            _accuracy_aware.log(quantizer.bias_correction.summary(), bool(job.options.get("quiet")), tag="int8")
+            model = _accuracy_aware.for_job(quantizer, job)
+        notes.update({key: job.details[key] for key in ("activation_ranges", "bias_correction", "int8_aa") if key in job.details})
     _drop_unused_domains(model)
     _stamp(model, job, notes)
     with _step("onnx.checker"):
@@ -203,8 +206,14 @@ class _Int8Quantizer:
             self._write_ranges(extremes, percentile)
             return self._build([])
 
-        percentile, self.full_int8, self.range_choice = _ranges.choose(quantize_at, lambda model: self.predict(model, None), self.reference)
+        self.bias_shifts: dict[str, np.ndarray] = {}
+        percentile, full_int8, self.range_choice = _ranges.choose(quantize_at, lambda model: self.predict(model, None), self.reference)
         self._write_ranges(extremes, percentile)  # what int8-aa's variants quantize with
+        with _step("bias correction"):
+            self.bias_shifts, self.bias_correction = _onnx_bias.decide(
+                full_int8, prepared, self._inputs, self.reference, self._session, INPUT_NAME
+            )
+        self.full_int8 = _onnx_bias.apply(full_int8, self.bias_shifts)
 
     def _extremes(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Every float tensor's min and max on each calibration image (onnxruntime's MinMax calibration graph)."""
@@ -266,7 +275,7 @@ class _Int8Quantizer:
                 calibration_cache_path=self.cache,
             )
         with _step("reading the int8 model"):
-            return onnx.load(self.output)
+            return _onnx_bias.apply(onnx.load(self.output), self.bias_shifts)
 
     def _session(self, model: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
         options = ort.SessionOptions()
