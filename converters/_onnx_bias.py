@@ -80,9 +80,7 @@ def decide(
 
     off, on = error(qdq), error(apply(qdq, shifts))
     applied = on < (1 - MIN_GAIN) * off
-    result = BiasCorrection(
-        applied, {"off": round(off, 6), "on": round(on, 6)}, len(shifts), {"fit": len(fit), "judge": len(judge)}, 0.0
-    )
+    result = BiasCorrection(applied, {"off": round(off, 6), "on": round(on, 6)}, len(shifts), {"fit": len(fit), "judge": len(judge)}, 0.0)
     result.seconds = round(time.time() - started, 1)
     return (shifts if applied else {}), result
 
