@@ -14,8 +14,9 @@ then measures the real metric drops on held-out labelled images.
 
 A converter supplies a quantizer with ``candidates()``, ``build(keep_float) -> model``,
 ``predict(model, n) -> probabilities on the first n calibration images``, ``latency(model) -> ms``,
-``size(model) -> bytes``, ``float_size`` (the fp32 model's bytes), ``reference`` (the fp32 model's probabilities on the calibration images) and ``range_choice`` (its
-activation ranges, ``_ranges.choose``), and calls ``for_job``.
+``size(model) -> bytes``, ``float_size`` (the fp32 model's bytes), ``reference`` (the fp32 model's
+probabilities on the calibration images), ``range_choice`` (its activation ranges, ``_ranges.choose``)
+and ``bias_correction`` (``_bias_correction.decide``), and calls ``for_job``.
 """
 
 from __future__ import annotations
@@ -210,6 +211,8 @@ def for_job(quantizer: Any, job: Any) -> Any:
     quiet = bool(job.options.get("quiet"))
     job.details["activation_ranges"] = quantizer.range_choice.to_dict()
     log(quantizer.range_choice.summary(), quiet, tag="int8")
+    job.details["bias_correction"] = quantizer.bias_correction.to_dict()
+    log(quantizer.bias_correction.summary(), quiet, tag="int8")
     if job.quant == "int8":
         return quantizer.build([])
     model, result = search(

@@ -1,88 +1,22 @@
-"""Empirical bias correction for onnxruntime's static QDQ int8.
+"""Bias correction's mechanics for onnxruntime's QDQ int8 (what and why: ``_bias_correction``).
 
-Quantizing a conv's weights and inputs shifts the mean of its output, channel by channel, and the
-shifts add up through a deep network. Conv by conv in graph order, the int32 bias is moved so that
-the int8 model's mean output per channel on calibration images equals fp32's (Nagel et al., "Data-Free
-Quantization Through Weight Equalization and Bias Correction", 2019, section 4.2; OpenVINO's
-FastBiasCorrection does the same). One conv at a time, because correcting every conv from one pass
-over-corrects: each conv's shift includes what the convs before it passed on (measured: one pass took
-a MobileNetV3-Large from 96% to 81% top-1 agreement with fp32; conv by conv took it to 98%).
-
-Whether it helps is measured, not assumed: the correction is fitted on half of the calibration
-images and kept only if it brings the other half closer to fp32 (mean |Δp|) by more than MIN_GAIN.
-On 150 ISIC 2017 val images it raised a distilled MobileNetV3-Large's top-1 agreement from 96% to 98%,
-and made a weak one with clipped ranges worse, on its calibration images too (so it is refused there).
+A conv's bias in a QDQ graph is an int32 initializer behind a DequantizeLinear whose scale is the
+input scale times the weight scale, per output channel; moving it by ``shift / scale`` moves the
+conv's output by ``shift``.
 """
 
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-FIT_IMAGES = 160  # per-channel means; each conv costs one pass over them (150 of the default 300 calibration images)
-MIN_GAIN = 0.05  # share of mean |Δp| the correction must remove on the judging images
-MIN_IMAGES = 8
-
 Session = Callable[[onnx.ModelProto], Any]  # an onnxruntime InferenceSession for a model
 BATCH = 32
-
-
-@dataclass
-class BiasCorrection:
-    applied: bool
-    mean_abs_dp: dict[str, float]  # on the judging images, without ("off") and with ("on") the correction
-    convs: int  # convs whose bias was moved
-    images: dict[str, int]  # fitted on / judged on
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def summary(self) -> str:
-        if not self.images.get("judge"):
-            return "bias correction not tried (too few calibration images)"
-        verdict = "applied" if self.applied else "not applied"
-        return (
-            f"bias correction {verdict}: mean |dp| {self.mean_abs_dp['off']:.4f} -> {self.mean_abs_dp['on']:.4f} "
-            f"on {self.images['judge']} held-out calibration images ({self.convs} convs, {self.seconds:.0f} s)"
-        )
-
-
-def decide(
-    qdq: onnx.ModelProto,
-    fp32: onnx.ModelProto,
-    inputs: np.ndarray,
-    reference: np.ndarray,
-    session: Session,
-    input_name: str,
-) -> tuple[dict[str, np.ndarray], BiasCorrection]:
-    """Per-conv bias shifts (empty when not worth it) and the measurement behind the decision.
-
-    ``reference`` is fp32's output on ``inputs``; even images fit the correction, odd ones judge it.
-    """
-    started = time.time()
-    if len(inputs) < MIN_IMAGES:
-        return {}, BiasCorrection(False, {}, 0, {"fit": 0, "judge": 0}, 0.0)
-    fit, judge, judge_reference = inputs[0::2][:FIT_IMAGES], inputs[1::2], reference[1::2]
-    shifts = fit_shifts(qdq, fp32, fit, session, input_name)
-
-    def error(model: onnx.ModelProto) -> float:
-        runner = session(model)
-        probs = np.concatenate([runner.run(None, {input_name: judge[i : i + BATCH]})[0] for i in range(0, len(judge), BATCH)])
-        return float(np.abs(probs - judge_reference).mean())
-
-    off, on = error(qdq), error(apply(qdq, shifts))
-    applied = on < (1 - MIN_GAIN) * off
-    result = BiasCorrection(applied, {"off": round(off, 6), "on": round(on, 6)}, len(shifts), {"fit": len(fit), "judge": len(judge)}, 0.0)
-    result.seconds = round(time.time() - started, 1)
-    return (shifts if applied else {}), result
 
 
 def fit_shifts(qdq: onnx.ModelProto, fp32: onnx.ModelProto, inputs: np.ndarray, session: Session, input_name: str) -> dict[str, np.ndarray]:

@@ -5,7 +5,7 @@ dynamic batch), output ``probabilities`` (softmax in the graph). fp16 converts w
 compute but keeps float32 inputs/outputs so callers feed the same array to every mode. int8 is
 static QDQ with per-channel int8 weights and uint8 activations, the fastest onnxruntime CPU
 layout measured here, with activation ranges chosen by ``_ranges`` and conv biases corrected by
-``_onnx_bias`` where that measurably helps; the softmax stays float. The run's spec is stamped
+``_bias_correction`` where that measurably helps; the softmax stays float. The run's spec is stamped
 into ``metadata_props`` and the finished model is run once by onnxruntime before it is written.
 """
 
@@ -32,7 +32,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from edgederm import __version__
 from edgederm.runtime.timing import measure_latency
 
-from . import _accuracy_aware, _onnx_bias, _ranges
+from . import _accuracy_aware, _bias_correction, _onnx_bias, _ranges
 from ._calibration import Calibration
 from ._job import ConversionError, ExportJob
 from ._metadata import artifact_spec, metadata_strings
@@ -54,10 +54,7 @@ def export(job: ExportJob) -> None:
         model = _to_fp16(model)
     elif job.quant.startswith("int8"):
         with tempfile.TemporaryDirectory(prefix="onnx-int8-", dir=job.target.parent) as tmp:
-            quantizer = _Int8Quantizer(model, job.calibration, Path(tmp))
-            job.details["bias_correction"] = quantizer.bias_correction.to_dict()
-            _accuracy_aware.log(quantizer.bias_correction.summary(), bool(job.options.get("quiet")), tag="int8")
-            model = _accuracy_aware.for_job(quantizer, job)
+            model = _accuracy_aware.for_job(_Int8Quantizer(model, job.calibration, Path(tmp)), job)
         notes.update({key: job.details[key] for key in ("activation_ranges", "bias_correction", "int8_aa") if key in job.details})
     _drop_unused_domains(model)
     _stamp(model, job, notes)
@@ -210,8 +207,13 @@ class _Int8Quantizer:
         percentile, full_int8, self.range_choice = _ranges.choose(quantize_at, lambda model: self.predict(model, None), self.reference)
         self._write_ranges(extremes, percentile)  # what int8-aa's variants quantize with
         with _step("bias correction"):
-            self.bias_shifts, self.bias_correction = _onnx_bias.decide(
-                full_int8, prepared, self._inputs, self.reference, self._session, INPUT_NAME
+            self.bias_shifts, self.bias_correction = _bias_correction.decide(
+                full_int8,
+                self._inputs,
+                self.reference,
+                fit=lambda model, inputs: _onnx_bias.fit_shifts(model, prepared, inputs, self._session, INPUT_NAME),
+                apply=_onnx_bias.apply,
+                predict=self._probabilities,
             )
         self.full_int8 = _onnx_bias.apply(full_int8, self.bias_shifts)
 
@@ -285,7 +287,10 @@ class _Int8Quantizer:
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
     def predict(self, model: onnx.ModelProto, n: int | None) -> np.ndarray:
-        session, inputs = self._session(model), self._inputs[:n]
+        return self._probabilities(model, self._inputs[:n])
+
+    def _probabilities(self, model: onnx.ModelProto, inputs: np.ndarray) -> np.ndarray:
+        session = self._session(model)
         return np.concatenate([session.run(None, {INPUT_NAME: inputs[i : i + 32]})[0] for i in range(0, len(inputs), 32)])
 
     @property

@@ -8,7 +8,8 @@ int8-dynamic  ai-edge-quantizer ``dynamic_wi8_afp32``: per-channel int8 weights,
               quantized on the fly by the conv kernels; the classifier's FULLY_CONNECTED keeps int8
               weights with float compute (see _dynamic_int8_recipe); float32 input/output.
 int8          ai-edge-quantizer ``static_wi8_ai8`` calibrated on ``job.calibration`` (activation
-              ranges chosen by ``_ranges``): int8 weights and activations throughout, float32
+              ranges chosen by ``_ranges``, conv biases corrected by ``_bias_correction`` where
+              that measurably helps): int8 weights and activations throughout, float32
               input/output (one QUANTIZE after the input, one DEQUANTIZE before the output) so
               MediaPipe and every app feed the same normalised floats as to fp32.
               ``options["int8_io"]`` keeps int8 input/output instead; their scale and zero point
@@ -66,7 +67,7 @@ from edgederm.runtime.tflite_backend import TFLITE_METADATA
 from edgederm.runtime.timing import measure_latency
 from edgederm.spec import ModelSpec
 
-from . import _accuracy_aware, _ranges
+from . import _accuracy_aware, _bias_correction, _ranges, _tflite_bias
 from ._job import ConversionError, ExportJob
 from ._metadata import LABELS_FILE, SPEC_FILE, SPEC_KEY, artifact_spec, labels_text
 from ._wrap import deployable, example_input
@@ -208,10 +209,20 @@ class _StaticInt8:
         def ranges_at(percentile: float) -> dict[str, Any]:
             return {name: _qsv_at(qsv, percentile) for name, qsv in extremes.items()}
 
-        percentile, self.full_int8, self.range_choice = _ranges.choose(
+        self.bias_shifts: dict[str, np.ndarray] = {}
+        percentile, full_int8, self.range_choice = _ranges.choose(
             lambda percentile: self._build(ranges_at(percentile), []), lambda model: self.predict(model, None), self.reference
         )
         self.qsvs = ranges_at(percentile)
+        self.bias_shifts, self.bias_correction = _bias_correction.decide(
+            full_int8,
+            self._inputs,
+            self.reference,
+            fit=lambda model, inputs: _tflite_bias.fit_shifts(model, fp32, inputs),
+            apply=_tflite_bias.apply,
+            predict=self._probabilities,
+        )
+        self.full_int8 = _tflite_bias.apply(full_int8, self.bias_shifts)
 
     def _layers(self) -> list[_accuracy_aware.Layer]:
         from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
@@ -239,7 +250,7 @@ class _StaticInt8:
     def _build(self, qsvs: dict[str, Any], keep_float: list[str]) -> bytes:
         scopes = dict.fromkeys(scope for layer in keep_float for scope in self.regions[layer])
         skip = [{"regex": f"^{re.escape(s)}$", "operation": "*", "algorithm_key": "no_quantize", "op_config": {}} for s in scopes]
-        return _quantize(self.fp32, self.rules + skip, qsvs)
+        return _tflite_bias.apply(_quantize(self.fp32, self.rules + skip, qsvs), self.bias_shifts)
 
     def _runner(self, model: bytes, threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
@@ -249,11 +260,7 @@ class _StaticInt8:
         given, produced = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
 
         def run(array: np.ndarray) -> np.ndarray:
-            scale, zero = given["quantization"]
-            if scale:  # int8 input (int8_io): quantize the normalised floats as an app would
-                info = np.iinfo(given["dtype"])
-                array = np.clip(np.round(array / scale + zero), info.min, info.max).astype(given["dtype"])
-            interpreter.set_tensor(given["index"], array)
+            interpreter.set_tensor(given["index"], _tflite_bias.as_input(array, given))
             interpreter.invoke()
             out = interpreter.get_tensor(produced["index"]).astype(np.float32)
             scale, zero = produced["quantization"]
@@ -261,9 +268,15 @@ class _StaticInt8:
 
         return run
 
+    @property
+    def _inputs(self) -> list[np.ndarray]:
+        return [next(iter(sample.values())) for sample in self.samples[SIGNATURE]]
+
     def predict(self, model: bytes, n: int | None) -> np.ndarray:
+        return self._probabilities(model, self._inputs[:n])
+
+    def _probabilities(self, model: bytes, inputs: list[np.ndarray]) -> np.ndarray:
         run = self._runner(model)
-        inputs = [next(iter(sample.values())) for sample in self.samples[SIGNATURE][:n]]
         return np.concatenate([run(array) for array in inputs])
 
     @property

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from edgederm.converters._accuracy_aware import Layer, float_regions, search
+from edgederm.converters._bias_correction import BiasCorrection
 from edgederm.converters._calibration import load_calibration
 from edgederm.converters._ranges import CLEAR_GAIN, PERCENTILES, RangeChoice
 
@@ -139,6 +140,7 @@ class _Scripted:
         self.layers, self.agrees = layers, agrees
         self.reference = np.tile([[0.9, 0.1]], (10, 1))  # the fp32 model's probabilities
         self.range_choice = RangeChoice(100.0, {"min/max": {"mean_abs_dp": 0.0, "disagreement": 0.0}}, 0.0)
+        self.bias_correction = BiasCorrection(False, {}, 0, {"fit": 0, "judge": 0}, 0.0)
 
     def candidates(self):
         return [f"layer{i}" for i in range(self.layers)]

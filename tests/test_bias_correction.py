@@ -1,0 +1,131 @@
+"""Bias correction for static int8: the shared decision, and each format's mechanics, which bring every
+conv's mean output per channel back to fp32's, conv by conv."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from edgederm.converters import _bias_correction, _onnx_bias, _tflite_bias
+from edgederm.converters import onnx as onnx_converter
+from edgederm.converters import tflite as tflite_converter
+from edgederm.converters._calibration import load_calibration
+from edgederm.converters._job import ExportJob
+
+from edgederm.export import export_run
+from edgederm.formats import FORMATS
+from edgederm.training.checkpoint import load_checkpoint
+
+CALIB = "synthetic:40,seed=5"
+
+
+@pytest.fixture(scope="module")
+def job(trained_run: Path, tmp_path_factory) -> ExportJob:
+    model, spec = load_checkpoint(trained_run)
+    # The session's run trains only its head, so its batch norms still hold their initial statistics and fold
+    # into convs without a bias; a trained network's fold into biases, which is what the correction moves.
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.2, generator=generator)
+            module.bias.data.normal_(0, 0.2, generator=generator)
+    calibration = load_calibration(CALIB, spec.preprocess, n=40, quiet=True)
+    return ExportJob(model, spec, "int8", tmp_path_factory.mktemp("bias") / "x", calibration, options={"quiet": True})
+
+
+def _gaps(target: dict[str, np.ndarray], before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> tuple[float, float]:
+    """Mean |channel mean - fp32's| over the corrected convs, before and after the correction."""
+    return tuple(float(np.mean([np.abs(means[name] - target[name]).mean() for name in target])) for means in (before, after))
+
+
+def test_onnx_conv_means_are_brought_back_to_fp32(job: ExportJob):
+    fp32, _ = onnx_converter._fp32_model(job)
+    quantizer = onnx_converter._Int8Quantizer(fp32, job.calibration, job.target.parent)
+    shifts_before, quantizer.bias_shifts = quantizer.bias_shifts, {}
+    try:
+        raw = quantizer._build([])  # all-int8 at the chosen ranges, uncorrected
+    finally:
+        quantizer.bias_shifts = shifts_before
+    prepared, inputs = onnx.load(quantizer.prepared), quantizer._inputs[0::2]
+    shifts = _onnx_bias.fit_shifts(raw, prepared, inputs, quantizer._session, onnx_converter.INPUT_NAME)
+    assert shifts and all(np.isfinite(s).all() for s in shifts.values())
+
+    def means(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+        outputs = {n.name: n.output[0] for n in model.graph.node if n.name in shifts}
+        session = quantizer._session(_onnx_bias._probe(model, list(outputs.values())))
+        values = _onnx_bias._channel_means(session, inputs, onnx_converter.INPUT_NAME, list(outputs.values()))
+        return dict(zip(outputs, values, strict=True))
+
+    before, after = _gaps(means(prepared), means(raw), means(_onnx_bias.apply(raw, shifts)))
+    assert before > 0 and after < 0.2 * before, (before, after)
+    assert _onnx_bias.apply(raw, {}) is raw
+
+
+def test_tflite_conv_means_are_brought_back_to_fp32(job: ExportJob):
+    with tflite_converter._quiet_tools():
+        fp32 = tflite_converter._float_model(job.model, job.spec, True)
+        quantizer = tflite_converter._StaticInt8(fp32, job)
+    shifts_before, quantizer.bias_shifts = quantizer.bias_shifts, {}
+    try:
+        raw = quantizer._build(quantizer.qsvs, [])
+    finally:
+        quantizer.bias_shifts = shifts_before
+    inputs = quantizer._inputs[0::2]
+    shifts = _tflite_bias.fit_shifts(raw, fp32, inputs)
+    assert shifts and all(np.isfinite(s).all() for s in shifts.values())
+
+    def means(model: bytes) -> dict[str, np.ndarray]:
+        index = _tflite_bias._tensor_index(model)
+        return dict(zip(shifts, _tflite_bias._channel_means(model, [index[name] for name in shifts], inputs), strict=True))
+
+    before, after = _gaps(means(fp32), means(raw), means(_tflite_bias.apply(raw, shifts)))
+    # TFLite reads a conv's output after its fused ReLU, which a bias move shifts by less where it clips.
+    assert before > 0 and after < 0.5 * before, (before, after)
+    assert _tflite_bias.apply(raw, {}) is raw
+
+
+def _decide(on_error: float, off_error: float, n: int = 20):
+    """``decide`` over models that are their own error on every image."""
+    reference = np.tile([[0.7, 0.3]], (n, 1))
+    return _bias_correction.decide(
+        off_error,
+        list(range(n)),
+        reference,
+        fit=lambda model, inputs: {"conv": np.ones(2)},
+        apply=lambda model, shifts: on_error if shifts else model,
+        predict=lambda model, inputs: reference[: len(inputs)] + [[-model, model]],
+    )
+
+
+def test_a_correction_is_kept_only_if_the_held_out_images_come_clearly_closer():
+    shifts, result = _decide(on_error=0.05, off_error=0.1)
+    assert result.applied and shifts == {"conv": pytest.approx(np.ones(2))}
+    assert result.mean_abs_dp == {"off": 0.1, "on": 0.05} and result.images == {"fit": 10, "judge": 10}
+    assert "applied" in result.summary() and "not applied" not in result.summary()
+    shifts, result = _decide(on_error=0.097, off_error=0.1)  # 3% closer: within noise, refused
+    assert shifts == {} and not result.applied and "not applied" in result.summary()
+    shifts, result = _decide(on_error=0.2, off_error=0.1)  # worse
+    assert shifts == {} and not result.applied
+
+
+def test_too_few_calibration_images_leave_the_model_alone():
+    shifts, result = _decide(on_error=0.0, off_error=0.1, n=_bias_correction.MIN_IMAGES - 1)
+    assert shifts == {} and not result.applied and "not tried" in result.summary()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_the_export_records_the_decision(trained_run: Path, tmp_path: Path, fmt: str):
+    records = export_run(trained_run, [FORMATS[fmt]], ["int8"], tmp_path, calib_data=CALIB, calib_n=40, quiet=True)
+    assert records[0].status == "ok", records[0].message
+    row = json.loads((tmp_path / "manifest.json").read_text())["artifacts"][0]
+    decision = row["details"]["bias_correction"]
+    assert decision["images"] == {"fit": 20, "judge": 20}  # even calibration images fit, odd ones judge
+    off, on = decision["mean_abs_dp"]["off"], decision["mean_abs_dp"]["on"]
+    assert decision["applied"] == (decision["convs"] > 0 and on < (1 - _bias_correction.MIN_GAIN) * off)
+    if fmt == "onnx":
+        stamped = {p.key: p.value for p in onnx.load(tmp_path / records[0].path).metadata_props}
+        assert "bias_correction" in json.dumps(stamped)
