@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                     **{k: getattr(record, k) for k in ("format", "quant", "status", "seconds", "size", "message")},
                 }
             )
+            if record.status == "error":  # e.g. int8-aa refusing a float-sized file: a row that says why
+                parity.append({"model": arch, "run": run.name, "format": record.format, "quant": record.quant, "error": record.message})
             if record.status != "ok":
                 continue
             if FORMATS[record.format].runs_on_linux or sys.platform == "darwin":
@@ -147,6 +149,9 @@ def _parity_markdown(command: str, eval_data: str, parity: list[dict]) -> str:
         "|---|---|---|---|---|---:|---:|---:|---:|:---:|",
     ]
     for p in parity:
+        if "error" in p:
+            lines.append(f"| {p['run']} | {p['model']} | {p['format']} | {p['quant']} | not written: {p['error']} |  |  |  |  | no |")
+            continue
         int8 = p["quant"].startswith("int8")
         met = p["top1_agreement"] >= (TARGETS["agreement_int8"] if int8 else TARGETS["agreement_fp"])
         if p["quant"] in ("int8", "int8-aa") and p["size_vs_fp32"] is not None:
