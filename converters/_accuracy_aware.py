@@ -51,6 +51,7 @@ class AwareResult:
     size_ratio: float | None = None  # final model's bytes / the fp32 model's
     max_size: float | None = None
     over_size: bool = False  # the bound needs more float layers than max_size allows
+    within_size: int | None = None  # ranked layers that can be float together within max_size
     ranking: list[dict[str, Any]] = field(default_factory=list)  # the 10 most sensitive layers
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,12 +150,28 @@ def search(
 
     n_rank = min(RANK_IMAGES, len(reference))
     base = float(np.abs(full_probs[:n_rank] - reference[:n_rank]).mean())
-    benefit = {}
+    benefit, cost = {}, {}
     for name in tqdm(candidates, desc="  int8-aa ranking layers", unit="layer", disable=quiet, file=_console(), mininterval=2):
-        _, probs = evaluate([name], n_rank)
+        model, probs = evaluate([name], n_rank)
         benefit[name] = base - float(np.abs(probs - reference[:n_rank]).mean())
+        single = nbytes(model)
+        cost[name] = single - full_bytes if single is not None and full_bytes is not None else 0
     ranked = sorted(candidates, key=lambda name: -benefit[name])
     result.ranking = [{"layer": name, "mean_abs_prob_gain": round(benefit[name], 6)} for name in ranked[:10]]
+    if max_bytes is not None and full_bytes is not None:
+        # Under the size cap, a large layer high in the ranking must not shut out the small ones below it:
+        # walk the ranking and take each layer whose float weights still fit (regions overlap, so this errs small).
+        room, fitting = max_bytes - full_bytes, []
+        for name in ranked:
+            if cost[name] <= room:
+                fitting.append(name)
+                room -= cost[name]
+        result.within_size = len(fitting)
+        ranked = fitting
+        if not ranked:
+            result.over_size = True
+            result.builds, result.seconds = builds, round(time.time() - started, 1)
+            return full, _sized(result, full_bytes, float_bytes)
 
     cache: dict[int, tuple[Any, float, int | None]] = {0: (full, full_gap, full_bytes)}
 
@@ -186,7 +203,8 @@ def search(
     final = low if over(high) else high  # over budget: the most float layers that still fit
     model, final_gap, final_bytes = step(final)
     result.kept_float, result.disagreement = ranked[:final], final_gap
-    result.reached, result.over_size = final_gap <= max_drop, over(high) and final_gap > max_drop
+    result.reached = final_gap <= max_drop
+    result.over_size = not result.reached and (over(high) or len(ranked) < len(candidates))
     result.latency_ms = latency(model)
     result.builds, result.seconds = builds, round(time.time() - started, 1)
     _sized(result, final_bytes, float_bytes)

@@ -41,6 +41,10 @@ class BiasCorrection:
     convs: int  # convs whose bias would move
     images: dict[str, int]  # fitted on / judged on
     seconds: float
+    # Set where _ranges chose clipped ranges: their error on the same judging images. The correction is fitted
+    # on min/max ranges only (on clipped ones it made every model measured worse), and min/max with it replaces
+    # the clipped ranges unless those stay more than CLEAR_GAIN closer.
+    clipped: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,9 +53,13 @@ class BiasCorrection:
         if not self.images.get("judge"):
             return "bias correction not tried (too few calibration images)"
         verdict = "applied" if self.applied else "not applied"
+        clipped = ""
+        if self.clipped is not None:
+            verdict = "kept" if self.clipped["kept"] else "replaced by min/max"
+            clipped = f"; clipped p{self.clipped['percentile']:g} ranges ({self.clipped['mean_abs_dp']:.4f}) {verdict}"
         return (
             f"bias correction {verdict}: mean |dp| {self.mean_abs_dp['off']:.4f} -> {self.mean_abs_dp['on']:.4f} "
-            f"on {self.images['judge']} held-out calibration images ({self.convs} convs, {self.seconds:.0f} s)"
+            f"on {self.images['judge']} held-out calibration images ({self.convs} convs, {self.seconds:.0f} s){clipped}"
         )
 
 
@@ -79,3 +87,34 @@ def decide(
     images = {"fit": len(fit_inputs), "judge": len(judge)}
     result = BiasCorrection(applied, {"off": round(off, 6), "on": round(on, 6)}, len(shifts), images, round(time.time() - started, 1))
     return (shifts if applied else {}), result
+
+
+def with_ranges(
+    percentile: float,
+    chosen: Model,
+    build_at: Callable[[float], Model],
+    inputs: Sequence[Any],
+    reference: np.ndarray,
+    fit: Callable[[Model, Sequence[Any]], Shifts],
+    apply: Callable[[Model, Shifts], Model],
+    predict: Callable[[Model, Sequence[Any]], np.ndarray],
+) -> tuple[float, Model, Shifts, BiasCorrection]:
+    """The activation ranges and bias correction together: (percentile, its uncorrected model, shifts, record).
+
+    ``percentile`` and ``chosen`` are ``_ranges.choose``'s; ``build_at(percentile)`` quantizes at other ranges.
+    """
+    from ._ranges import CLEAR_GAIN
+
+    if percentile >= 100 or len(inputs) < MIN_IMAGES:
+        shifts, result = decide(chosen, inputs, reference, fit, apply, predict)
+        return percentile, chosen, (shifts if percentile >= 100 else {}), result
+    minmax = build_at(100.0)
+    shifts, result = decide(minmax, inputs, reference, fit, apply, predict)
+    clipped_error = float(np.abs(predict(chosen, inputs[1::2]) - reference[1::2]).mean())
+    minmax_error = result.mean_abs_dp["on" if result.applied else "off"]
+    kept = clipped_error < (1 - CLEAR_GAIN) * minmax_error
+    result.clipped = {"percentile": percentile, "mean_abs_dp": round(clipped_error, 6), "minmax_mean_abs_dp": minmax_error, "kept": kept}
+    if kept:
+        result.applied = False
+        return percentile, chosen, {}, result
+    return 100.0, minmax, shifts, result

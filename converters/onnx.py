@@ -205,16 +205,19 @@ class _Int8Quantizer:
 
         self.bias_shifts: dict[str, np.ndarray] = {}
         percentile, full_int8, self.range_choice = _ranges.choose(quantize_at, lambda model: self.predict(model, None), self.reference)
-        self._write_ranges(extremes, percentile)  # what int8-aa's variants quantize with
         with _step("bias correction"):
-            self.bias_shifts, self.bias_correction = _bias_correction.decide(
+            percentile, full_int8, self.bias_shifts, self.bias_correction = _bias_correction.with_ranges(
+                percentile,
                 full_int8,
+                quantize_at,
                 self._inputs,
                 self.reference,
                 fit=lambda model, inputs: _onnx_bias.fit_shifts(model, prepared, inputs, self._session, INPUT_NAME),
                 apply=_onnx_bias.apply,
                 predict=self._probabilities,
             )
+        self.range_choice.percentile = percentile
+        self._write_ranges(extremes, percentile)  # what int8-aa's variants quantize with
         self.full_int8 = _onnx_bias.apply(full_int8, self.bias_shifts)
 
     def _extremes(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:

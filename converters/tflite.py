@@ -213,15 +213,18 @@ class _StaticInt8:
         percentile, full_int8, self.range_choice = _ranges.choose(
             lambda percentile: self._build(ranges_at(percentile), []), lambda model: self.predict(model, None), self.reference
         )
-        self.qsvs = ranges_at(percentile)
-        self.bias_shifts, self.bias_correction = _bias_correction.decide(
+        percentile, full_int8, self.bias_shifts, self.bias_correction = _bias_correction.with_ranges(
+            percentile,
             full_int8,
+            lambda percentile: self._build(ranges_at(percentile), []),
             self._inputs,
             self.reference,
             fit=lambda model, inputs: _tflite_bias.fit_shifts(model, fp32, inputs),
             apply=_tflite_bias.apply,
             predict=self._probabilities,
         )
+        self.range_choice.percentile = percentile
+        self.qsvs = ranges_at(percentile)
         self.full_int8 = _tflite_bias.apply(full_int8, self.bias_shifts)
 
     def _layers(self) -> list[_accuracy_aware.Layer]:

@@ -129,3 +129,29 @@ def test_the_export_records_the_decision(trained_run: Path, tmp_path: Path, fmt:
     if fmt == "onnx":
         stamped = {p.key: p.value for p in onnx.load(tmp_path / records[0].path).metadata_props}
         assert "bias_correction" in json.dumps(stamped)
+
+
+def _with_ranges(clipped_error: float, minmax_error: float, corrected_error: float, percentile: float = 95.0):
+    """``with_ranges`` over models that are their own error; the clipped model was ``_ranges.choose``'s pick."""
+    reference = np.tile([[0.7, 0.3]], (20, 1))
+    return _bias_correction.with_ranges(
+        percentile,
+        clipped_error,
+        lambda p: minmax_error if p == 100 else clipped_error,
+        list(range(20)),
+        reference,
+        fit=lambda model, inputs: {"conv": np.ones(2)},
+        apply=lambda model, shifts: corrected_error if shifts else model,
+        predict=lambda model, inputs: reference[: len(inputs)] + [[-model, model]],
+    )
+
+
+def test_min_max_with_bias_correction_replaces_clipped_ranges_unless_they_stay_clearly_closer():
+    percentile, model, shifts, result = _with_ranges(clipped_error=0.08, minmax_error=0.1, corrected_error=0.06)
+    assert percentile == 100.0 and model == 0.1 and shifts and result.applied  # 0.08 is not 25% under 0.06
+    assert result.clipped == {"percentile": 95.0, "mean_abs_dp": 0.08, "minmax_mean_abs_dp": 0.06, "kept": False}
+    assert "replaced by min/max" in result.summary()
+    percentile, model, shifts, result = _with_ranges(clipped_error=0.04, minmax_error=0.1, corrected_error=0.06)
+    assert percentile == 95.0 and model == 0.04 and shifts == {} and not result.applied and result.clipped["kept"]
+    percentile, model, shifts, result = _with_ranges(clipped_error=0.02, minmax_error=0.1, corrected_error=0.06, percentile=100.0)
+    assert percentile == 100.0 and model == 0.02 and result.clipped is None  # min/max chosen: only the correction is decided
