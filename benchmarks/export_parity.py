@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                     **{k: getattr(record, k) for k in ("format", "quant", "status", "seconds", "size", "message")},
                 }
             )
-            if record.status == "error":  # e.g. int8-aa refusing a float-sized file: a row that says why
+            if record.status == "failed":  # e.g. int8-aa refusing a float-sized file: a row that says why
                 parity.append({"model": arch, "run": run.name, "format": record.format, "quant": record.quant, "error": record.message})
             if record.status != "ok":
                 continue
