@@ -150,7 +150,7 @@ def test_min_max_with_bias_correction_replaces_clipped_ranges_unless_they_stay_c
     percentile, model, shifts, result = _with_ranges(clipped_error=0.08, minmax_error=0.1, corrected_error=0.06)
     assert percentile == 100.0 and model == 0.1 and shifts and result.applied  # 0.08 is not 25% under 0.06
     assert result.clipped == {"percentile": 95.0, "mean_abs_dp": 0.08, "minmax_mean_abs_dp": 0.06, "kept": False}
-    assert "replaced by min/max" in result.summary()
+    assert "bias correction applied" in result.summary() and "replaced by min/max" in result.summary()
     percentile, model, shifts, result = _with_ranges(clipped_error=0.04, minmax_error=0.1, corrected_error=0.06)
     assert percentile == 95.0 and model == 0.04 and shifts == {} and not result.applied and result.clipped["kept"]
     percentile, model, shifts, result = _with_ranges(clipped_error=0.02, minmax_error=0.1, corrected_error=0.06, percentile=100.0)
