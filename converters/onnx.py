@@ -11,6 +11,7 @@ into ``metadata_props`` and the finished model is run once by onnxruntime before
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import tempfile
@@ -199,6 +200,7 @@ class _Int8Quantizer:
         self.reference = self.predict(prepared, None)
         extremes = self._extremes()
 
+        @functools.cache  # with_ranges may come back to the candidates choose built
         def quantize_at(percentile: float) -> onnx.ModelProto:
             self._write_ranges(extremes, percentile)
             return self._build([])

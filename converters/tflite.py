@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import os
 import re
@@ -209,14 +210,16 @@ class _StaticInt8:
         def ranges_at(percentile: float) -> dict[str, Any]:
             return {name: _qsv_at(qsv, percentile) for name, qsv in extremes.items()}
 
+        @functools.cache  # with_ranges may come back to the candidates choose built
+        def quantize_at(percentile: float) -> bytes:
+            return self._build(ranges_at(percentile), [])
+
         self.bias_shifts: dict[str, np.ndarray] = {}
-        percentile, full_int8, self.range_choice = _ranges.choose(
-            lambda percentile: self._build(ranges_at(percentile), []), lambda model: self.predict(model, None), self.reference
-        )
+        percentile, full_int8, self.range_choice = _ranges.choose(quantize_at, lambda model: self.predict(model, None), self.reference)
         percentile, full_int8, self.bias_shifts, self.bias_correction = _bias_correction.with_ranges(
             percentile,
             full_int8,
-            lambda percentile: self._build(ranges_at(percentile), []),
+            quantize_at,
             self._inputs,
             self.reference,
             fit=lambda model, inputs: _tflite_bias.fit_shifts(model, fp32, inputs),

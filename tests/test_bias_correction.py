@@ -131,27 +131,44 @@ def test_the_export_records_the_decision(trained_run: Path, tmp_path: Path, fmt:
         assert "bias_correction" in json.dumps(stamped)
 
 
-def _with_ranges(clipped_error: float, minmax_error: float, corrected_error: float, percentile: float = 95.0):
-    """``with_ranges`` over models that are their own error; the clipped model was ``_ranges.choose``'s pick."""
+def _with_ranges(errors: dict[float, tuple[float, float]], chosen: float = 95.0):
+    """``with_ranges`` over models that are their own error; ``errors[p]`` = (error at p, error with its correction)."""
     reference = np.tile([[0.7, 0.3]], (20, 1))
     return _bias_correction.with_ranges(
-        percentile,
-        clipped_error,
-        lambda p: minmax_error if p == 100 else clipped_error,
+        chosen,
+        errors[chosen][0],
+        lambda p: errors[p][0],
         list(range(20)),
         reference,
         fit=lambda model, inputs: {"conv": np.ones(2)},
-        apply=lambda model, shifts: corrected_error if shifts else model,
+        apply=lambda model, shifts: next(on for off, on in errors.values() if off == model) if shifts else model,
         predict=lambda model, inputs: reference[: len(inputs)] + [[-model, model]],
     )
 
 
-def test_min_max_with_bias_correction_replaces_clipped_ranges_unless_they_stay_clearly_closer():
-    percentile, model, shifts, result = _with_ranges(clipped_error=0.08, minmax_error=0.1, corrected_error=0.06)
-    assert percentile == 100.0 and model == 0.1 and shifts and result.applied  # 0.08 is not 25% under 0.06
-    assert result.clipped == {"percentile": 95.0, "mean_abs_dp": 0.08, "minmax_mean_abs_dp": 0.06, "kept": False}
-    assert "bias correction applied" in result.summary() and "replaced by min/max" in result.summary()
-    percentile, model, shifts, result = _with_ranges(clipped_error=0.04, minmax_error=0.1, corrected_error=0.06)
-    assert percentile == 95.0 and model == 0.04 and shifts == {} and not result.applied and result.clipped["kept"]
-    percentile, model, shifts, result = _with_ranges(clipped_error=0.02, minmax_error=0.1, corrected_error=0.06, percentile=100.0)
-    assert percentile == 100.0 and model == 0.02 and result.clipped is None  # min/max chosen: only the correction is decided
+def test_a_range_sensitive_model_gets_the_range_and_correction_closest_on_held_out_images():
+    # in-sample, _ranges.choose picked p95; held out, p99 with its correction is closest
+    errors = {100.0: (0.1, 0.07), 99.0: (0.09, 0.05), 95.0: (0.06, 0.08), 90.0: (0.065, 0.2)}
+    percentile, model, shifts, result = _with_ranges(errors)
+    assert percentile == 99.0 and model == 0.09 and shifts and result.applied
+    assert result.mean_abs_dp == {"off": 0.09, "on": 0.05}  # the chosen range's figures
+    assert result.ranges["chosen"] == "p99" and list(result.ranges["candidates"]) == ["min/max", "p99", "p95", "p90"]
+    assert result.ranges["candidates"]["p90"] == {"off": 0.065, "on": 0.2, "applied": False}
+    assert "ranges p99 chosen on the held-out images" in result.summary()
+
+
+def test_a_narrower_range_must_be_clearly_closer_to_replace_a_wider_one():
+    # p95 plain (0.049) is under p99's corrected 0.05 but not by MIN_GAIN: the wider range stays
+    errors = {100.0: (0.1, 0.07), 99.0: (0.09, 0.05), 95.0: (0.049, 0.08), 90.0: (0.3, 0.3)}
+    percentile, model, shifts, result = _with_ranges(errors)
+    assert percentile == 99.0 and shifts
+    # where the correction helps nowhere, the clipped range is kept plain
+    errors = {100.0: (0.1, 0.2), 99.0: (0.06, 0.2), 95.0: (0.04, 0.2), 90.0: (0.045, 0.2)}
+    percentile, model, shifts, result = _with_ranges(errors)
+    assert percentile == 95.0 and model == 0.04 and shifts == {} and not result.applied
+
+
+def test_where_min_max_was_chosen_only_the_correction_is_decided():
+    errors = {100.0: (0.1, 0.06), 99.0: (0.01, 0.01), 95.0: (0.01, 0.01), 90.0: (0.01, 0.01)}
+    percentile, model, shifts, result = _with_ranges(errors, chosen=100.0)
+    assert percentile == 100.0 and model == 0.1 and shifts and result.applied and result.ranges is None
