@@ -15,8 +15,15 @@ then measures the real metric drops on held-out labelled images.
 A converter supplies a quantizer with ``candidates()``, ``build(keep_float) -> model``,
 ``predict(model, n) -> probabilities on the first n calibration images``, ``latency(model) -> ms``,
 ``size(model) -> bytes``, ``float_size`` (the fp32 model's bytes), ``reference`` (the fp32 model's
-probabilities on the calibration images), ``range_choice`` (its activation ranges, ``_ranges.choose``)
-and ``bias_correction`` (``_bias_correction.decide``), and calls ``for_job``.
+probabilities on the calibration images), ``range_choice`` (its activation ranges, ``_ranges.choose``),
+``bias_correction`` (``_bias_correction``) and ``full_int8`` (the int8 artifact: all layers int8, bias
+corrected where that helped), and calls ``for_job``.
+
+``build`` gives models without bias correction. The correction is fitted for the all-int8 model: each
+conv's shift takes back the error of the int8 layers before it, so in a model that keeps some of those
+float it over-corrects (measured on a MobileNetV3-Large in ONNX: all-int8 2.0% disagreement, 4.0% with
+72 layers float). The search therefore tries ``full_int8`` first and otherwise ranks and keeps layers
+float among the uncorrected models, where each float layer's effect is its own.
 """
 
 from __future__ import annotations
@@ -115,12 +122,14 @@ def search(
     size: Callable[[Any], int] | None = None,
     float_bytes: int | None = None,
     max_size: float | None = None,
+    start: Any = None,
     quiet: bool = False,
 ) -> tuple[Any, AwareResult]:
     """The int8 model with the fewest float layers within ``max_drop``; ``reference`` = fp32 probabilities.
 
     With ``size`` (bytes of a model) and ``float_bytes`` (the fp32 model's), only models of at most
-    ``max_size`` times ``float_bytes`` are candidates.
+    ``max_size`` times ``float_bytes`` are candidates. ``start``: an all-int8 model to try first instead of
+    ``build([])`` (the bias-corrected one); if it misses the bound, the search starts again from ``build([])``.
     """
     started = time.time()
     builds = 0
@@ -136,7 +145,7 @@ def search(
 
     max_bytes = max_size * float_bytes if max_size is not None and float_bytes else None
 
-    full, full_probs = evaluate([])
+    full, full_probs = (start, predict(start, None)) if start is not None else evaluate([])
     full_gap = _disagreement(full_probs, reference)
     result = AwareResult(max_drop, len(candidates), [], full_gap, full_gap, full_gap <= max_drop, max_size=max_size)
     full_latency = latency(full)
@@ -147,6 +156,15 @@ def search(
         result.over_size = not result.reached and bool(candidates)
         result.builds, result.seconds = builds, round(time.time() - started, 1)
         return full, _sized(result, full_bytes, float_bytes)
+
+    if start is not None:
+        full, full_probs = evaluate([])
+        gap = _disagreement(full_probs, reference)
+        log(f"without bias correction, all-int8 disagrees on {gap:.1%}", quiet)
+        if gap <= max_drop:
+            result.disagreement, result.reached = gap, True
+            result.builds, result.seconds = builds, round(time.time() - started, 1)
+            return full, _sized(result, nbytes(full), float_bytes)
 
     n_rank = min(RANK_IMAGES, len(reference))
     base = float(np.abs(full_probs[:n_rank] - reference[:n_rank]).mean())
@@ -232,7 +250,7 @@ def for_job(quantizer: Any, job: Any) -> Any:
     job.details["bias_correction"] = quantizer.bias_correction.to_dict()
     log(quantizer.bias_correction.summary(), quiet, tag="int8")
     if job.quant == "int8":
-        return quantizer.build([])
+        return quantizer.full_int8
     model, result = search(
         quantizer.candidates(),
         quantizer.build,
@@ -243,6 +261,7 @@ def for_job(quantizer: Any, job: Any) -> Any:
         size=quantizer.size,
         float_bytes=quantizer.float_size,
         max_size=float(job.options.get("max_size", DEFAULT_MAX_SIZE)),
+        start=quantizer.full_int8,
         quiet=quiet,
     )
     job.details["int8_aa"] = result.to_dict()

@@ -205,10 +205,9 @@ class _Int8Quantizer:
             self._write_ranges(extremes, percentile)
             return self._build([])
 
-        self.bias_shifts: dict[str, np.ndarray] = {}
         percentile, full_int8, self.range_choice = _ranges.choose(quantize_at, lambda model: self.predict(model, None), self.reference)
         with _step("bias correction"):
-            percentile, full_int8, self.bias_shifts, self.bias_correction = _bias_correction.with_ranges(
+            percentile, full_int8, bias_shifts, self.bias_correction = _bias_correction.with_ranges(
                 percentile,
                 full_int8,
                 quantize_at,
@@ -220,7 +219,7 @@ class _Int8Quantizer:
             )
         self.range_choice.percentile = percentile
         self._write_ranges(extremes, percentile)  # what int8-aa's variants quantize with
-        self.full_int8 = _onnx_bias.apply(full_int8, self.bias_shifts)
+        self.full_int8 = _onnx_bias.apply(full_int8, bias_shifts)
 
     def _extremes(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Every float tensor's min and max on each calibration image (onnxruntime's MinMax calibration graph)."""
@@ -264,7 +263,7 @@ class _Int8Quantizer:
         return list(self.layers)
 
     def build(self, keep_float: list[str]) -> onnx.ModelProto:
-        return self._build(keep_float) if keep_float else self.full_int8
+        return self._build(keep_float)  # without bias correction: see _accuracy_aware
 
     def _build(self, keep_float: list[str]) -> onnx.ModelProto:
         excluded = [name for layer in keep_float for name in self.layers.get(layer, [layer])]
@@ -282,7 +281,7 @@ class _Int8Quantizer:
                 calibration_cache_path=self.cache,
             )
         with _step("reading the int8 model"):
-            return _onnx_bias.apply(onnx.load(self.output), self.bias_shifts)
+            return onnx.load(self.output)
 
     def _session(self, model: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
         options = ort.SessionOptions()

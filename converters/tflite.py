@@ -214,9 +214,8 @@ class _StaticInt8:
         def quantize_at(percentile: float) -> bytes:
             return self._build(ranges_at(percentile), [])
 
-        self.bias_shifts: dict[str, np.ndarray] = {}
         percentile, full_int8, self.range_choice = _ranges.choose(quantize_at, lambda model: self.predict(model, None), self.reference)
-        percentile, full_int8, self.bias_shifts, self.bias_correction = _bias_correction.with_ranges(
+        percentile, full_int8, bias_shifts, self.bias_correction = _bias_correction.with_ranges(
             percentile,
             full_int8,
             quantize_at,
@@ -228,7 +227,7 @@ class _StaticInt8:
         )
         self.range_choice.percentile = percentile
         self.qsvs = ranges_at(percentile)
-        self.full_int8 = _tflite_bias.apply(full_int8, self.bias_shifts)
+        self.full_int8 = _tflite_bias.apply(full_int8, bias_shifts)
 
     def _layers(self) -> list[_accuracy_aware.Layer]:
         from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
@@ -251,12 +250,12 @@ class _StaticInt8:
         return list(self.regions)
 
     def build(self, keep_float: list[str]) -> bytes:
-        return self._build(self.qsvs, keep_float) if keep_float else self.full_int8
+        return self._build(self.qsvs, keep_float)  # without bias correction: see _accuracy_aware
 
     def _build(self, qsvs: dict[str, Any], keep_float: list[str]) -> bytes:
         scopes = dict.fromkeys(scope for layer in keep_float for scope in self.regions[layer])
         skip = [{"regex": f"^{re.escape(s)}$", "operation": "*", "algorithm_key": "no_quantize", "op_config": {}} for s in scopes]
-        return _tflite_bias.apply(_quantize(self.fp32, self.rules + skip, qsvs), self.bias_shifts)
+        return _quantize(self.fp32, self.rules + skip, qsvs)
 
     def _runner(self, model: bytes, threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter

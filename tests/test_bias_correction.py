@@ -45,11 +45,7 @@ def _gaps(target: dict[str, np.ndarray], before: dict[str, np.ndarray], after: d
 def test_onnx_conv_means_are_brought_back_to_fp32(job: ExportJob):
     fp32, _ = onnx_converter._fp32_model(job)
     quantizer = onnx_converter._Int8Quantizer(fp32, job.calibration, job.target.parent)
-    shifts_before, quantizer.bias_shifts = quantizer.bias_shifts, {}
-    try:
-        raw = quantizer._build([])  # all-int8 at the chosen ranges, uncorrected
-    finally:
-        quantizer.bias_shifts = shifts_before
+    raw = quantizer.build([])  # all-int8 at the chosen ranges, uncorrected
     prepared, inputs = onnx.load(quantizer.prepared), quantizer._inputs[0::2]
     shifts = _onnx_bias.fit_shifts(raw, prepared, inputs, quantizer._session, onnx_converter.INPUT_NAME)
     assert shifts and all(np.isfinite(s).all() for s in shifts.values())
@@ -69,11 +65,7 @@ def test_tflite_conv_means_are_brought_back_to_fp32(job: ExportJob):
     with tflite_converter._quiet_tools():
         fp32 = tflite_converter._float_model(job.model, job.spec, True)
         quantizer = tflite_converter._StaticInt8(fp32, job)
-    shifts_before, quantizer.bias_shifts = quantizer.bias_shifts, {}
-    try:
-        raw = quantizer._build(quantizer.qsvs, [])
-    finally:
-        quantizer.bias_shifts = shifts_before
+    raw = quantizer.build([])  # all-int8 at the chosen ranges, uncorrected
     inputs = quantizer._inputs[0::2]
     shifts = _tflite_bias.fit_shifts(raw, fp32, inputs)
     assert shifts and all(np.isfinite(s).all() for s in shifts.values())

@@ -53,6 +53,19 @@ def test_search_returns_all_int8_when_already_within_the_bound():
     assert result.kept_float == [] and result.builds == 1 and result.reached
 
 
+def test_a_corrected_start_is_tried_first_and_the_search_runs_on_the_uncorrected_models():
+    noise = {"stem": 0.05, "dw1": 0.02, "pw1": 0.001}
+    build, predict, reference = toy(noise)
+    # the bias-corrected all-int8 model, as a total noise: within a loose bound it is returned as it is
+    model, result = search(list(noise), build, predict, lambda m: 1.0, reference, max_drop=0.1, start=0.04, quiet=True)
+    assert model == 0.04 and result.builds == 0 and result.reached and result.kept_float == []
+    # missing a tight one, float layers are chosen among the uncorrected variants, as without a start
+    model, result = search(list(noise), build, predict, lambda m: 1.0, reference, max_drop=0.01, start=0.04, quiet=True)
+    assert result.kept_float == ["stem", "dw1"] and model == pytest.approx(0.001)
+    start_gap = float((predict(0.04, None).argmax(1) != reference.argmax(1)).mean())
+    assert result.full_int8_disagreement == start_gap > 0.01  # what is reported as all-int8 is the artifact int8 ships
+
+
 def test_search_keeps_the_file_int8_sized():
     noise = {"stem": 0.05, "dw1": 0.02, "pw1": 0.001, "head": 0.002, "fc": 0.0}
     build, predict, reference = toy(noise)
@@ -151,6 +164,8 @@ class _Scripted:
     def candidates(self):
         return [f"layer{i}" for i in range(self.layers)]
 
+    full_int8 = 0  # the bias-corrected all-int8 model
+
     def build(self, keep_float):
         return len(keep_float)
 
@@ -196,7 +211,7 @@ def test_every_candidate_float_is_the_float_model(trained_run: Path, tmp_path: P
         everything = quantizer.build(quantizer.candidates())
         seen["gap"] = float(np.abs(quantizer.predict(everything, None) - quantizer.reference).max())
         seen["candidates"] = len(quantizer.candidates())
-        return quantizer.build([])
+        return quantizer.full_int8
 
     monkeypatch.setattr(converter._accuracy_aware, "for_job", probe)
     records = export_run(trained_run, [FORMATS[fmt]], ["int8"], tmp_path, calib_data=CALIB, calib_n=16, quiet=True)
