@@ -23,6 +23,7 @@ closest held-out, 96.0% -> 98.0% agreement on the val images).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -30,7 +31,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ._ranges import PERCENTILES, label
+from ._ranges import PERCENTILES, RangeChoice, choose, label
 
 FIT_IMAGES = 160  # per-channel means need few images, and each conv costs one pass over them
 MIN_GAIN = 0.05  # share of mean |Δp| the correction must remove on the judging images
@@ -127,3 +128,23 @@ def with_ranges(
     result.ranges = {"chosen": label(percentile), "candidates": candidates}
     result.seconds = round(time.time() - started, 1)
     return percentile, model, shifts, result
+
+
+def full_int8(
+    build_at: Callable[[float], Model],
+    inputs: Sequence[Any],
+    reference: np.ndarray,
+    fit: Callable[[Model, Sequence[Any]], Shifts],
+    apply: Callable[[Model, Shifts], Model],
+    predict: Callable[[Model, Sequence[Any]], np.ndarray],
+) -> tuple[float, Model, RangeChoice, BiasCorrection]:
+    """The all-int8 model with its activation ranges and bias correction chosen: (percentile, corrected model, records).
+
+    ``build_at(percentile)`` quantizes every layer at those ranges; ``reference`` is fp32's probabilities on ``inputs``
+    (the calibration images); ``fit``, ``apply`` and ``predict`` are the format's, as for ``decide``.
+    """
+    build_at = functools.cache(build_at)  # with_ranges comes back to the candidates choose built
+    percentile, chosen, range_choice = choose(build_at, lambda model: predict(model, inputs), reference)
+    percentile, chosen, shifts, correction = with_ranges(percentile, chosen, build_at, inputs, reference, fit, apply, predict)
+    range_choice.percentile = percentile
+    return percentile, apply(chosen, shifts), range_choice, correction

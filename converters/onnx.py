@@ -11,7 +11,6 @@ into ``metadata_props`` and the finished model is run once by onnxruntime before
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import tempfile
@@ -200,16 +199,12 @@ class _Int8Quantizer:
         self.reference = self.predict(prepared, None)
         extremes = self._extremes()
 
-        @functools.cache  # with_ranges may come back to the candidates choose built
         def quantize_at(percentile: float) -> onnx.ModelProto:
             self._write_ranges(extremes, percentile)
             return self._build([])
 
-        percentile, full_int8, self.range_choice = _ranges.choose(quantize_at, lambda model: self.predict(model, None), self.reference)
-        with _step("bias correction"):
-            percentile, full_int8, bias_shifts, self.bias_correction = _bias_correction.with_ranges(
-                percentile,
-                full_int8,
+        with _step("activation ranges and bias correction"):
+            percentile, self.full_int8, self.range_choice, self.bias_correction = _bias_correction.full_int8(
                 quantize_at,
                 self._inputs,
                 self.reference,
@@ -217,9 +212,7 @@ class _Int8Quantizer:
                 apply=_onnx_bias.apply,
                 predict=self._probabilities,
             )
-        self.range_choice.percentile = percentile
         self._write_ranges(extremes, percentile)  # what int8-aa's variants quantize with
-        self.full_int8 = _onnx_bias.apply(full_int8, bias_shifts)
 
     def _extremes(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Every float tensor's min and max on each calibration image (onnxruntime's MinMax calibration graph)."""

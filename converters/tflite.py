@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import io
 import os
 import re
@@ -210,24 +209,15 @@ class _StaticInt8:
         def ranges_at(percentile: float) -> dict[str, Any]:
             return {name: _qsv_at(qsv, percentile) for name, qsv in extremes.items()}
 
-        @functools.cache  # with_ranges may come back to the candidates choose built
-        def quantize_at(percentile: float) -> bytes:
-            return self._build(ranges_at(percentile), [])
-
-        percentile, full_int8, self.range_choice = _ranges.choose(quantize_at, lambda model: self.predict(model, None), self.reference)
-        percentile, full_int8, bias_shifts, self.bias_correction = _bias_correction.with_ranges(
-            percentile,
-            full_int8,
-            quantize_at,
+        percentile, self.full_int8, self.range_choice, self.bias_correction = _bias_correction.full_int8(
+            lambda percentile: self._build(ranges_at(percentile), []),
             self._inputs,
             self.reference,
             fit=lambda model, inputs: _tflite_bias.fit_shifts(model, fp32, inputs),
             apply=_tflite_bias.apply,
             predict=self._probabilities,
         )
-        self.range_choice.percentile = percentile
         self.qsvs = ranges_at(percentile)
-        self.full_int8 = _tflite_bias.apply(full_int8, bias_shifts)
 
     def _layers(self) -> list[_accuracy_aware.Layer]:
         from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
