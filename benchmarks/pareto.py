@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import shlex
 import sys
 import time
@@ -48,6 +49,7 @@ def measure(run: Path, size: int, data: str, work: Path, runs: int) -> dict:
 
     from edgederm.data.layouts import load_dataset
     from edgederm.data.pixels import load_pixels
+    from edgederm.decision import describe
     from edgederm.export import export_run
     from edgederm.formats import FORMATS
     from edgederm.metrics import classification_metrics
@@ -71,8 +73,13 @@ def measure(run: Path, size: int, data: str, work: Path, runs: int) -> dict:
     artifact = Predictor.load(out / record.path, threads=1)
     scores = {}
     for name, predictor in (("int8", artifact), ("fp32", float_model)):
-        metrics = classification_metrics(labels, predictor.predict_pixels(pixels.pixels), spec.class_names)
-        scores[name] = {"balanced_accuracy": metrics.balanced_accuracy, "mel_sensitivity": metrics.melanoma_sensitivity}
+        probs = predictor.predict_pixels(pixels.pixels)
+        metrics = classification_metrics(labels, probs, spec.class_names, decision=spec.decision)
+        scores[name] = {
+            "balanced_accuracy": metrics.balanced_accuracy,
+            "mel_sensitivity": metrics.melanoma_sensitivity,
+            "argmax_balanced_accuracy": classification_metrics(labels, probs, spec.class_names).balanced_accuracy,
+        }
     one = pixels.pixels[:1]
     latency = measure_latency(lambda: artifact.predict_pixels(one), runs=runs)
     row = {
@@ -85,6 +92,8 @@ def measure(run: Path, size: int, data: str, work: Path, runs: int) -> dict:
         "balanced_accuracy": scores["int8"]["balanced_accuracy"],
         "mel_sensitivity": scores["int8"]["mel_sensitivity"],
         "fp32_balanced_accuracy": scores["fp32"]["balanced_accuracy"],
+        "decision": describe(spec.decision),
+        "argmax_balanced_accuracy": scores["int8"]["argmax_balanced_accuracy"],
         "latency_ms": latency["median_ms"],
         "latency_p90_ms": latency["p90_ms"],
         "size_bytes": record.size,
@@ -160,6 +169,11 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _tau(row: dict) -> str:
+    found = re.search(r"tau ([0-9.]+)", row.get("decision", ""))
+    return found.group(1) if found else "-"
+
+
 def markdown(payload: dict) -> str:
     from _markdown import conditions_and_targets
 
@@ -173,19 +187,23 @@ def markdown(payload: dict) -> str:
         f"(batch 1, 1 thread, median of {payload['runs']} runs after warm-up, preprocessing included). "
         "Balanced accuracy and melanoma sensitivity are the int8 artifact's, on each run's lesion-disjoint test split "
         "(the same seed-0 split for every run here); `fp32 BMA` is the torch model at the same input size. "
-        "A run exported at a size other than the one it was trained at keeps its weights (these networks are fully convolutional).",
+        "A run exported at a size other than the one it was trained at keeps its weights (these networks are fully convolutional). "
+        "BMA names each image's class by the run's stored decision rule (`tau`: the balanced rule chosen on validation at the "
+        "trained size, see the README's 'The named class'; `-`: argmax); `BMA argmax` is the same int8 artifact read by plain argmax.",
         *conditions_and_targets(payload.get("note", ""), payload["target_checks"]),
         "",
         f"Peer: {PEER['label']}, balanced accuracy {PEER['balanced_accuracy']} at {PEER['latency_ms']} ms ({PEER['size']} px), {PEER['source']}.",
         "",
-        "| run | arch | trained px | px | recipe | BMA (int8) | mel sens. (int8) | fp32 BMA | ms (median) | ms (p90) | MB | frontier |",
-        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|:---:|",
+        "| run | arch | trained px | px | recipe | tau | BMA (int8) | BMA argmax (int8) | mel sens. (int8) | fp32 BMA | ms (median) "
+        "| ms (p90) | MB | frontier |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for r in sorted(rows, key=lambda r: r["latency_ms"]):
         recipe = ", ".join(f"{k} {v}" for k, v in r["recipe"].items() if v not in (None, False, 0, 0.0))
         mel = "-" if r["mel_sensitivity"] is None else f"{r['mel_sensitivity']:.3f}"
         lines.append(
-            f"| {r['run']} | {r['arch']} | {r['trained_px']} | {r['size']} | {recipe} | {r['balanced_accuracy']:.3f} | {mel} | "
+            f"| {r['run']} | {r['arch']} | {r['trained_px']} | {r['size']} | {recipe} | {_tau(r)} | {r['balanced_accuracy']:.3f} | "
+            f"{r.get('argmax_balanced_accuracy', r['balanced_accuracy']):.3f} | {mel} | "
             f"{r['fp32_balanced_accuracy']:.3f} | {r['latency_ms']:.2f} | {r['latency_p90_ms']:.2f} | {r['size_bytes'] / 1e6:.2f} | "
             f"{'yes' if (r['run'], r['size']) in edge else ''} |"
         )

@@ -44,6 +44,7 @@ def score(run: Path, images, work: Path, calib: str) -> dict:
     import numpy as np
 
     from edgederm.data.pixels import load_pixels
+    from edgederm.decision import decide
     from edgederm.export import export_run
     from edgederm.formats import FORMATS
     from edgederm.metrics import classification_metrics
@@ -61,13 +62,13 @@ def score(run: Path, images, work: Path, calib: str) -> dict:
         probs[f"{record.format} int8"] = Predictor.load(work / run.name / record.path).predict_pixels(pixels.pixels)
     rows = {}
     for name, p in probs.items():
-        metrics = classification_metrics(labels, p, names)
+        metrics = classification_metrics(labels, p, names, decision=reference.spec.decision)
         rows[name] = {
             "accuracy": metrics.accuracy,
             "balanced_accuracy": metrics.balanced_accuracy,
             "mel_sensitivity": metrics.melanoma_sensitivity,
             "macro_auc": metrics.macro_auc,
-            "agreement": float((p.argmax(1) == probs["torch fp32"].argmax(1)).mean()),
+            "agreement": float((decide(reference.spec.decision, p) == decide(reference.spec.decision, probs["torch fp32"])).mean()),
             "max_abs_dprob": float(np.abs(p - probs["torch fp32"]).max()),
         }
     return {"run": run.name, "n": int(len(labels)), "recipe": reference.spec.training.get("recipe", {}), "rows": rows}

@@ -30,18 +30,20 @@ HEADLINE = ("balanced_accuracy", "accuracy", "macro_auc", "melanoma_sensitivity"
 BOOTSTRAP_RESAMPLES = 500
 
 
-def _headline(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict:
-    metrics = classification_metrics(labels, probs, class_names)
+def _headline(labels: np.ndarray, probs: np.ndarray, class_names: list[str], decision: dict | None = None) -> dict:
+    metrics = classification_metrics(labels, probs, class_names, decision=decision)
     return {name: getattr(metrics, name) for name in HEADLINE}
 
 
-def paired_bootstrap(labels: np.ndarray, full: np.ndarray, crop: np.ndarray, class_names: list[str], seed: int = 0) -> dict:
+def paired_bootstrap(
+    labels: np.ndarray, full: np.ndarray, crop: np.ndarray, class_names: list[str], seed: int = 0, decision: dict | None = None
+) -> dict:
     """95% intervals of crop - full, resampling images with replacement (the same images for both arms)."""
     rng = np.random.default_rng(seed)
     deltas: dict[str, list[float]] = {name: [] for name in HEADLINE}
     for _ in range(BOOTSTRAP_RESAMPLES):
         pick = rng.integers(0, len(labels), len(labels))
-        a, b = _headline(labels[pick], full[pick], class_names), _headline(labels[pick], crop[pick], class_names)
+        a, b = _headline(labels[pick], full[pick], class_names, decision), _headline(labels[pick], crop[pick], class_names, decision)
         for name in HEADLINE:
             if a[name] is not None and b[name] is not None:
                 deltas[name].append(b[name] - a[name])
@@ -50,7 +52,7 @@ def paired_bootstrap(labels: np.ndarray, full: np.ndarray, crop: np.ndarray, cla
 
 def summarise(predictions) -> dict:
     keep, labels = labelled_rows(predictions)
-    metrics = classification_metrics(labels, predictions.probs[keep], predictions.class_names)
+    metrics = classification_metrics(labels, predictions.probs[keep], predictions.class_names, decision=predictions.decision)
     return {
         "n": len(keep),
         "balanced_accuracy": metrics.balanced_accuracy,
@@ -105,7 +107,7 @@ def main() -> int:
     full_metrics, crop_metrics = summarise(full), summarise(cropped.predictions)
     areas = cropped.area_fractions[both_ok]
     keep, labels = labelled_rows(full)
-    interval = paired_bootstrap(labels, full.probs[keep], cropped.predictions.probs[keep], full.class_names)
+    interval = paired_bootstrap(labels, full.probs[keep], cropped.predictions.probs[keep], full.class_names, decision=full.decision)
     segmentation = segmentation_metrics(true_masks, predicted_masks).to_dict() if true_masks else None
     command = (
         f"nice -n 19 .venv/bin/python benchmarks/segment_then_classify.py --classifier {args.classifier} --segmenter {args.segmenter} "

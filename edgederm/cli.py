@@ -95,6 +95,13 @@ def _add_train(sub) -> None:
         default=0.9,
         help="the malignant-class referral threshold is set on validation data for this sensitivity (stored in the ModelSpec)",
     )
+    p.add_argument(
+        "--decision",
+        choices=["balanced", "argmax"],
+        default="balanced",
+        help="how the named class is read from the probabilities: balanced = argmax of p / prior**tau, tau chosen on validation "
+        "for balanced accuracy (probabilities unchanged); argmax = the most probable class",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="mixed precision (CUDA only)")
@@ -220,6 +227,18 @@ def _add_operating_point(sub) -> None:
     p.set_defaults(handler=cmd_operating_point)
 
 
+def _add_decision(sub) -> None:
+    p = sub.add_parser(
+        "decision", help="choose how a classifier names the class (balanced or argmax) on validation data (stored in spec.json)"
+    )
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--data", help="labelled data, normally the run's own --data with --split val (not needed for --rule argmax)")
+    p.add_argument("--split", choices=["train", "val", "test"], help="a split of the run's splits.csv (use val; never test)")
+    p.add_argument("--rule", choices=["balanced", "argmax"], default="balanced")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=cmd_decision)
+
+
 def _add_quickstart(sub) -> None:
     p = sub.add_parser("quickstart", help="the embedded default: synthetic data -> train -> evaluate -> predict -> report, offline")
     p.add_argument("--out", type=Path, default=Path("runs/quickstart"))
@@ -242,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_verify(sub)
     _add_operating_point(sub)
+    _add_decision(sub)
     _add_quickstart(sub)
     return parser
 
@@ -308,6 +328,7 @@ def cmd_train_classify(args: argparse.Namespace) -> int:
         distill_weight=args.distill_weight,
         distill_temperature=args.distill_temperature,
         target_sensitivity=args.target_sensitivity,
+        decision=args.decision,
         seed=args.seed,
         device=args.device,
         amp=args.amp,
@@ -545,6 +566,22 @@ def cmd_operating_point(args: argparse.Namespace) -> int:
         f"refer when {'+'.join(point['classes'])} >= {point['threshold']:.4f}: sensitivity {point['sensitivity']:.3f}, "
         f"specificity {point['specificity']:.3f} on {point['chosen_on']} ({point['n_malignant']} malignant, {point['n_benign']} benign)"
     )
+    return 0
+
+
+def cmd_decision(args: argparse.Namespace) -> int:
+    from .decision import describe, set_decision
+
+    if args.rule == "balanced" and not args.data:
+        raise UsageError("--rule balanced is chosen on labelled data", fix="add --data SPEC --split val")
+    decision = set_decision(args.run_dir, args.data, args.split, args.rule, quiet=args.quiet)
+    if decision:
+        scores = decision["balanced_accuracy"]
+        print(
+            f"decision: {describe(decision)}; balanced accuracy {scores['argmax']:.3f} (argmax) -> {scores['balanced']:.3f} on {decision['n']} images"
+        )
+    else:
+        print("decision: argmax" + (" (the balanced rule did not beat it on this data)" if args.rule == "balanced" else ""))
     return 0
 
 

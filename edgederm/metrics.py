@@ -20,11 +20,13 @@ Conventions where a ratio is 0/0:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from .decision import decide, describe
 
 MELANOMA = "mel"
 
@@ -295,6 +297,7 @@ class ClassificationMetrics:
     per_class: dict[str, ClassMetrics]
     confusion_matrix: list[list[int]]
     class_names: list[str]
+    decision: str = "argmax"  # the rule that named each image's class (edgederm.decision.describe)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -331,13 +334,20 @@ def _check_class_names(class_names: Sequence[str]) -> list[str]:
     return names
 
 
-def classification_metrics(y_true: Sequence[int] | np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> ClassificationMetrics:
-    """All classification metrics for one evaluation; ``y_pred`` is ``argmax(probs)``."""
+def classification_metrics(
+    y_true: Sequence[int] | np.ndarray, probs: np.ndarray, class_names: Sequence[str], decision: Mapping[str, Any] | None = None
+) -> ClassificationMetrics:
+    """All classification metrics for one evaluation.
+
+    The named class (accuracy, balanced accuracy, sensitivities, confusion matrix) follows
+    ``decision``, a ModelSpec's rule (``edgederm.decision``; None = argmax). AUC and ECE read the
+    probabilities, whatever the rule.
+    """
     names = _check_class_names(class_names)
     num_classes = len(names)
     labels = _as_labels(y_true, "y_true", num_classes)
     p = _as_prob_matrix(probs, len(labels), num_classes)
-    y_pred = p.argmax(axis=1)
+    y_pred = decide(decision, p)
     cm = confusion_matrix(labels, y_pred, num_classes)
     aucs = _per_class_auc(labels, p)
     per_class = {name: _class_metrics(cm, c, aucs[c]) for c, name in enumerate(names)}
@@ -352,6 +362,7 @@ def classification_metrics(y_true: Sequence[int] | np.ndarray, probs: np.ndarray
         per_class=per_class,
         confusion_matrix=[[int(v) for v in row] for row in cm],
         class_names=names,
+        decision=describe(decision),
     )
 
 

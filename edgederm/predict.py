@@ -6,7 +6,7 @@ import csv
 import io
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from . import _atomic
 from .data.layouts import images_from_paths, load_dataset
 from .data.samples import SampleSet
+from .decision import decide
 from .errors import DataError, ImageError, UsageError
 from .metrics import classification_metrics, segmentation_metrics
 from .runtime import Predictor
@@ -28,6 +29,7 @@ class Predictions:
     class_names: list[str]
     probs: np.ndarray  # (N, C), NaN rows where the image failed
     errors: list[str | None]
+    decision: dict = field(default_factory=dict)  # the model's rule for naming the class (edgederm.decision)
 
     @property
     def ok(self) -> np.ndarray:
@@ -92,15 +94,19 @@ def run_predictor(predictor: Predictor, dataset: SampleSet, batch_size: int = 32
         if len(pending) >= batch_size:
             flush()
     flush()
-    return Predictions(dataset, predictor.class_names, probs, errors)
+    return Predictions(dataset, predictor.class_names, probs, errors, predictor.spec.decision)
 
 
 def write_predictions_csv(predictions: Predictions, path: Path) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["image", "label", *predictions.class_names, "error"])
+    writer.writerow(["image", "label", *predictions.class_names, "predicted", "error"])
     for sample, row, error in zip(predictions.dataset.samples, predictions.probs, predictions.errors, strict=True):
-        values = [""] * len(row) if error else [f"{p:.6f}" for p in row]
+        values = (
+            [""] * (len(row) + 1)
+            if error
+            else [*(f"{p:.6f}" for p in row), predictions.class_names[int(decide(predictions.decision, row))]]
+        )
         writer.writerow([sample.display_path, sample.label or "", *values, error or ""])
     _atomic.write_text(path, buffer.getvalue())
 
@@ -119,7 +125,7 @@ def labelled_rows(predictions: Predictions) -> tuple[list[int], np.ndarray]:
 def labelled_metrics(predictions: Predictions) -> dict:
     """Metrics over the rows that have a known label and a prediction."""
     keep, labels = labelled_rows(predictions)
-    result = classification_metrics(labels, predictions.probs[keep], predictions.class_names).to_dict()
+    result = classification_metrics(labels, predictions.probs[keep], predictions.class_names, decision=predictions.decision).to_dict()
     result["failed_images"] = int((~predictions.ok).sum())
     return result
 

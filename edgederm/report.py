@@ -102,6 +102,13 @@ def plot_training_curves(metrics_csv: Path, path: Path) -> bool:
     return True
 
 
+RULE_EXPLAINED = (
+    "The model names the class with the highest probability divided by that class's training frequency to the power tau, "
+    "so rare classes such as melanoma are named more often than the most probable class alone would be; "
+    "the probabilities, AUC and calibration are unchanged."
+)
+
+
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -137,7 +144,8 @@ def write_classification_report(
         "",
         f"- Images evaluated: {metrics['n']}"
         + (f" ({metrics['failed_images']} could not be read)" if metrics.get("failed_images") else ""),
-        f"- Accuracy: {_fmt(metrics['accuracy'])} (share of images whose top class was right)",
+        *([f"- Named class: {rule}. {RULE_EXPLAINED}"] if (rule := metrics.get("decision", "argmax")) != "argmax" else []),
+        f"- Accuracy: {_fmt(metrics['accuracy'])} (share of images whose named class was right)",
         f"- Balanced accuracy: {_fmt(metrics['balanced_accuracy'])} (average of the per-class sensitivities; not flattered by the common classes)",
         f"- Macro AUC: {_fmt(metrics['macro_auc'])} (how well each class is ranked above the others, 0.5 = chance, 1 = perfect)",
         f"- Melanoma sensitivity: {_fmt(mel)}"

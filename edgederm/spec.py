@@ -40,6 +40,8 @@ class ModelSpec:
     # Screening thresholds chosen on validation data (see edgederm.operating_point); the app's
     # "refer to a clinician" banner and verify's sensitivity/specificity at the threshold use them.
     operating_point: dict[str, Any] = field(default_factory=dict)
+    # The rule that names the class from the probabilities (edgederm.decision); {} = argmax.
+    decision: dict[str, Any] = field(default_factory=dict)
     source_sha256: str | None = None
     artifact: dict[str, Any] = field(default_factory=dict)  # set in exported files: format, quant, input/output tensors
     edgederm_version: str = __version__

@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import cli_env, corrupt_jpeg
 from PIL import Image
 
 from edgederm.cli import main
 from edgederm.data.synthetic import plan_synthetic, render_synthetic
+from edgederm.decision import decide
 from edgederm.spec import ModelSpec
 
 
@@ -47,7 +49,7 @@ def test_predict_images_and_folders_with_a_bad_image(trained_run: Path, tmp_path
     spec = ModelSpec.load(trained_run / "spec.json")
     with open(out / "predictions.csv", newline="") as handle:
         header = next(csv.reader(handle))
-    assert header == ["image", "label", *spec.class_names, "error"]
+    assert header == ["image", "label", *spec.class_names, "predicted", "error"]
     rows = _rows(out / "predictions.csv")
     assert len(rows) == 5
     for row in rows:
@@ -56,6 +58,8 @@ def test_predict_images_and_folders_with_a_bad_image(trained_run: Path, tmp_path
         else:
             assert row["error"] == "" and row["label"] == ""
             assert sum(float(row[c]) for c in spec.class_names) == pytest.approx(1.0, abs=1e-4)
+            probs = np.array([[float(row[c]) for c in spec.class_names]])
+            assert row["predicted"] == spec.class_names[int(decide(spec.decision, probs)[0])]
 
 
 def test_predict_dataset_split_keeps_true_labels(trained_run: Path, tmp_path: Path):

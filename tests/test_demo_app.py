@@ -839,7 +839,7 @@ def test_capture_matches_edgederm_predict(artifacts, segmenter_artifact, lesion,
     assert shown["model"] == str(classifier) and shown["segmenter"] == str(segmenter_artifact)
 
     cli = _predictions_csv(classifier, lesion[0], tmp_path / "cls")
-    class_names = list(cli)[2:-1]  # image, label, one column per class code, error
+    class_names = list(cli)[2:-2]  # image, label, one column per class code, predicted, error
     assert class_names == CapturePipeline.load(classifier).classifier.spec.class_names
     cli_probs = {code: float(cli[code]) for code in class_names}
     cli_top3 = sorted(cli_probs, key=cli_probs.get, reverse=True)[:3]

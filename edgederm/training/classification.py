@@ -24,6 +24,8 @@ from tqdm.auto import tqdm
 from .. import _atomic
 from ..data.pixels import PixelCache, load_pixels
 from ..data.samples import SampleSet
+from ..decision import RULES as DECISION_RULES
+from ..decision import choose_decision, describe, prior_from_counts
 from ..errors import DataError, UsageError
 from ..inference import forward_batches, normalize_tensor, softmax
 from ..labels import DX_CODES
@@ -73,6 +75,7 @@ class TrainConfig:
     weights: str = "default"
     resize: str = "letterbox"
     target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY  # for the malignant-class operating point
+    decision: str = "balanced"  # how the named class is read from the probabilities (edgederm.decision)
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"
@@ -85,6 +88,8 @@ class TrainConfig:
             raise UsageError(f"--mode must be one of {MODES}, got {self.mode!r}")
         if self.balance not in BALANCE:
             raise UsageError(f"--balance must be one of {BALANCE}, got {self.balance!r}")
+        if self.decision not in DECISION_RULES:
+            raise UsageError(f"--decision must be one of {DECISION_RULES}, got {self.decision!r}")
         if self.epochs is None:
             self.epochs = 30 if self.mode == "head" else 10
         if self.warmup_epochs is None:
@@ -578,7 +583,9 @@ class _Trainer:
                 continue
             logits = forward_batches(model.eval(), split.cache.pixels, preprocess, device)
             probs = softmax(logits)
-            result = classification_metrics(split.labels, probs, spec.class_names).to_dict()
+            if name == "val" and self.config.decision == "balanced":
+                spec.decision = self._balanced_decision(spec, split.labels, probs)
+            result = classification_metrics(split.labels, probs, spec.class_names, decision=spec.decision).to_dict()
             if name == "val":
                 spec.operating_point = choose_operating_point(spec, split.labels, probs, self.config.target_sensitivity)
             if spec.operating_point:
@@ -590,6 +597,19 @@ class _Trainer:
                 f"macro AUC {'n/a' if auc is None else f'{auc:.3f}'}, ECE {result['ece']:.3f} (n={result['n']})"
             )
         return metrics
+
+    def _balanced_decision(self, spec: ModelSpec, labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+        counts = spec.training.get("data", {}).get("splits", {}).get("train") or {
+            name: int((labels == i).sum()) for i, name in enumerate(spec.class_names)
+        }
+        prior = prior_from_counts(counts, spec.class_names)
+        decision = choose_decision(labels, probs, prior, spec.class_names)
+        if decision:
+            before, after = decision["balanced_accuracy"]["argmax"], decision["balanced_accuracy"]["balanced"]
+            self.log(f"decision rule: {describe(decision)}, val balanced accuracy {before:.3f} -> {after:.3f}")
+        else:
+            self.log("decision rule: argmax (the balanced rule did not beat it on validation)")
+        return decision
 
 
 class _Teacher:

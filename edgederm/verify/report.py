@@ -15,7 +15,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .. import _atomic
+from ..decision import describe
 from ..metrics import reliability_bins, roc_auc, roc_curve
+from ..report import RULE_EXPLAINED
 from ..runtime.screening import malignant_classes, malignant_score
 from ..spec import ModelSpec
 
@@ -286,6 +288,10 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"- Referral threshold (from the ModelSpec, set on validation data for {op['target_sensitivity']:.0%} sensitivity): "
             f"malignant score ({', '.join(op['classes'])}) >= {op['threshold']:.3f}. The table re-measures sensitivity/specificity at it."
+        )
+    if result.get("decision"):
+        lines.append(
+            f"- Named class (accuracy, balanced accuracy, sensitivities, top-1 agreement): {describe(result['decision'])}. {RULE_EXPLAINED}"
         )
     if any(a.get("emulated") for a in result["artifacts"]):
         lines.append(

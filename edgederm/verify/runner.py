@@ -266,6 +266,7 @@ def verify_export(export_dir: Path, options: VerifyOptions) -> dict[str, Any]:
         "task": spec.task,
         "class_names": spec.class_names,
         "operating_point": spec.operating_point or None,
+        "decision": spec.decision or None,
         "export_dir": str(export_dir),
         "data": dataset.spec,
         "n_images": len(cache.kept),

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..data.pixels import PixelCache
 from ..data.samples import SampleSet
+from ..decision import decide
 from ..errors import DataError, ImageError
 from ..metrics import binarize_mask, classification_metrics, mask_iou, segmentation_metrics
 from ..operating_point import sensitivity_specificity
@@ -63,7 +64,7 @@ def score(spec: ModelSpec, truth: Truth, probs: np.ndarray) -> dict[str, Any]:
     """Flat metrics (numbers a guard can name); a classifier's also carry the confusion matrix."""
     if spec.task == "segmentation":
         return segmentation_metrics(truth.masks, masks_of(spec, truth, probs)).to_dict()
-    result = classification_metrics(truth.labels, probs, spec.class_names)
+    result = classification_metrics(truth.labels, probs, spec.class_names, decision=spec.decision)
     flat: dict[str, Any] = {
         "accuracy": result.accuracy,
         "balanced_accuracy": result.balanced_accuracy,
@@ -86,4 +87,4 @@ def agreement(spec: ModelSpec, truth: Truth, reference: np.ndarray, probs: np.nd
     if spec.task == "segmentation":
         ious = [mask_iou(a, b) for a, b in zip(masks_of(spec, truth, reference), masks_of(spec, truth, probs), strict=True)]
         return {"mask_iou": float(np.mean(ious)), "mask_iou_per_image": [round(v, 4) for v in ious], **common}
-    return {"top1": float((probs.argmax(1) == reference.argmax(1)).mean()), **common}
+    return {"top1": float((decide(spec.decision, probs) == decide(spec.decision, reference)).mean()), **common}
