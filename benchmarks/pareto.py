@@ -1,6 +1,6 @@
 """The accuracy-latency frontier: balanced accuracy on the HAM10000 test split against TFLite int8 latency at 1 thread.
 
-    python benchmarks/pareto.py --run runs/reference --run runs/reference_cpu160 --run runs/student \
+    python benchmarks/pareto.py --run runs/reference --run runs/student:48,64,96 --own-size-only runs/reference_cpu160 \
         [--sizes 96,128,160,192,224] [--data ham10000:../shared/data/ham10000]
 
 Every run is exported to a full-integer int8 TFLite at each input size (the same weights: these
@@ -49,7 +49,7 @@ def measure(run: Path, size: int, data: str, work: Path, runs: int) -> dict:
 
     from edgederm.data.layouts import load_dataset
     from edgederm.data.pixels import load_pixels
-    from edgederm.decision import describe
+    from edgederm.decision import describe, set_decision
     from edgederm.export import export_run
     from edgederm.formats import FORMATS
     from edgederm.metrics import classification_metrics
@@ -60,6 +60,11 @@ def measure(run: Path, size: int, data: str, work: Path, runs: int) -> dict:
 
     spec = ModelSpec.load(run / "spec.json")
     sized = run if size == spec.preprocess.input_size else sized_run(run, size, work / run.name)
+    if sized != run:
+        # A rule chosen at the trained size misreads other sizes (their probabilities shift), so each size
+        # gets its own, chosen the same way on the run's validation split; it travels into the artifact.
+        set_decision(sized, data, "val", quiet=True)
+    decision = ModelSpec.load(sized / "spec.json").decision
     out = work / run.name / f"int8_{size}"
     started = time.time()
     (record,) = export_run(sized, [FORMATS["tflite"]], ["int8"], out, calib_data=data, calib_n=100, quiet=True)
@@ -74,7 +79,7 @@ def measure(run: Path, size: int, data: str, work: Path, runs: int) -> dict:
     scores = {}
     for name, predictor in (("int8", artifact), ("fp32", float_model)):
         probs = predictor.predict_pixels(pixels.pixels)
-        metrics = classification_metrics(labels, probs, spec.class_names, decision=spec.decision)
+        metrics = classification_metrics(labels, probs, spec.class_names, decision=decision)
         scores[name] = {
             "balanced_accuracy": metrics.balanced_accuracy,
             "mel_sensitivity": metrics.melanoma_sensitivity,
@@ -87,12 +92,12 @@ def measure(run: Path, size: int, data: str, work: Path, runs: int) -> dict:
         "arch": spec.arch,
         "trained_px": spec.preprocess.input_size,
         "size": size,
-        "recipe": {k: spec.training["recipe"].get(k) for k in ("epochs", "augment", "ema", "qat", "distill_from")},
+        "recipe": {k: spec.training["recipe"].get(k) for k in ("epochs", "augment", "ema", "qat", "prune", "distill_from")},
         "n_test": int(len(labels)),
         "balanced_accuracy": scores["int8"]["balanced_accuracy"],
         "mel_sensitivity": scores["int8"]["mel_sensitivity"],
         "fp32_balanced_accuracy": scores["fp32"]["balanced_accuracy"],
-        "decision": describe(spec.decision),
+        "decision": describe(decision),
         "argmax_balanced_accuracy": scores["int8"]["argmax_balanced_accuracy"],
         "latency_ms": latency["median_ms"],
         "latency_p90_ms": latency["p90_ms"],
@@ -188,8 +193,9 @@ def markdown(payload: dict) -> str:
         "Balanced accuracy and melanoma sensitivity are the int8 artifact's, on each run's lesion-disjoint test split "
         "(the same seed-0 split for every run here); `fp32 BMA` is the torch model at the same input size. "
         "A run exported at a size other than the one it was trained at keeps its weights (these networks are fully convolutional). "
-        "BMA names each image's class by the run's stored decision rule (`tau`: the balanced rule chosen on validation at the "
-        "trained size, see the README's 'The named class'; `-`: argmax); `BMA argmax` is the same int8 artifact read by plain argmax.",
+        "BMA names each image's class by the balanced decision rule chosen on the run's validation split at that input size "
+        "(`tau`; `-`: argmax was as good; see the README's 'The named class'), stored in the artifact; "
+        "`BMA argmax` is the same int8 artifact read by plain argmax.",
         *conditions_and_targets(payload.get("note", ""), payload["target_checks"]),
         "",
         f"Peer: {PEER['label']}, balanced accuracy {PEER['balanced_accuracy']} at {PEER['latency_ms']} ms ({PEER['size']} px), {PEER['source']}.",
@@ -213,7 +219,9 @@ def markdown(payload: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, action="append", required=True, help="a HAM10000 classifier run (repeat)")
+    parser.add_argument(
+        "--run", action="append", required=True, help="a HAM10000 classifier run, optionally RUN:64,96 for its own sizes (repeat)"
+    )
     parser.add_argument("--sizes", default="96,128,160,192,224", help="input sizes to export each run at (px)")
     parser.add_argument("--own-size-only", type=Path, action="append", default=[], help="export this run only at its training size")
     parser.add_argument("--data", default=f"ham10000:{SHARED / 'ham10000'}")
@@ -237,12 +245,9 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(1)
         sizes = [int(s) for s in args.sizes.split(",")]
-        only_own = {p.resolve() for p in args.own_size_only}
-        rows = []
-        for run in args.run + args.own_size_only:
-            own = ModelSpec.load(run / "spec.json").preprocess.input_size
-            for size in [own] if run.resolve() in only_own else sizes:
-                rows.append(measure(run, size, args.data, args.work, args.runs))
+        plan = [(Path(p), [int(s) for s in own.split(",")] if own else sizes) for p, _, own in (r.partition(":") for r in args.run)]
+        plan += [(run, [ModelSpec.load(run / "spec.json").preprocess.input_size]) for run in args.own_size_only]
+        rows = [measure(run, size, args.data, args.work, args.runs) for run, run_sizes in plan for size in run_sizes]
         command = "python benchmarks/pareto.py " + shlex.join(argv if argv is not None else sys.argv[1:])
         payload = {
             "command": command,

@@ -41,37 +41,11 @@ def _images(run: Path, eval_spec: str | None, data: str):
 
 
 def score(run: Path, images, work: Path, calib: str) -> dict:
-    import numpy as np
+    from _scoring import export_and_predict, metric_row
 
-    from edgederm.data.pixels import load_pixels
-    from edgederm.decision import decide
-    from edgederm.export import export_run
-    from edgederm.formats import FORMATS
-    from edgederm.metrics import classification_metrics
-    from edgederm.runtime import Predictor
-
-    reference = Predictor.load(run)
-    names = reference.spec.class_names
-    pixels = load_pixels(images, reference.spec.preprocess, desc=None, quiet=True)
-    labels = np.array([names.index(images.samples[i].label) for i in pixels.kept])
-    records = export_run(run, [FORMATS["tflite"], FORMATS["onnx"]], ["int8"], work / run.name, calib_data=calib, calib_n=100, quiet=True)
-    probs = {"torch fp32": reference.predict_pixels(pixels.pixels)}
-    for record in records:
-        if record.status != "ok":
-            raise RuntimeError(f"{run}: {record.format} int8: {record.message}")
-        probs[f"{record.format} int8"] = Predictor.load(work / run.name / record.path).predict_pixels(pixels.pixels)
-    rows = {}
-    for name, p in probs.items():
-        metrics = classification_metrics(labels, p, names, decision=reference.spec.decision)
-        rows[name] = {
-            "accuracy": metrics.accuracy,
-            "balanced_accuracy": metrics.balanced_accuracy,
-            "mel_sensitivity": metrics.melanoma_sensitivity,
-            "macro_auc": metrics.macro_auc,
-            "agreement": float((decide(reference.spec.decision, p) == decide(reference.spec.decision, probs["torch fp32"])).mean()),
-            "max_abs_dprob": float(np.abs(p - probs["torch fp32"]).max()),
-        }
-    return {"run": run.name, "n": int(len(labels)), "recipe": reference.spec.training.get("recipe", {}), "rows": rows}
+    spec, labels, _, probs, _ = export_and_predict(run, images, work, calib)
+    rows = {name: metric_row(spec, labels, p, probs["torch fp32"]) for name, p in probs.items()}
+    return {"run": run.name, "n": int(len(labels)), "recipe": spec.training.get("recipe", {}), "rows": rows}
 
 
 def markdown(payload: dict) -> str:

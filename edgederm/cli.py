@@ -83,6 +83,14 @@ def _add_train(sub) -> None:
         help="--mode full: quantization-aware training through simulated int8 (fine-tune a run: --init-from RUN --epochs 3 --lr 1e-4)",
     )
     p.add_argument(
+        "--prune",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="with --init-from: remove this share of each block's expansion channels (least important first), then "
+        "fine-tune; e.g. --prune 0.4 --distill-from RUN",
+    )
+    p.add_argument(
         "--distill-from",
         metavar="RUN_DIR",
         help="--mode full: a teacher run whose softened probabilities join the loss (knowledge distillation)",
@@ -324,6 +332,7 @@ def cmd_train_classify(args: argparse.Namespace) -> int:
         ema=args.ema,
         init_from=args.init_from,
         qat=args.qat,
+        prune=args.prune,
         distill_from=args.distill_from,
         distill_weight=args.distill_weight,
         distill_temperature=args.distill_temperature,

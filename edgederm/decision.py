@@ -15,6 +15,7 @@ reads only the output tensor gets the plain argmax.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,15 +58,12 @@ def prior_from_counts(counts: Mapping[str, int], class_names: Sequence[str]) -> 
 
 def choose_decision(labels: np.ndarray, probs: np.ndarray, prior: Sequence[float], class_names: Sequence[str]) -> dict[str, Any]:
     """The balanced rule's tau with the best smoothed validation balanced accuracy; {} if argmax is as good."""
-    from .metrics import classification_metrics
+    from .metrics import balanced_accuracy
 
     labels, probs = np.asarray(labels), np.asarray(probs, np.float64)
     if len(np.unique(labels)) < 2:
         return {}
-    scores = []
-    for tau in TAUS:
-        rule = {"offsets": class_offsets(prior, tau)}
-        scores.append(classification_metrics(labels, probs, class_names, decision=rule).balanced_accuracy)
+    scores = [balanced_accuracy(labels, decide({"offsets": class_offsets(prior, tau)}, probs), len(class_names)) for tau in TAUS]
     smoothed = np.convolve(np.pad(scores, 1, mode="edge"), np.ones(3) / 3, mode="valid")
     best = int(np.argmax(smoothed))  # the first maximum: the smallest tau among ties
     if TAUS[best] == 0 or smoothed[best] - scores[0] < MIN_GAIN:
@@ -90,34 +88,24 @@ def describe(decision: Mapping[str, Any] | None) -> str:
     return f"balanced (tau {float(decision['tau']):.2f}, chosen on {decision.get('chosen_on', 'validation')})"
 
 
-def set_decision(run_dir, data: str, split: str | None, rule: str = "balanced", quiet: bool = False) -> dict[str, Any]:
+def set_decision(run_dir, data: str | None, split: str | None, rule: str = "balanced", quiet: bool = False) -> dict[str, Any]:
     """Choose the rule on ``data`` (normally the run's validation split) and store it in spec.json."""
-    from pathlib import Path
-
-    from . import _atomic
     from .errors import DataError, UsageError
-    from .predict import labelled_rows, resolve_inputs, run_predictor
-    from .runtime import Predictor
-    from .spec import ModelSpec
+    from .run_choice import labelled_probs, load_classifier_run, store_spec
 
     if rule not in RULES:
         raise UsageError(f"--rule must be one of {RULES}, got {rule!r}")
-    run_dir = Path(run_dir)
-    if not (run_dir / "spec.json").is_file():
-        raise UsageError("not a run directory (no spec.json)", fix="give the run directory made by `edgederm train classify`")
-    spec = ModelSpec.load(run_dir / "spec.json")
-    if spec.task != "classification":
-        raise UsageError("a decision rule is for classifiers", fix="give a classifier's run directory")
+    predictor = load_classifier_run(run_dir, "a decision rule")
+    spec = predictor.spec
     decision: dict[str, Any] = {}
     if rule == "balanced":
         counts = spec.training.get("data", {}).get("splits", {}).get("train")
         if not counts:
-            raise DataError("spec.json does not record the training split's class counts", path=run_dir / "spec.json")
-        predictions = run_predictor(Predictor.load(run_dir), resolve_inputs(data, [], split, run_dir / "splits.csv"), quiet=quiet)
-        keep, labels = labelled_rows(predictions)
-        decision = choose_decision(labels, predictions.probs[keep], prior_from_counts(counts, spec.class_names), spec.class_names)
+            raise DataError("spec.json does not record the training split's class counts", path=Path(run_dir) / "spec.json")
+        labels, probs, where = labelled_probs(predictor, run_dir, data, split, quiet=quiet)
+        decision = choose_decision(labels, probs, prior_from_counts(counts, spec.class_names), spec.class_names)
         if decision:
-            decision["chosen_on"] = f"{data}" + (f" [{split}]" if split else "")
+            decision["chosen_on"] = where
     spec.decision = decision
-    _atomic.write_text(run_dir / "spec.json", spec.to_json())
+    store_spec(run_dir, spec)
     return decision

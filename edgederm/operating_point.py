@@ -64,26 +64,15 @@ def sensitivity_specificity(spec: ModelSpec, labels: np.ndarray, probs: np.ndarr
 
 def set_operating_point(run_dir, data: str, split: str | None, target_sensitivity: float, quiet: bool = False) -> dict[str, Any]:
     """Choose the threshold on ``data`` (normally the run's validation split) and store it in spec.json."""
-    from pathlib import Path
+    from .errors import DataError
+    from .run_choice import labelled_probs, load_classifier_run, store_spec
 
-    from . import _atomic
-    from .errors import DataError, UsageError
-    from .predict import labelled_rows, resolve_inputs, run_predictor
-    from .runtime import Predictor
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "spec.json").is_file():
-        raise UsageError("not a run directory (no spec.json)", fix="give the run directory made by `edgederm train classify`")
-    predictor = Predictor.load(run_dir)
-    if predictor.spec.task != "classification":
-        raise UsageError("an operating point is for classifiers", fix="give a classifier's run directory")
-    predictions = run_predictor(predictor, resolve_inputs(data, [], split, run_dir / "splits.csv"), quiet=quiet)
-    keep, labels = labelled_rows(predictions)
-    point = choose_operating_point(predictor.spec, labels, predictions.probs[keep], target_sensitivity)
+    predictor = load_classifier_run(run_dir, "an operating point")
+    labels, probs, where = labelled_probs(predictor, run_dir, data, split, quiet=quiet)
+    point = choose_operating_point(predictor.spec, labels, probs, target_sensitivity)
     if not point:
         raise DataError("the data has no malignant (or no benign) lesion to set a threshold on", path=data)
-    point["chosen_on"] = f"{data}" + (f" [{split}]" if split else "")
-    spec = ModelSpec.load(run_dir / "spec.json")
-    spec.operating_point = point
-    _atomic.write_text(run_dir / "spec.json", spec.to_json())
+    point["chosen_on"] = where
+    predictor.spec.operating_point = point
+    store_spec(run_dir, predictor.spec)
     return point

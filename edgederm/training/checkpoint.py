@@ -17,7 +17,7 @@ from torch import nn
 
 from .. import _atomic
 from ..errors import ModelError
-from ..models import create_model
+from ..models import create_model, pruning
 from ..models.classifiers import set_batchnorm_eps
 from ..spec import ModelSpec
 
@@ -106,6 +106,11 @@ def build_from_spec(spec: ModelSpec) -> nn.Module:
     model = create_model(spec.arch, spec.num_classes)
     if "bn_eps" in spec.arch_options:
         set_batchnorm_eps(model, float(spec.arch_options["bn_eps"]))
+    if "mid_channels" in spec.arch_options:
+        try:
+            pruning.shrink(model, [int(w) for w in spec.arch_options["mid_channels"]])
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"arch_options.mid_channels does not fit {spec.arch} ({exc})", fix="re-export from the pruned run") from None
     return model
 
 

@@ -30,7 +30,7 @@ from ..errors import DataError, UsageError
 from ..inference import forward_batches, normalize_tensor, softmax
 from ..labels import DX_CODES
 from ..metrics import classification_metrics
-from ..models import create_model, get_entry
+from ..models import create_model, get_entry, pruning
 from ..operating_point import DEFAULT_TARGET_SENSITIVITY, choose_operating_point, sensitivity_specificity
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from ..spec import ModelSpec
@@ -44,6 +44,7 @@ from .common import write_splits as _write_splits
 from .distributed import DistContext, all_gather_arrays, setup, teardown
 
 MODES = ("head", "full")
+PRUNE_IMAGES = 256  # train images whose activations rank the channels --prune removes
 BALANCE = ("weighted_loss", "none")
 
 
@@ -68,6 +69,7 @@ class TrainConfig:
     ema: float = 0.0  # full mode: 0 = off, else the decay of a weight average that is validated and kept
     init_from: str | None = None  # a run dir whose weights (and split) this run starts from
     qat: bool = False  # full mode: train through simulated int8 (see training/qat.py)
+    prune: float = 0.0  # full mode with --init-from: drop this share of each block's expansion channels first
     distill_from: str | None = None  # a teacher run dir: its soft labels join the loss
     distill_weight: float = 0.5  # share of the loss taken by the teacher's soft labels
     distill_temperature: float = 2.0
@@ -111,6 +113,13 @@ class TrainConfig:
             raise UsageError("--qat and --distill-from train the whole network", fix="add --mode full")
         if self.qat and self.ema:
             raise UsageError("--qat keeps the fake-quantized weights it validates; it does not combine with --ema", fix="drop --ema")
+        if self.prune:
+            if not 0.0 < self.prune < 1.0:
+                raise UsageError(f"--prune must be a share in (0, 1), got {self.prune}")
+            if not self.init_from or self.mode != "full":
+                raise UsageError("--prune shrinks a trained network, then fine-tunes it", fix="add --init-from RUN --mode full")
+            if self.qat:
+                raise UsageError("--prune and --qat in one run", fix="prune first, then fine-tune the pruned run with --init-from it --qat")
         if not 0.0 < self.distill_weight <= 1.0 or self.distill_temperature <= 0:
             raise UsageError("--distill-weight must be in (0, 1] and --distill-temperature positive")
 
@@ -251,6 +260,12 @@ def _split_rows(path: Path | None, dataset: SampleSet | None = None, external_va
     return rows | {(s.image_id, "val") for s in (external_val.samples if external_val else [])}
 
 
+def _pruned_widths(model: nn.Module, arch: str, num_classes: int) -> dict[str, list[int]]:
+    """``{"mid_channels": [...]}`` when the model's blocks are narrower than the arch's own, else {}."""
+    widths = pruning.mid_channels(model)
+    return {"mid_channels": widths} if widths != pruning.mid_channels(create_model(arch, num_classes)) else {}
+
+
 def _teacher_sha(run: str | None) -> str | None:
     if run is None:
         return None
@@ -315,6 +330,8 @@ class _Trainer:
 
         if source is not None:
             model = source[0]
+            if config.prune:
+                self._prune(model, train, preprocess, context.device)
         else:
             model = create_model(config.arch, len(class_names), None if weights == "none" else weights)
             _zero_head(model)
@@ -335,7 +352,7 @@ class _Trainer:
             class_names=class_names,
             preprocess=preprocess,
             output="logits",
-            arch_options=_bn_eps(model),
+            arch_options={**_bn_eps(model), **_pruned_widths(model, config.arch, len(class_names))},
             training={
                 "recipe": config.recipe(),
                 "weights": weights,
@@ -356,6 +373,17 @@ class _Trainer:
             self.log(f"{len(skipped)} unreadable image(s) were skipped (listed above)")
         context.barrier()
         return TrainResult(self.run_dir, spec, metrics, skipped)
+
+    def _prune(self, model: nn.Module, train: SplitData, preprocess: Preprocess, device: torch.device) -> None:
+        """Shrink the --init-from network before fine-tuning; a resumed run re-prunes, then loads its own weights."""
+        before = sum(pruning.mid_channels(model))
+        sample = torch.from_numpy(train.cache.pixels[:PRUNE_IMAGES])
+        batches = (normalize_tensor(sample[i : i + 64].to(device), preprocess) for i in range(0, len(sample), 64))
+        model.to(device)
+        widths = pruning.prune(model, self.config.prune, pruning.importance(model, batches))
+        self.log(
+            f"pruned {before - sum(widths)} of {before} expansion channels ({len(widths)} blocks), by importance on {len(sample)} train images"
+        )
 
     # -- head ------------------------------------------------------------------------------
 
