@@ -63,9 +63,7 @@ class AndroidTFLitePredictor(Predictor):
         self.output_shape = [int(n) for n in self.interpreter.getOutputTensor(0).shape()]
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        array = self.spec.input_preprocess.normalize(np.asarray(pixels))
-        if self.input_layout != self.spec.preprocess.layout:
-            array = np.ascontiguousarray(np.moveaxis(array, -1, 1) if self.input_layout == "NCHW" else np.moveaxis(array, 1, -1))
+        array = self.spec.input_preprocess.normalize(np.asarray(pixels), layout=self.input_layout)
         return np.stack([self._run_one(one[None]) for one in array]) if len(array) else np.zeros((0, self.spec.num_classes), np.float32)
 
     def _run_one(self, batch: np.ndarray) -> np.ndarray:

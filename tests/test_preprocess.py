@@ -43,6 +43,21 @@ def test_normalize_matches_the_formula_and_layouts():
     np.testing.assert_allclose(np.moveaxis(nhwc, -1, 1), nchw)
 
 
+@pytest.mark.parametrize("mean, std", [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((127 / 255,) * 3, (128 / 255,) * 3)])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_the_byte_table_is_bit_identical_to_the_float_formula(mean, std, layout):
+    every_byte = np.arange(256, dtype=np.uint8).repeat(3).reshape(1, 16, 16, 3)
+    pixels = np.concatenate([every_byte, np.random.default_rng(1).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)])
+    pre = Preprocess(input_size=16, mean=mean, std=std, layout=layout)
+    formula = (pixels.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    for asked in ("NCHW", "NHWC"):
+        got = pre.normalize(pixels, layout=asked)
+        expected = np.moveaxis(formula, -1, 1) if asked == "NCHW" else formula
+        assert got.dtype == np.float32 and got.flags.c_contiguous and np.array_equal(got, expected)
+    assert np.array_equal(pre.normalize(pixels.astype(np.float32)), pre.normalize(pixels))  # non-byte input: the formula itself
+    assert pre.normalize(pixels[:0]).shape[0] == 0
+
+
 @pytest.mark.parametrize("size", [(1, 1), (4000, 1), (1, 4000), (3, 2)])
 def test_extreme_shapes_still_give_a_full_input(size):
     pre = Preprocess(input_size=32)

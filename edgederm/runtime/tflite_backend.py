@@ -59,9 +59,7 @@ class TFLitePredictor(Predictor):
         self.input_layout = self.spec.artifact.get("input", {}).get("layout", "NHWC")
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        array = self.spec.input_preprocess.normalize(np.asarray(pixels))
-        if self.input_layout != self.spec.preprocess.layout:
-            array = np.ascontiguousarray(np.moveaxis(array, -1, 1) if self.input_layout == "NCHW" else np.moveaxis(array, 1, -1))
+        array = self.spec.input_preprocess.normalize(np.asarray(pixels), layout=self.input_layout)
         if not len(array):
             return np.zeros((0, self.spec.num_classes), np.float32)
         if self._fixed_batch() and self.input["shape"][0] != len(array):
