@@ -18,7 +18,6 @@ Writes benchmarks/results/pareto.{json,md} and pareto.png.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import re
 import shlex
@@ -231,11 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown-only", action="store_true", help="re-render pareto.md/png from pareto.json")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _results import reread, write_results
 
     path = RESULTS / "pareto.json"
     if args.markdown_only:
-        payload = json.loads(path.read_text())
-        payload["note"] = args.note or payload.get("note", "")
+        payload = reread(path, args.note)
     else:
         import os
 
@@ -260,11 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     payload["frontier"] = [(r["run"], r["size"]) for r in frontier(payload["rows"])]
     payload["target_checks"] = targets(payload["rows"])
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    (RESULTS / "pareto.md").write_text(markdown(payload))
+    write_results(path, payload, markdown(payload))
     plot(payload["rows"], RESULTS / "pareto.png")
-    _log(f"wrote {path.with_suffix('.md')}")
     return 0
 
 

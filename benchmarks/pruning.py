@@ -15,7 +15,6 @@ Writes benchmarks/results/pruning.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -174,11 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown-only", action="store_true", help="re-render pruning.md from pruning.json")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _results import reread, write_results
 
     path = RESULTS / "pruning.json"
     if args.markdown_only:
-        payload = json.loads(path.read_text())
-        payload["note"] = args.note or payload.get("note", "")
+        payload = reread(path, args.note)
     else:
         import torch
 
@@ -195,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             "table": compare(rows),
         }
     payload["target_checks"] = targets(payload["table"])
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    path.with_suffix(".md").write_text(markdown(payload))
-    _log(f"wrote {path.with_suffix('.md')}")
+    write_results(path, payload, markdown(payload))
     return 0
 
 

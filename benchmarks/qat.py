@@ -16,7 +16,6 @@ Writes benchmarks/results/qat.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shlex
 import sys
@@ -95,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="")
     parser.add_argument("--markdown-only", action="store_true")
     args = parser.parse_args(argv)
+    from _results import reread, write_results
 
     path = RESULTS / "qat.json"
     if args.markdown_only:
-        payload = json.loads(path.read_text())
-        payload["note"] = args.note or payload.get("note", "")
+        payload = reread(path, args.note)
     else:
         evals = dict(item.split("=", 1) for item in args.eval)
         calibs = dict(item.split("=", 1) for item in args.calib)
@@ -122,10 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             "note": args.note,
             "pairs": pairs,
         }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    path.with_suffix(".md").write_text(markdown(payload))
-    _log(f"wrote {path.with_suffix('.md')}")
+    write_results(path, payload, markdown(payload))
     return 0
 
 
