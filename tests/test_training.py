@@ -261,12 +261,29 @@ def test_distillation_trains_a_smaller_student_at_another_size(trained_run: Path
             mode="full",
             epochs=1,
             batch_size=8,
+            test_fraction=0.2,  # the teacher's split, so it never saw this run's val/test images
             distill_from=str(trained_run),
             quiet=True,
         )
     )
     assert student.spec.training["teacher_sha256"] == ModelSpec.load(trained_run / "spec.json").source_sha256
     assert student.spec.preprocess.input_size == 48 and student.spec.class_names == ["bkl", "mel", "nv", "vasc"]
+
+
+def test_a_teacher_that_trained_on_this_runs_test_images_is_refused(trained_run: Path, tmp_path: Path):
+    config = TrainConfig(
+        data="synthetic:60,seed=4",
+        out=tmp_path / "s",
+        mode="full",
+        epochs=1,
+        test_fraction=0.2,
+        seed=1,
+        distill_from=str(trained_run),
+        **TINY,
+    )
+    with pytest.raises(UsageError, match="was trained on .* of this run's val/test images"):
+        train_classifier(config)
+    assert not (tmp_path / "s" / "model.safetensors").exists()
 
 
 def test_distillation_loss_is_the_hard_loss_when_the_student_matches_the_teacher(trained_run: Path):

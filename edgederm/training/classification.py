@@ -260,6 +260,21 @@ def _split_rows(path: Path | None, dataset: SampleSet | None = None, external_va
     return rows | {(s.image_id, "val") for s in (external_val.samples if external_val else [])}
 
 
+def _check_teacher_split(teacher: str, ours: set[tuple[str, str]], log) -> None:
+    """A teacher that trained on this run's val or test images would pass their labels to the student."""
+    theirs = _split_rows(checkpoint.resolve_checkpoint(teacher)[1].parent / "splits.csv")
+    if not theirs:
+        log(f"warning: --distill-from {teacher} has no splits.csv, so it cannot be checked against this run's val/test images")
+        return
+    trained = {image for image, split in theirs if split == "train"}
+    leaked = sorted(image for image, split in ours if split != "train" and image in trained)
+    if leaked:
+        raise UsageError(
+            f"--distill-from {teacher} was trained on {len(leaked)} of this run's val/test images (e.g. {leaked[0]})",
+            fix="distil from a teacher trained on the same split: the same --data, --val-fraction, --test-fraction and --seed",
+        )
+
+
 def _pruned_widths(model: nn.Module, arch: str, num_classes: int) -> dict[str, list[int]]:
     """``{"mid_channels": [...]}`` when the model's blocks are narrower than the arch's own, else {}."""
     widths = pruning.mid_channels(model)
@@ -299,6 +314,8 @@ class _Trainer:
             raise DataError(f"training needs at least 2 classes, found {class_names}", path=config.data)
         preprocess, weights = _preprocess_for(config)
         source = _init_source(config, class_names, dataset, external_val) if config.init_from else None
+        if config.distill_from:
+            _check_teacher_split(config.distill_from, _split_rows(None, dataset, external_val), self.log)
         if source is not None:
             preprocess, weights = source[1].preprocess, f"run:{config.init_from}"
         quiet = config.quiet or not context.is_main
