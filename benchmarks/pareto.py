@@ -59,11 +59,9 @@ def measure(run: Path, size: int, data: str, work: Path, runs: int) -> dict:
 
     spec = ModelSpec.load(run / "spec.json")
     sized = run if size == spec.preprocess.input_size else sized_run(run, size, work / run.name)
-    if sized != run:
-        # A rule chosen at the trained size misreads other sizes (their probabilities shift), so each size
-        # gets its own, chosen the same way on the run's validation split; it travels into the artifact.
-        set_decision(sized, data, "val", quiet=True)
-    decision = ModelSpec.load(sized / "spec.json").decision
+    # A rule chosen at the trained size misreads other sizes (their probabilities shift), so each size
+    # gets its own, chosen the same way on the run's validation split; it travels into the artifact.
+    decision = spec.decision if sized == run else set_decision(sized, data, "val", quiet=True)
     out = work / run.name / f"int8_{size}"
     started = time.time()
     (record,) = export_run(sized, [FORMATS["tflite"]], ["int8"], out, calib_data=data, calib_n=100, quiet=True)

@@ -41,7 +41,6 @@ def importance(model: nn.Module, batches: Iterable[torch.Tensor]) -> list[torch.
     """Per block, per mid channel: mean |input of the project conv| times that channel's L1 weight norm."""
     found = blocks(model)
     sums = [torch.zeros(b.conv_pwl.in_channels, dtype=torch.float64) for b in found]
-    count = [0]
 
     def hook(index: int) -> Callable:
         def record(_module, inputs):
@@ -52,17 +51,18 @@ def importance(model: nn.Module, batches: Iterable[torch.Tensor]) -> list[torch.
     handles = [b.conv_pwl.register_forward_pre_hook(hook(i)) for i, b in enumerate(found)]
     was_training = model.training
     model.eval()
+    seen = 0
     try:
         for batch in batches:
             model(batch)
-            count[0] += 1
+            seen += 1
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    if not count[0]:
+    if not seen:
         raise ValueError("channel importance needs at least one batch")
-    return [(s / count[0]) * b.conv_pwl.weight.detach().abs().sum(dim=(0, 2, 3)).double().cpu() for s, b in zip(sums, found, strict=True)]
+    return [(s / seen) * b.conv_pwl.weight.detach().abs().sum(dim=(0, 2, 3)).double().cpu() for s, b in zip(sums, found, strict=True)]
 
 
 def prune(model: nn.Module, ratio: float, scores: list[torch.Tensor]) -> list[int]:
