@@ -10,17 +10,17 @@ def export_and_predict(run: Path, images, work: Path, calib: str, quants: tuple[
     """(spec, labels, pixels, {name: probabilities}, {name: Predictor}) for torch fp32 and every TFLite and ONNX artifact."""
     import numpy as np
 
+    from edgederm.core.formats import FORMATS
     from edgederm.data.pixels import load_pixels
     from edgederm.export import export_run
-    from edgederm.formats import FORMATS
     from edgederm.runtime import Predictor
 
     reference = Predictor.load(run)
     names = reference.spec.class_names
-    pixels = load_pixels(images, reference.spec.preprocess, desc=None, quiet=True)
+    pixels = load_pixels(images, reference.spec.preprocess, desc=None)
     labels = np.array([names.index(images.samples[i].label) for i in pixels.kept])
     records = export_run(
-        run, [FORMATS["tflite"], FORMATS["onnx"]], list(quants), work / run.name, calib_data=calib, calib_n=100, quiet=True
+        run, [FORMATS["tflite"], FORMATS["onnx"]], list(quants), work / run.name, calib_data=calib, calib_n=100
     )
     predictors = {"torch fp32": reference}
     for record in records:
@@ -35,8 +35,8 @@ def metric_row(spec, labels, probs, reference_probs) -> dict:
     """Task metrics by the run's stored decision rule, plus agreement and max |dprob| against ``reference_probs``."""
     import numpy as np
 
-    from edgederm.decision import decide
     from edgederm.metrics import classification_metrics
+    from edgederm.runtime.readout import decide
 
     metrics = classification_metrics(labels, probs, spec.class_names, decision=spec.decision)
     return {

@@ -42,9 +42,9 @@ from demo_app.contours import draw_contour  # noqa: E402
 from demo_app.main import launch_options, parse_args, prepare_kivy_environment  # noqa: E402
 from demo_app.presentation import result_view  # noqa: E402
 from demo_app.sources import CAMERA_RESOLUTION  # noqa: E402
+from edgederm.core.errors import EdgedermError  # noqa: E402
+from edgederm.core.manifest import read_manifest  # noqa: E402
 from edgederm.data.images import image_size, is_image_file, load_image  # noqa: E402
-from edgederm.errors import EdgedermError  # noqa: E402
-from edgederm.manifest import read_manifest  # noqa: E402
 
 SEGMENTER_CALIB = "isic2017:/work/shared/data/isic2017/train"
 CLASSIFIER_CALIB = "ham10000:/work/shared/data/ham10000"

@@ -38,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "export_parity")
     args = parser.parse_args(argv)
 
+    from edgederm.core.formats import FORMATS, parse_quant_modes
     from edgederm.data.layouts import load_dataset
     from edgederm.data.pixels import load_pixels
     from edgederm.export import export_run
-    from edgederm.formats import FORMATS, parse_quant_modes
     from edgederm.runtime import Predictor
 
     quants = parse_quant_modes(args.quant)
@@ -50,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     for run in args.run:
         reference = Predictor.load(run)
         arch = reference.spec.arch
-        pixels = load_pixels(eval_set, reference.spec.preprocess, desc="eval", quiet=True).pixels
+        pixels = load_pixels(eval_set, reference.spec.preprocess, desc="eval").pixels
         reference_probs = reference.predict_pixels(pixels)
         out = args.out / run.name
         started = time.time()
-        records = export_run(run, list(FORMATS.values()), quants, out, calib_data=args.calib_data, calib_n=args.calib_n, quiet=True)
+        records = export_run(run, list(FORMATS.values()), quants, out, calib_data=args.calib_data, calib_n=args.calib_n)
         print(f"{arch}: exported {len(records)} artifacts in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
         sizes = {(r.format, r.quant): r.size for r in records if r.status == "ok"}
         for record in records:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             if FORMATS[record.format].runs_on_linux or sys.platform == "darwin":
                 predictor = Predictor.load(out / record.path, threads=1)
             else:
-                from edgederm.verify.coreml_emulator import EmulatedCoreMLPredictor
+                from edgederm.runtime.coreml_emulator import EmulatedCoreMLPredictor
 
                 predictor = EmulatedCoreMLPredictor(out / record.path)
             probs = predictor.predict_pixels(pixels)

@@ -46,31 +46,32 @@ def measure(run: Path, size: int, data: str, work: Path, runs: int) -> dict:
     import numpy as np
     from parity import sized_run
 
+    from edgederm.core.formats import FORMATS
+    from edgederm.core.spec import ModelSpec
     from edgederm.data.layouts import load_dataset
     from edgederm.data.pixels import load_pixels
-    from edgederm.decision import describe, set_decision
+    from edgederm.data.selection import select_split
+    from edgederm.evaluate.tuning import set_decision
     from edgederm.export import export_run
-    from edgederm.formats import FORMATS
     from edgederm.metrics import classification_metrics
-    from edgederm.predict import select_split
     from edgederm.runtime import Predictor
+    from edgederm.runtime.readout import describe
     from edgederm.runtime.timing import measure_latency
-    from edgederm.spec import ModelSpec
 
     spec = ModelSpec.load(run / "spec.json")
     sized = run if size == spec.preprocess.input_size else sized_run(run, size, work / run.name)
     # A rule chosen at the trained size misreads other sizes (their probabilities shift), so each size
     # gets its own, chosen the same way on the run's validation split; it travels into the artifact.
-    decision = spec.decision if sized == run else set_decision(sized, data, "val", quiet=True)
+    decision = spec.decision if sized == run else set_decision(sized, data, "val")
     out = work / run.name / f"int8_{size}"
     started = time.time()
-    (record,) = export_run(sized, [FORMATS["tflite"]], ["int8"], out, calib_data=data, calib_n=100, quiet=True)
+    (record,) = export_run(sized, [FORMATS["tflite"]], ["int8"], out, calib_data=data, calib_n=100)
     if record.status != "ok":
         raise RuntimeError(f"{run} at {size}px: {record.message}")
     export_s = time.time() - started
     test = select_split(load_dataset(data), "test", run / "splits.csv")
     float_model = Predictor.load(sized)
-    pixels = load_pixels(test, float_model.spec.preprocess, desc=None, quiet=True)
+    pixels = load_pixels(test, float_model.spec.preprocess, desc=None)
     labels = np.array([spec.class_names.index(test.samples[i].label) for i in pixels.kept])
     artifact = Predictor.load(out / record.path, threads=1)
     scores = {}
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
         import torch
 
-        from edgederm.spec import ModelSpec
+        from edgederm.core.spec import ModelSpec
 
         torch.set_num_threads(1)
         sizes = [int(s) for s in args.sizes.split(",")]

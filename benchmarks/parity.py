@@ -45,7 +45,7 @@ def _ensure_run(run: Path) -> None:
 
 def sized_run(run: Path, size: int, work: Path) -> Path:
     """A copy of the run whose spec asks for ``size`` px: the same weights (fully convolutional)."""
-    from edgederm.spec import ModelSpec
+    from edgederm.core.spec import ModelSpec
 
     copy = work / f"run_{size}"
     copy.mkdir(parents=True, exist_ok=True)
@@ -61,8 +61,8 @@ def latency_by_size(run: Path, sizes: list[int], work: Path, runs: int, data: st
     import numpy as np
     import torch
 
+    from edgederm.core.formats import FORMATS
     from edgederm.export import export_run
-    from edgederm.formats import FORMATS
     from edgederm.runtime import Predictor
     from edgederm.runtime.timing import measure_latency
 
@@ -71,7 +71,7 @@ def latency_by_size(run: Path, sizes: list[int], work: Path, runs: int, data: st
     for size in sizes:
         sized = sized_run(run, size, work)
         out = work / f"export_{size}"
-        records = export_run(sized, [FORMATS["tflite"], FORMATS["onnx"]], ["fp32", "int8"], out, calib_data=data, calib_n=64, quiet=True)
+        records = export_run(sized, [FORMATS["tflite"], FORMATS["onnx"]], ["fp32", "int8"], out, calib_data=data, calib_n=64)
         one = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
         torch_model = Predictor.load(sized)
         row = {"size": size, "torch fp32": measure_latency(lambda m=torch_model, x=one: m.predict_pixels(x), runs=runs)["median_ms"]}
@@ -150,7 +150,7 @@ def _targets(result: dict) -> list[dict]:
 def _markdown(command: str, result: dict, sizes: list[dict], checks: list[dict], arch: str, export_seconds: float, note: str = "") -> str:
     from _markdown import conditions_and_targets
 
-    from edgederm.verify.report import PLOTS, TASK_PLOTS, _saliency_lines, markdown_table, table_rows
+    from edgederm.evaluate.verify.report import PLOTS, TASK_PLOTS, _saliency_lines, markdown_table, table_rows
 
     header, rows = table_rows(result)
     lines = [
@@ -211,12 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     argv_text = argv if argv is not None else sys.argv[1:]
 
+    from edgederm.core.formats import FORMATS
+    from edgederm.core.spec import ModelSpec
+    from edgederm.evaluate.verify.guards import parse_guard
+    from edgederm.evaluate.verify.report import write_json, write_report
+    from edgederm.evaluate.verify.runner import VerifyOptions, to_json, verify_export
     from edgederm.export import export_run
-    from edgederm.formats import FORMATS
-    from edgederm.spec import ModelSpec
-    from edgederm.verify.guards import parse_guard
-    from edgederm.verify.report import write_json, write_report
-    from edgederm.verify.runner import VerifyOptions, to_json, verify_export
 
     if args.markdown_only:
         return _rewrite_markdown(args.results / f"parity_{ModelSpec.load(args.run / 'spec.json').arch}.json", args.note)

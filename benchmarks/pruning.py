@@ -36,9 +36,9 @@ def measure(run: Path, data: str, work: Path, runs: int) -> dict:
     from _scoring import export_and_predict, metric_row
 
     from edgederm.data.layouts import load_dataset
+    from edgederm.data.selection import select_split
     from edgederm.models import count_macs, count_parameters
     from edgederm.models.pruning import mid_channels
-    from edgederm.predict import select_split
     from edgederm.runtime.timing import measure_latency
 
     test = select_split(load_dataset(data), "test", run / "splits.csv")

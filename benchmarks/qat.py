@@ -32,7 +32,7 @@ def _log(message: str) -> None:
 
 def _images(run: Path, eval_spec: str | None, data: str):
     from edgederm.data.layouts import load_dataset
-    from edgederm.predict import select_split
+    from edgederm.data.selection import select_split
 
     if eval_spec:
         return load_dataset(eval_spec), eval_spec

@@ -21,10 +21,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edgederm.data.selection import resolve_inputs  # noqa: E402
+from edgederm.evaluate.predict import labelled_rows, run_predictor  # noqa: E402
+from edgederm.evaluate.segment_classify import CROP_WHOLE_IMAGE, run_segment_classify  # noqa: E402
 from edgederm.metrics import binarize_mask, classification_metrics, segmentation_metrics  # noqa: E402
-from edgederm.predict import labelled_rows, resolve_inputs, run_predictor  # noqa: E402
 from edgederm.runtime import Predictor  # noqa: E402
-from edgederm.segment_classify import CROP_WHOLE_IMAGE, run_segment_classify  # noqa: E402
 
 HEADLINE = ("balanced_accuracy", "accuracy", "macro_auc", "melanoma_sensitivity")
 BOOTSTRAP_RESAMPLES = 500

@@ -167,8 +167,8 @@ def collect() -> dict:
 
 
 def _complexity(run: Path) -> dict:
+    from edgederm.models.checkpoint import load_checkpoint
     from edgederm.models.complexity import count_macs, count_parameters
-    from edgederm.training.checkpoint import load_checkpoint
 
     model, spec = load_checkpoint(run)
     size = spec.preprocess.input_size

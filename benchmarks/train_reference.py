@@ -73,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         (RESULTS / f"{args.results_name}.md").write_text(_markdown(result))
         return 0
 
-    from edgederm.evaluation import evaluate_and_report
-    from edgederm.predict import resolve_inputs, run_predictor
+    from edgederm.data.selection import resolve_inputs
+    from edgederm.evaluate.evaluation import evaluate_and_report
+    from edgederm.evaluate.predict import run_predictor
     from edgederm.runtime import Predictor
     from edgederm.training.classification import TrainConfig, train_classifier
 

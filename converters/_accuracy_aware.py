@@ -35,7 +35,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
+
+from edgederm.core.log import get_logger, progress
+
+logger = get_logger(__name__)
 
 DEFAULT_MAX_DROP = 0.01
 DEFAULT_MAX_SIZE = 0.30  # of the fp32 file: the size an int8 artifact promises
@@ -106,9 +109,8 @@ def _console():
     return sys.__stderr__ or sys.stderr
 
 
-def log(message: str, quiet: bool, tag: str = "int8-aa") -> None:
-    if not quiet:
-        print(f"  {tag}: {message}", file=_console(), flush=True)
+def log(message: str, tag: str = "int8-aa") -> None:
+    logger.info(f"  {tag}: {message}")
 
 
 def search(
@@ -123,7 +125,6 @@ def search(
     float_bytes: int | None = None,
     max_size: float | None = None,
     start: Any = None,
-    quiet: bool = False,
 ) -> tuple[Any, AwareResult]:
     """The int8 model with the fewest float layers within ``max_drop``; ``reference`` = fp32 probabilities.
 
@@ -150,7 +151,7 @@ def search(
     result = AwareResult(max_drop, len(candidates), [], full_gap, full_gap, full_gap <= max_drop, max_size=max_size)
     full_latency = latency(full)
     result.full_int8_latency_ms = result.latency_ms = full_latency
-    log(f"all-int8 disagrees with fp32 on {full_gap:.1%} of {len(reference)} calibration images (bound {max_drop:.1%})", quiet)
+    log(f"all-int8 disagrees with fp32 on {full_gap:.1%} of {len(reference)} calibration images (bound {max_drop:.1%})")
     full_bytes = nbytes(full)
     if result.reached or not candidates or (max_bytes is not None and full_bytes is not None and full_bytes > max_bytes):
         result.over_size = not result.reached and bool(candidates)
@@ -160,7 +161,7 @@ def search(
     if start is not None:
         full, full_probs = evaluate([])
         gap = _disagreement(full_probs, reference)
-        log(f"without bias correction, all-int8 disagrees on {gap:.1%}", quiet)
+        log(f"without bias correction, all-int8 disagrees on {gap:.1%}")
         if gap <= max_drop:
             result.disagreement, result.reached = gap, True
             result.builds, result.seconds = builds, round(time.time() - started, 1)
@@ -169,7 +170,7 @@ def search(
     n_rank = min(RANK_IMAGES, len(reference))
     base = float(np.abs(full_probs[:n_rank] - reference[:n_rank]).mean())
     benefit, cost = {}, {}
-    for name in tqdm(candidates, desc="  int8-aa ranking layers", unit="layer", disable=quiet, file=_console(), mininterval=2):
+    for name in progress(candidates, desc="  int8-aa ranking layers", unit="layer", file=_console()):
         model, probs = evaluate([name], n_rank)
         benefit[name] = base - float(np.abs(probs - reference[:n_rank]).mean())
         single = nbytes(model)
@@ -197,7 +198,7 @@ def search(
         if k not in cache:
             model, probs = evaluate(ranked[:k])
             cache[k] = (model, _disagreement(probs, reference), nbytes(model))
-            log(f"{k} layer(s) float: disagreement {cache[k][1]:.1%}", quiet)
+            log(f"{k} layer(s) float: disagreement {cache[k][1]:.1%}")
         return cache[k]
 
     def over(k: int) -> bool:
@@ -226,7 +227,7 @@ def search(
     result.latency_ms = latency(model)
     result.builds, result.seconds = builds, round(time.time() - started, 1)
     _sized(result, final_bytes, float_bytes)
-    log(result.summary(), quiet)
+    log(result.summary())
     return model, result
 
 
@@ -244,11 +245,10 @@ _REMEDY = (
 
 def for_job(quantizer: Any, job: Any) -> Any:
     """int8 (all layers) or int8-aa (the search) for an ExportJob; the quantizer's choices go to ``job.details``."""
-    quiet = bool(job.options.get("quiet"))
     job.details["activation_ranges"] = quantizer.range_choice.to_dict()
-    log(quantizer.range_choice.summary(), quiet, tag="int8")
+    log(quantizer.range_choice.summary(), tag="int8")
     job.details["bias_correction"] = quantizer.bias_correction.to_dict()
-    log(quantizer.bias_correction.summary(), quiet, tag="int8")
+    log(quantizer.bias_correction.summary(), tag="int8")
     if job.quant == "int8":
         return quantizer.full_int8
     model, result = search(
@@ -262,7 +262,6 @@ def for_job(quantizer: Any, job: Any) -> Any:
         float_bytes=quantizer.float_size,
         max_size=float(job.options.get("max_size", DEFAULT_MAX_SIZE)),
         start=quantizer.full_int8,
-        quiet=quiet,
     )
     job.details["int8_aa"] = result.to_dict()
     from ._job import ConversionError

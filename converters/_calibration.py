@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edgederm.core.errors import DataError
+from edgederm.core.preprocess import Preprocess
 from edgederm.data.layouts import load_dataset
 from edgederm.data.pixels import load_pixels
-from edgederm.errors import DataError
-from edgederm.preprocess import Preprocess
 
 
 @dataclass
@@ -37,7 +37,6 @@ def load_calibration(
     preprocess: Preprocess,
     n: int = 300,
     seed: int = 0,
-    quiet: bool = False,
     splits_csv: Path | None = None,
     other_data_ok: bool = False,
 ) -> Calibration:
@@ -48,13 +47,13 @@ def load_calibration(
     """
     dataset = load_dataset(spec_data)
     if splits_csv is not None:
-        from edgederm.predict import select_split
+        from edgederm.data.selection import select_split
 
         dataset = select_split(dataset, "train", splits_csv, missing_ok=other_data_ok)
     if len(dataset) > n:
         chosen = np.sort(np.random.default_rng(seed).choice(len(dataset), n, replace=False))
         dataset = dataset.subset(chosen.tolist())
-    cache = load_pixels(dataset, preprocess, desc="calibration", quiet=quiet)
+    cache = load_pixels(dataset, preprocess, desc="calibration")
     if not cache.kept:
         raise DataError("no calibration image could be read", path=spec_data)
     return Calibration(cache.pixels, preprocess, dataset.spec)

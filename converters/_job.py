@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from edgederm.spec import ModelSpec
+from edgederm.core.spec import ModelSpec
 
 from ._calibration import Calibration
 
@@ -17,7 +17,7 @@ from ._calibration import Calibration
 class ExportJob:
     model: nn.Module  # the run's torch model in eval mode: normalised NCHW float in, logits out (temperature folded)
     spec: ModelSpec  # the run's spec; converters stamp ``artifact_spec(...)`` into the file
-    quant: str  # one of the format's quant_modes (edgederm.formats)
+    quant: str  # one of the format's quant_modes (edgederm.core.formats)
     target: Path  # write exactly this path (a temp name; the driver renames it into place)
     calibration: Calibration | None = None  # representative inputs, for static int8
     options: dict[str, Any] = field(default_factory=dict)  # e.g. {"nhwc": True} for TFLite, {"max_drop": 0.01} for int8-aa

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgederm.spec import ModelSpec
+from edgederm.core.spec import ModelSpec
 
 
 class Deployable(nn.Module):

@@ -7,7 +7,7 @@ Classifiers get coremltools' classifier outputs (``classLabel`` and the ``classL
 dictionary), fed by the softmax the deployable graph already computes, so a ``VNCoreMLRequest``
 returns ``VNClassificationObservation`` results with no post-processing.
 
-Quantization modes (edgederm.formats):
+Quantization modes (edgederm.core.formats):
 
 * ``fp32`` / ``fp16``: ``ct.convert`` with ``compute_precision`` FLOAT32 / FLOAT16.
 * ``int8-weights``: the fp16 program, then ``linear_quantize_weights`` (per-channel symmetric int8).
@@ -29,11 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgederm.preprocess import Preprocess
-from edgederm.spec import ModelSpec
+from edgederm.core.metadata import artifact_spec, metadata_strings
+from edgederm.core.preprocess import Preprocess
+from edgederm.core.spec import ModelSpec
 
 from ._job import ConversionError, ExportJob
-from ._metadata import artifact_spec, metadata_strings
 from ._wrap import deployable, example_input
 
 INPUT_NAME = "image"

@@ -30,13 +30,16 @@ from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, s
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from edgederm import __version__
+from edgederm.core.log import get_logger
+from edgederm.core.metadata import artifact_spec, metadata_strings
 from edgederm.runtime.timing import measure_latency
 
 from . import _accuracy_aware, _bias_correction, _onnx_bias, _ranges
 from ._calibration import Calibration
 from ._job import ConversionError, ExportJob
-from ._metadata import artifact_spec, metadata_strings
 from ._wrap import deployable, example_input
+
+logger = get_logger(__name__)
 
 OPSET = 18
 INPUT_NAME = "image"
@@ -354,4 +357,4 @@ def _check_runs(data: bytes, job: ExportJob) -> None:
 
 
 def _note(message: str) -> None:
-    print(f"  onnx: {message}", file=sys.stderr, flush=True)
+    logger.info(f"  onnx: {message}")

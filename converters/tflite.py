@@ -61,15 +61,15 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from edgederm.formats import FORMATS
-from edgederm.preprocess import Preprocess
+from edgederm.core.formats import FORMATS
+from edgederm.core.metadata import LABELS_FILE, SPEC_FILE, SPEC_KEY, artifact_spec, labels_text
+from edgederm.core.preprocess import Preprocess
+from edgederm.core.spec import ModelSpec
 from edgederm.runtime.tflite_backend import TFLITE_METADATA
 from edgederm.runtime.timing import measure_latency
-from edgederm.spec import ModelSpec
 
 from . import _accuracy_aware, _bias_correction, _ranges, _tflite_bias
 from ._job import ConversionError, ExportJob
-from ._metadata import LABELS_FILE, SPEC_FILE, SPEC_KEY, artifact_spec, labels_text
 from ._wrap import deployable, example_input
 
 SIGNATURE = "serving_default"  # litert-torch's default signature key

@@ -14,12 +14,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-from edgederm.converters._metadata import SPEC_KEY
 
-from edgederm.errors import ModelError
+from edgederm.core.errors import ModelError
+from edgederm.core.metadata import SPEC_KEY
+from edgederm.core.spec import ModelSpec
 from edgederm.runtime import Predictor
 from edgederm.runtime.tflite_backend import read_tflite_metadata
-from edgederm.spec import ModelSpec
 
 
 def on_android() -> bool:

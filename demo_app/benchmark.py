@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from edgederm.errors import UsageError
-from edgederm.formats import format_for_path
-from edgederm.manifest import artifact_sha256
+from edgederm.core.errors import UsageError
+from edgederm.core.formats import format_for_path
+from edgederm.core.manifest import artifact_sha256
 from edgederm.runtime.timing import DEFAULT_RUNS, DEFAULT_WARMUP, measure_latency
 
 from .android_tflite import load_predictor, on_android

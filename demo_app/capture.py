@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edgederm.errors import ModelError
+from edgederm.core.errors import ModelError
 from edgederm.runtime import Predictor
-from edgederm.runtime.screening import Screening, screen
+from edgederm.runtime.readout import Screening, screen
 
 from .android_tflite import load_predictor
 from .contours import area_fraction

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from edgederm.core.labels import full_name
+
 from .presentation import ResultView
 
 THUMBNAIL_SIZE = (160, 160)
@@ -25,6 +27,8 @@ CSV_COLUMNS = (
     "created",
     "refer",
     "reason",
+    "predicted",
+    "predicted_name",
     "top1_label",
     "top1_name",
     "top1_probability",
@@ -49,7 +53,8 @@ CREATE TABLE IF NOT EXISTS captures (
     top3 TEXT NOT NULL,
     lesion_area_fraction REAL,
     latency_ms REAL NOT NULL,
-    model TEXT NOT NULL
+    model TEXT NOT NULL,
+    predicted TEXT
 )
 """
 
@@ -62,15 +67,19 @@ class HistoryEntry:
     thumbnail: Path
     refer: bool
     reason: str
-    top3: list[dict]  # [{"label", "name", "probability"}], best first
+    top3: list[dict]  # [{"label", "name", "probability"}], most probable first
     lesion_area_fraction: float | None
     latency_ms: float
     model: str
+    predicted: str | None = None  # the class the model named under its decision rule; None in older histories
 
     @property
     def summary(self) -> str:
-        top = self.top3[0]
-        return f"{'REFER' if self.refer else 'no referral'} - {top['name']} {top['probability']:.0%}"
+        """The same line as the result's ``ResultView.summary``: the named class, else (older entries) the top one."""
+        named = self.predicted or self.top3[0]["label"]
+        name = full_name(named)
+        probability = next((row["probability"] for row in self.top3 if row["label"] == named), None)
+        return f"{'REFER' if self.refer else 'no referral'} - {name}" + ("" if probability is None else f" {probability:.0%}")
 
     @property
     def when(self) -> str:
@@ -94,6 +103,9 @@ class HistoryStore:
         self.db_path = self.folder / "history.sqlite"
         with self._connect() as db:
             db.execute(_SCHEMA)
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(captures)")}
+            if "predicted" not in columns:  # a history written by an app that did not store the named class
+                db.execute("ALTER TABLE captures ADD COLUMN predicted TEXT")
         self._pending: list[tuple] = []  # (shown, view, model, created), oldest first
         self._lock = threading.Lock()
         self._writer: threading.Thread | None = None
@@ -156,8 +168,8 @@ class HistoryStore:
         top3 = view.to_dict()["top3"]
         with self._connect() as db:
             cursor = db.execute(
-                "INSERT INTO captures (created, photo, thumbnail, refer, reason, top3, lesion_area_fraction, latency_ms, model)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO captures (created, photo, thumbnail, refer, reason, top3, lesion_area_fraction, latency_ms, model, predicted)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     created,
                     photo.name,
@@ -168,6 +180,7 @@ class HistoryStore:
                     view.lesion_area_fraction,
                     view.latency_ms,
                     model,
+                    view.predicted.label,
                 ),
             )
             return int(cursor.lastrowid)
@@ -228,6 +241,7 @@ class HistoryStore:
             lesion_area_fraction=row["lesion_area_fraction"],
             latency_ms=row["latency_ms"],
             model=row["model"],
+            predicted=row["predicted"],
         )
 
 
@@ -260,6 +274,8 @@ def _csv_row(entry: HistoryEntry) -> list:
         entry.created,
         int(entry.refer),
         _text(entry.reason),
+        entry.predicted or "",
+        full_name(entry.predicted) if entry.predicted else "",
         top[0]["label"],
         _text(top[0]["name"]),
         _probability(top[0]["probability"]),

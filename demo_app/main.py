@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgederm.errors import EdgedermError, UsageError
+from edgederm.core.errors import EdgedermError, UsageError
 from edgederm.runtime.timing import DEFAULT_RUNS, DEFAULT_WARMUP
 
 from .benchmark import parse_threads_list, run_benchmark, write_benchmark

@@ -34,7 +34,8 @@ class ResultView:
     reason: str
     malignant_score: float
     threshold: float | None
-    rows: tuple[ClassRow, ...]  # top 3, best first
+    rows: tuple[ClassRow, ...]  # top 3, most probable first
+    predicted: ClassRow  # the class the model names under its decision rule (edgederm.runtime.readout), as `edgederm predict` does
     lesion_area_fraction: float | None
     latency_ms: float
     classifier_ms: float
@@ -56,11 +57,12 @@ class ResultView:
     @property
     def summary(self) -> str:
         """One line for the history list."""
-        top = self.rows[0]
-        return f"{'REFER' if self.refer else 'no referral'} - {top.name} {top.percent}"
+        return f"{'REFER' if self.refer else 'no referral'} - {self.predicted.name} {self.predicted.percent}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "predicted": self.predicted.label,
+            "predicted_name": self.predicted.name,
             "top3": [{"label": r.label, "name": r.name, "probability": r.probability} for r in self.rows],
             "refer": self.refer,
             "banner": self.banner_title,
@@ -83,6 +85,9 @@ def result_view(result: CaptureResult) -> ResultView:
         malignant_score=screening.malignant_score,
         threshold=screening.threshold,
         rows=tuple(ClassRow(code, name, probability) for code, name, probability in screening.top),
+        predicted=ClassRow(
+            screening.predicted, screening.predicted_name, result.probabilities[result.class_names.index(screening.predicted)]
+        ),
         lesion_area_fraction=result.lesion_area_fraction,
         latency_ms=result.latency_ms,
         classifier_ms=result.classifier_ms,

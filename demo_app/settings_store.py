@@ -7,7 +7,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from edgederm.formats import FORMATS
+from edgederm.core.formats import FORMATS
 
 ARTIFACT_SUFFIXES = tuple(f.suffix for f in FORMATS.values())
 

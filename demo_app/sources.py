@@ -6,8 +6,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from edgederm.core.errors import UsageError
 from edgederm.data.images import is_image_file, load_image
-from edgederm.errors import UsageError
 
 CAMERA = "camera"
 CAMERA_RESOLUTION = (640, 480)  # what the live preview asks the camera for: the size of a captured frame

@@ -12,9 +12,9 @@ import contextlib
 import importlib
 import io
 import json
+import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 import warnings
@@ -22,11 +22,13 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import _atomic
-from .errors import DataError, EdgedermError, UsageError
-from .formats import Format
-from .manifest import MANIFEST, artifact_sha256, artifact_size
+from .core import atomic
+from .core.errors import DataError, EdgedermError, UsageError
+from .core.formats import QUANT_MODES, Format
+from .core.log import get_logger
+from .core.manifest import MANIFEST, artifact_sha256, artifact_size
 
+logger = get_logger(__name__)
 
 @dataclass
 class ArtifactRecord:
@@ -63,12 +65,12 @@ def _move_into_place(tmp: Path, final: Path) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_tools(quiet: bool) -> Iterator[None]:
-    """With --quiet, hide the converters' own progress bars (coremltools, litert) and warnings.
+def _quiet_tools() -> Iterator[None]:
+    """Unless edgederm logs at INFO (the CLI without --quiet), hide the converters' own progress bars and warnings.
 
     A converter's failure still surfaces: it is raised, and becomes the artifact's status row.
     """
-    if not quiet:
+    if logger.isEnabledFor(logging.INFO):
         yield
         return
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
@@ -81,9 +83,9 @@ def _one_line(error: BaseException) -> str:
     return text if len(text) < 400 else text[:397] + "..."
 
 
-def _details(job, calibrated: set[str]) -> dict | None:
+def _details(job) -> dict | None:
     details = dict(job.details)
-    if job.quant in calibrated and job.calibration is not None:
+    if QUANT_MODES[job.quant].needs_calibration and job.calibration is not None:
         details["calibration"] = {"data": job.calibration.source, "images": len(job.calibration)}
     return details or None
 
@@ -95,7 +97,7 @@ def write_manifest(out_dir: Path, run_dir: Path, records: list[ArtifactRecord], 
         "source_sha256": spec_sha,
         "artifacts": [asdict(r) for r in records],
     }
-    _atomic.write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    atomic.write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
 def _earlier_records(out_dir: Path, planned: set[tuple[str, str]], source_sha: str | None) -> list[ArtifactRecord]:
@@ -110,7 +112,7 @@ def _earlier_records(out_dir: Path, planned: set[tuple[str, str]], source_sha: s
     return [r for r in earlier if r.status == "ok" and (r.format, r.quant) not in planned and r.path and (out_dir / r.path).exists()]
 
 
-def _calibration(run_dir: Path, spec, calib_data: str | None, calib_n: int, quiet: bool):
+def _calibration(run_dir: Path, spec, calib_data: str | None, calib_n: int):
     """By default the run's own training data; either way restricted to the run's train split when the images are the
     same ones (a run trained elsewhere is calibrated on ``--calib-data`` pointing at the local copy, never on its test images).
     """
@@ -126,7 +128,6 @@ def _calibration(run_dir: Path, spec, calib_data: str | None, calib_n: int, quie
             source,
             spec.preprocess,
             n=calib_n,
-            quiet=quiet,
             splits_csv=splits if splits.is_file() else None,
             other_data_ok=calib_data is not None,
         )
@@ -149,20 +150,16 @@ def export_run(
     calib_data: str | None = None,
     calib_n: int = 300,
     options: dict | None = None,
-    quiet: bool = False,
 ) -> list[ArtifactRecord]:
     from .converters._job import ExportJob
-    from .training.checkpoint import load_checkpoint
+    from .models.checkpoint import load_checkpoint
 
     model, spec = load_checkpoint(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".export-*"):  # left by an export that was killed mid-write
         shutil.rmtree(stale, ignore_errors=True)
-    calibrated = {"int8", "int8-aa"}  # the static modes; int8-dynamic and int8-weights need no images
-    needs_calibration = any(q in calibrated and q in f.quant_modes for f in formats for q in quant_modes)
-    calibration = None
-    if needs_calibration:
-        calibration = _calibration(run_dir, spec, calib_data, calib_n, quiet)
+    needs_calibration = any(q in f.quant_modes and f.needs_calibration(q) for f in formats for q in quant_modes)
+    calibration = _calibration(run_dir, spec, calib_data, calib_n) if needs_calibration else None
     kept = _earlier_records(out_dir, {(f.name, q) for f in formats for q in quant_modes}, spec.source_sha256)
     records: list[ArtifactRecord] = []
     for fmt in formats:
@@ -179,13 +176,12 @@ def export_run(
             tmp_dir = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
             tmp = tmp_dir / final.name  # converters may check the suffix
             started = time.time()
-            if not quiet:
-                print(f"exporting {fmt.name} {quant} -> {final}", file=sys.stderr, flush=True)
+            logger.info(f"exporting {fmt.name} {quant} -> {final}")
             try:
                 job = ExportJob(
-                    model=model, spec=spec, quant=quant, target=tmp, calibration=calibration, options={"quiet": quiet, **(options or {})}
+                    model=model, spec=spec, quant=quant, target=tmp, calibration=calibration, options=dict(options or {})
                 )
-                with _quiet_tools(quiet):
+                with _quiet_tools():
                     converter.export(job)
                 if not tmp.exists():
                     raise RuntimeError(f"the {fmt.name} converter wrote nothing")
@@ -200,7 +196,7 @@ def export_run(
                     artifact_sha256(final),
                     round(time.time() - started, 2),
                     fmt.runtime,
-                    _details(job, calibrated),
+                    _details(job),
                 )
             except OSError as error:
                 if error.errno == 28:  # ENOSPC: stop, keeping what was written
@@ -219,6 +215,5 @@ def export_run(
                 shutil.rmtree(tmp_dir, ignore_errors=True)
             records.append(record)
             write_manifest(out_dir, run_dir, kept + records, spec.source_sha256)
-            if not quiet:
-                print(f"  {record.status}: {record.message or f'{record.size} bytes in {record.seconds} s'}", file=sys.stderr, flush=True)
+            logger.info(f"  {record.status}: {record.message or f'{record.size} bytes in {record.seconds} s'}")
     return records

@@ -101,7 +101,6 @@ def trained_run(tmp_path_factory) -> Path:
             mode="head",
             epochs=3,
             test_fraction=0.2,
-            quiet=True,
         )
     )
     return out
@@ -114,7 +113,7 @@ def trained_segmenter(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("segrun") / "run"
     train_segmenter(
-        SegmentConfig(data="synthetic:48,seed=6", out=out, arch="tinyseg", img_size=64, epochs=3, test_fraction=0.2, quiet=True)
+        SegmentConfig(data="synthetic:48,seed=6", out=out, arch="tinyseg", img_size=64, epochs=3, test_fraction=0.2)
     )
     return out
 

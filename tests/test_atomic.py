@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import cli_env
 
-from edgederm import _atomic
+from edgederm.core import atomic
 
 WRITER = r"""
 import sys
@@ -21,20 +21,20 @@ def slow(tmp):
         for _ in range(2000):
             handle.write(b"x" * 65536)
             handle.flush()
-_atomic.write_with(sys.argv[1], slow)
+atomic.write_with(sys.argv[1], slow)
 """
 
 
 def test_a_failing_writer_leaves_the_old_file(tmp_path: Path):
     target = tmp_path / "model.safetensors"
-    _atomic.write_bytes(target, b"old and complete")
+    atomic.write_bytes(target, b"old and complete")
 
     def crash(tmp: Path) -> None:
         tmp.write_bytes(b"half")
         raise RuntimeError("writer died")
 
     with pytest.raises(RuntimeError):
-        _atomic.write_with(target, crash)
+        atomic.write_with(target, crash)
     assert target.read_bytes() == b"old and complete"
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
 
@@ -64,7 +64,6 @@ def test_empty_class_in_a_split_is_warned(tmp_path: Path, capfd):
             epochs=1,
             weights="none",
             val_fraction=0.5,
-            quiet=True,
         )
     )
     err = capfd.readouterr().err

@@ -16,9 +16,9 @@ from edgederm.converters import tflite as tflite_converter
 from edgederm.converters._calibration import load_calibration
 from edgederm.converters._job import ExportJob
 
+from edgederm.core.formats import FORMATS
 from edgederm.export import export_run
-from edgederm.formats import FORMATS
-from edgederm.training.checkpoint import load_checkpoint
+from edgederm.models.checkpoint import load_checkpoint
 
 CALIB = "synthetic:40,seed=5"
 
@@ -33,8 +33,8 @@ def job(trained_run: Path, tmp_path_factory) -> ExportJob:
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.normal_(0, 0.2, generator=generator)
             module.bias.data.normal_(0, 0.2, generator=generator)
-    calibration = load_calibration(CALIB, spec.preprocess, n=40, quiet=True)
-    return ExportJob(model, spec, "int8", tmp_path_factory.mktemp("bias") / "x", calibration, options={"quiet": True})
+    calibration = load_calibration(CALIB, spec.preprocess, n=40)
+    return ExportJob(model, spec, "int8", tmp_path_factory.mktemp("bias") / "x", calibration)
 
 
 def _gaps(target: dict[str, np.ndarray], before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> tuple[float, float]:
@@ -111,7 +111,7 @@ def test_too_few_calibration_images_leave_the_model_alone():
 
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])
 def test_the_export_records_the_decision(trained_run: Path, tmp_path: Path, fmt: str):
-    records = export_run(trained_run, [FORMATS[fmt]], ["int8"], tmp_path, calib_data=CALIB, calib_n=40, quiet=True)
+    records = export_run(trained_run, [FORMATS[fmt]], ["int8"], tmp_path, calib_data=CALIB, calib_n=40)
     assert records[0].status == "ok", records[0].message
     row = json.loads((tmp_path / "manifest.json").read_text())["artifacts"][0]
     decision = row["details"]["bias_correction"]

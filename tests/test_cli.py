@@ -14,9 +14,9 @@ from conftest import cli_env, corrupt_jpeg
 from PIL import Image
 
 from edgederm.cli import main
+from edgederm.core.spec import ModelSpec
 from edgederm.data.synthetic import plan_synthetic, render_synthetic
-from edgederm.decision import decide
-from edgederm.spec import ModelSpec
+from edgederm.runtime.readout import decide
 
 
 def _rows(path: Path) -> list[dict]:

@@ -1,4 +1,4 @@
-"""The CoreML emulator: ML Programs executed with torch on Linux (edgederm.verify.coreml_emulator).
+"""The CoreML emulator: ML Programs executed with torch on Linux (edgederm.runtime.coreml_emulator).
 
 (a) Hand-built MIL programs (coremltools' ``mb`` builder, saved with ``ct.convert``) against the
     same math written directly in torch.
@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from edgederm.converters._calibration import load_calibration
 
-from edgederm.errors import ModelError
+from edgederm.core.errors import ModelError
+from edgederm.core.formats import FORMATS
+from edgederm.core.spec import ModelSpec
 from edgederm.export import export_run
-from edgederm.formats import FORMATS
+from edgederm.models.torch_backend import TorchPredictor
+from edgederm.runtime.coreml_emulator import EmulatedCoreMLPredictor, EmulatedProgram, _load_main_function
 from edgederm.runtime.predictor import Predictor
-from edgederm.runtime.torch_backend import TorchPredictor
-from edgederm.spec import ModelSpec
-from edgederm.verify.coreml_emulator import EmulatedCoreMLPredictor, EmulatedProgram, _load_main_function
 
 ct = pytest.importorskip("coremltools")
 from coremltools.converters.mil.mil import Builder as mb  # noqa: E402
@@ -266,7 +266,7 @@ def _parity(predictor: Predictor, reference: np.ndarray, pixels: np.ndarray) -> 
 @pytest.fixture(scope="module")
 def mnv3_fp32(trained_run: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("emulator_mnv3")
-    (record,) = export_run(trained_run, [FORMATS["coreml"]], ["fp32"], out, quiet=True)
+    (record,) = export_run(trained_run, [FORMATS["coreml"]], ["fp32"], out)
     assert record.status == "ok", record.message
     return out / record.path
 
@@ -275,7 +275,7 @@ def test_emulated_predictor_keeps_the_predictor_contract(mnv3_fp32: Path, traine
     predictor = EmulatedCoreMLPredictor(mnv3_fp32, threads=None)
     assert isinstance(predictor, Predictor) and EmulatedCoreMLPredictor.emulated is True
     assert predictor.spec.class_names == ModelSpec.load(trained_run / "spec.json").class_names
-    pixels = load_calibration("synthetic:12,seed=9", predictor.spec.preprocess, n=12, quiet=True).pixels
+    pixels = load_calibration("synthetic:12,seed=9", predictor.spec.preprocess, n=12).pixels
     batched = predictor.predict_pixels(pixels)
     one_by_one = np.concatenate([predictor.predict_pixels(pixels[i : i + 1]) for i in range(len(pixels))])
     np.testing.assert_allclose(batched, one_by_one, rtol=0, atol=1e-6)  # torch picks conv kernels by batch size: 1-ulp fp32 differences
@@ -322,7 +322,6 @@ def lite0_run(tmp_path_factory) -> Path:
             epochs=3,
             test_fraction=0.2,
             weights="imagenet",
-            quiet=True,
         )
     )
     return out
@@ -331,10 +330,10 @@ def lite0_run(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_exported_lite0_matches_torch_in_every_mode(lite0_run: Path, tmp_path_factory):
     out = tmp_path_factory.mktemp("emulator_lite0_export")
-    records = export_run(lite0_run, [FORMATS["coreml"]], list(EXPECTED), out, calib_data="synthetic:16,seed=5", calib_n=16, quiet=True)
+    records = export_run(lite0_run, [FORMATS["coreml"]], list(EXPECTED), out, calib_data="synthetic:16,seed=5", calib_n=16)
     assert [(r.quant, r.status) for r in records] == [(mode, "ok") for mode in EXPECTED], [r.message for r in records]
     reference_model = TorchPredictor(lite0_run)
-    pixels = load_calibration("synthetic:48,seed=7", reference_model.spec.preprocess, n=48, quiet=True).pixels
+    pixels = load_calibration("synthetic:48,seed=7", reference_model.spec.preprocess, n=48).pixels
     reference = reference_model.predict_pixels(pixels)
     rows = []
     for record in records:
@@ -363,10 +362,10 @@ def test_w8a8_program_reproduces_the_torch_quantized_network(lite0_run: Path, tm
     from edgederm.converters import coreml
     from edgederm.converters._job import ExportJob
 
-    from edgederm.training.checkpoint import load_checkpoint
+    from edgederm.models.checkpoint import load_checkpoint
 
     model, spec = load_checkpoint(lite0_run)
-    calibration = load_calibration("synthetic:16,seed=5", spec.preprocess, n=16, quiet=True)
+    calibration = load_calibration("synthetic:16,seed=5", spec.preprocess, n=16)
     network = coreml._quantized_network(
         ExportJob(model=model, spec=spec, quant="int8", target=tmp_path / "unused", calibration=calibration)
     )
@@ -376,7 +375,7 @@ def test_w8a8_program_reproduces_the_torch_quantized_network(lite0_run: Path, tm
     program = EmulatedProgram(path)
     assert {"quantize", "dequantize"} <= {step.op.op_type for step in program.steps}
 
-    pixels = load_calibration("synthetic:48,seed=7", spec.preprocess, n=48, quiet=True).pixels
+    pixels = load_calibration("synthetic:48,seed=7", spec.preprocess, n=48).pixels
     with torch.no_grad():
         expected = network(torch.from_numpy(spec.preprocess.normalize(pixels))).numpy()
     got = program.run({"image": torch.from_numpy(pixels).permute(0, 3, 1, 2).float()[:, None]})["classLabel_probs"]

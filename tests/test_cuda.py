@@ -15,10 +15,10 @@ import pytest
 import torch
 from conftest import cli_env
 
+from edgederm.core.spec import ModelSpec
 from edgederm.data.layouts import load_dataset
+from edgederm.models.checkpoint import load_checkpoint
 from edgederm.runtime import Predictor
-from edgederm.spec import ModelSpec
-from edgederm.training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False here)")
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from edgederm.cli import main
-from edgederm.decision import MIN_GAIN, choose_decision, class_offsets, decide, describe, prior_from_counts
+from edgederm.core.spec import ModelSpec
 from edgederm.metrics import classification_metrics
-from edgederm.spec import ModelSpec
+from edgederm.metrics.decision import MIN_GAIN, choose_decision, class_offsets, prior_from_counts
+from edgederm.runtime.readout import decide, describe
 
 NAMES = ["mel", "nv", "vasc"]
 PRIOR = np.array([0.15, 0.80, 0.05])

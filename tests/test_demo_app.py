@@ -33,15 +33,15 @@ from demo_app.history import CSV_COLUMNS, HistoryStore
 from demo_app.presentation import NO_REFER_TITLE, REFER_TITLE, result_view
 from demo_app.settings_store import AppSettings, find_artifacts, selected_artifacts
 from demo_app.sources import StillFrames, texture_to_image
+from edgederm.core.errors import EdgedermError, ImageError, ModelError
+from edgederm.core.formats import FORMATS
+from edgederm.core.manifest import read_manifest
+from edgederm.core.preprocess import Preprocess
+from edgederm.core.spec import ModelSpec
 from edgederm.data.images import load_image
 from edgederm.data.synthetic import plan_synthetic, render_synthetic
-from edgederm.errors import EdgedermError, ImageError, ModelError
 from edgederm.export import export_run
-from edgederm.formats import FORMATS
-from edgederm.manifest import read_manifest
-from edgederm.preprocess import Preprocess
-from edgederm.runtime.screening import screen
-from edgederm.spec import ModelSpec
+from edgederm.runtime.readout import screen
 
 WINDOW = (480, 800)
 
@@ -53,7 +53,7 @@ WINDOW = (480, 800)
 def artifacts(trained_run: Path) -> dict[str, Path]:
     """The session's tiny classifier exported to TFLite and ONNX (fp32)."""
     out = trained_run.parent / "demo_app_export"
-    records = export_run(trained_run, [FORMATS["tflite"], FORMATS["onnx"]], ["fp32"], out, quiet=True)
+    records = export_run(trained_run, [FORMATS["tflite"], FORMATS["onnx"]], ["fp32"], out)
     assert all(r.status == "ok" for r in records), [(r.path, r.message) for r in records]
     return {r.format: out / r.path for r in records}
 
@@ -67,7 +67,7 @@ def segmenter_artifact(trained_segmenter: Path, lesion, tmp_path_factory) -> Pat
     point): set it to the median probability on the fixture photo, so the masks compared are not all empty.
     """
     from edgederm.runtime import Predictor
-    from edgederm.runtime.predictor import lesion_probabilities
+    from edgederm.runtime.readout import lesion_probabilities
 
     run = tmp_path_factory.mktemp("demo_app_seg") / "run"
     shutil.copytree(trained_segmenter, run)
@@ -76,7 +76,7 @@ def segmenter_artifact(trained_segmenter: Path, lesion, tmp_path_factory) -> Pat
     spec = json.loads((run / "spec.json").read_text())
     spec["postprocess"]["threshold"] = float(np.median(probs))
     (run / "spec.json").write_text(json.dumps(spec, indent=2))
-    records = export_run(run, [FORMATS["tflite"]], ["fp32"], run.parent / "export", quiet=True)
+    records = export_run(run, [FORMATS["tflite"]], ["fp32"], run.parent / "export")
     assert all(r.status == "ok" for r in records), [(r.path, r.message) for r in records]
     return run.parent / "export" / records[0].path
 
@@ -846,6 +846,7 @@ def test_capture_matches_edgederm_predict(artifacts, segmenter_artifact, lesion,
     assert [row["label"] for row in shown["top3"]] == cli_top3
     for row in shown["top3"]:
         assert row["probability"] == pytest.approx(cli_probs[row["label"]], abs=1e-4), row["label"]
+    assert shown["predicted"] == cli["predicted"]
 
     segmented = _predictions_csv(segmenter_artifact, lesion[0], tmp_path / "seg")
     assert 0 < float(segmented["lesion_area_fraction"]) < 1, "the segmenter outlines part of the photo"
@@ -853,6 +854,41 @@ def test_capture_matches_edgederm_predict(artifacts, segmenter_artifact, lesion,
     cli_mask = np.asarray(Image.open(tmp_path / "seg" / segmented["mask"]))
     stored = HistoryStore(tmp_path / "d" / "history").list()[0]
     assert stored.lesion_area_fraction == pytest.approx((cli_mask >= 128).mean(), abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def ruled_artifact(trained_run: Path, lesion, tmp_path_factory) -> Path:
+    """The session's classifier with a decision rule that names another class than the most probable one on ``lesion``.
+
+    The offsets are what ``edgederm decision`` stores (added to log-probabilities); here they lift the
+    second most probable class above the first on the fixture photo, so argmax and the rule disagree.
+    """
+    from edgederm.runtime import Predictor
+
+    run = tmp_path_factory.mktemp("demo_app_rule") / "run"
+    shutil.copytree(trained_run, run)
+    probs = Predictor.load(run).predict_image(Image.open(lesion[0]).convert("RGB"))
+    first, second = np.argsort(-probs)[:2]
+    offsets = [0.0] * len(probs)
+    offsets[second] = float(np.log(probs[first] / probs[second])) + 1.0
+    spec = json.loads((run / "spec.json").read_text())
+    spec["decision"] = {"rule": "balanced", "offsets": offsets}
+    (run / "spec.json").write_text(json.dumps(spec, indent=2))
+    records = export_run(run, [FORMATS["onnx"]], ["fp32"], run.parent / "export")
+    assert all(r.status == "ok" for r in records), [(r.path, r.message) for r in records]
+    return run.parent / "export" / records[0].path
+
+
+def test_capture_names_the_class_edgederm_predict_names(ruled_artifact, lesion, tmp_path, kivy_env):
+    """The app and `edgederm predict` name the same class under the model's decision rule, not the argmax."""
+    done = _run_app(["--model", ruled_artifact, "--source", lesion[0], "--capture-and-exit", "--data-dir", tmp_path / "d"], kivy_env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = json.loads(done.stdout)
+    cli = _predictions_csv(ruled_artifact, lesion[0], tmp_path / "cls")
+    assert shown["predicted"] == cli["predicted"]
+    assert shown["predicted"] != shown["top3"][0]["label"], "the fixture's rule must name another class than the argmax"
+    stored = HistoryStore(tmp_path / "d" / "history").list()[0]
+    assert stored.predicted == cli["predicted"] and stored.summary.split(" - ")[1].startswith(shown["predicted_name"])
 
 
 # Drives the real app in a subprocess (Kivy rewires the logging of the process that imports it): the
@@ -1041,8 +1077,8 @@ options = launch_options(parse_args(["--model", model, "--source", source, "--da
 prepare_kivy_environment(options)
 from kivy.clock import Clock
 from demo_app.ui.app import EdgedermScreeningApp, save_screenshot
-from edgederm.preprocess import Preprocess
-from edgederm.spec import ModelSpec
+from edgederm.core.preprocess import Preprocess
+from edgederm.core.spec import ModelSpec
 
 class StandInSegmenter:
     # What Predictor.predict_mask will return: the synthetic photo's exact mask, at the photo's size.

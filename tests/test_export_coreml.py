@@ -18,16 +18,16 @@ import pytest
 import torch
 from edgederm.converters import coreml
 from edgederm.converters._job import ConversionError, ExportJob
-from edgederm.converters._metadata import SPEC_KEY
 from edgederm.converters._wrap import deployable
 
-from edgederm.errors import ModelError
+from edgederm.core.errors import ModelError
+from edgederm.core.formats import FORMATS
+from edgederm.core.metadata import SPEC_KEY
+from edgederm.core.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from edgederm.core.spec import ModelSpec
 from edgederm.export import export_run
-from edgederm.formats import FORMATS
-from edgederm.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from edgederm.models.checkpoint import load_checkpoint
 from edgederm.runtime.coreml_backend import CoreMLPredictor, read_coreml_spec
-from edgederm.spec import ModelSpec
-from edgederm.training.checkpoint import load_checkpoint
 
 ct = pytest.importorskip("coremltools")
 
@@ -41,7 +41,7 @@ def run_dir(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("coreml_run") / "run"
     train_classifier(
-        TrainConfig(data="synthetic:60,seed=4", out=out, arch="mobilenetv3_small_100", img_size=64, mode="head", epochs=2, quiet=True)
+        TrainConfig(data="synthetic:60,seed=4", out=out, arch="mobilenetv3_small_100", img_size=64, mode="head", epochs=2)
     )
     return out
 
@@ -49,7 +49,7 @@ def run_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def exported(run_dir: Path, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("coreml_export")
-    records = export_run(run_dir, [FORMATS["coreml"]], MODES, out, calib_data="synthetic:24,seed=5", calib_n=24, quiet=True)
+    records = export_run(run_dir, [FORMATS["coreml"]], MODES, out, calib_data="synthetic:24,seed=5", calib_n=24)
     assert [(r.quant, r.status) for r in records] == [(m, "ok") for m in MODES], [r.message for r in records]
     return {r.quant: out / r.path for r in records}
 

@@ -12,15 +12,15 @@ import pytest
 from conftest import cli_env
 from edgederm.converters._calibration import load_calibration
 from edgederm.converters._job import ConversionError, ExportJob
-from edgederm.converters._metadata import SPEC_KEY, metadata_strings
 
-from edgederm.errors import ModelError
+from edgederm.core.errors import ModelError
+from edgederm.core.formats import FORMATS
+from edgederm.core.manifest import artifact_sha256, read_manifest
+from edgederm.core.metadata import SPEC_KEY, metadata_strings
+from edgederm.core.spec import ModelSpec
 from edgederm.export import export_run
-from edgederm.formats import FORMATS
-from edgederm.manifest import artifact_sha256, read_manifest
 from edgederm.runtime import Predictor
 from edgederm.runtime.onnx_backend import OnnxPredictor
-from edgederm.spec import ModelSpec
 
 MODES = ("fp32", "fp16", "int8")
 
@@ -28,7 +28,7 @@ MODES = ("fp32", "fp16", "int8")
 @pytest.fixture(scope="module")
 def exported(trained_run: Path, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("onnx_export")
-    records = export_run(trained_run, [FORMATS["onnx"]], list(MODES), out, calib_data="synthetic:40,seed=5", calib_n=40, quiet=True)
+    records = export_run(trained_run, [FORMATS["onnx"]], list(MODES), out, calib_data="synthetic:40,seed=5", calib_n=40)
     assert [(r.quant, r.status, r.message) for r in records] == [(mode, "ok", "") for mode in MODES]
     return {r.quant: out / r.path for r in records}
 
@@ -37,7 +37,7 @@ def exported(trained_run: Path, tmp_path_factory) -> dict[str, Path]:
 def pixels(trained_run: Path) -> np.ndarray:
     """40 synthetic images (not the calibration ones) through the run's Preprocess.fit."""
     spec = ModelSpec.load(trained_run / "spec.json")
-    return load_calibration("synthetic:40,seed=9", spec.preprocess, n=40, quiet=True).pixels
+    return load_calibration("synthetic:40,seed=9", spec.preprocess, n=40).pixels
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_onnx_without_edgederm_metadata_is_refused(exported: dict[str, Path], tm
 def test_int8_without_calibration_is_a_conversion_error(trained_run: Path, tmp_path: Path):
     from edgederm.converters import onnx as onnx_converter
 
-    from edgederm.training.checkpoint import load_checkpoint
+    from edgederm.models.checkpoint import load_checkpoint
 
     model, spec = load_checkpoint(trained_run)
     with pytest.raises(ConversionError, match="calibration"):
@@ -161,7 +161,7 @@ def test_default_calibration_is_the_runs_train_split_only(trained_run: Path, tmp
     import csv
     import json
 
-    records = export_run(trained_run, [FORMATS["onnx"]], ["int8"], tmp_path, calib_n=1000, quiet=True)
+    records = export_run(trained_run, [FORMATS["onnx"]], ["int8"], tmp_path, calib_n=1000)
     assert records[0].status == "ok", records[0].message
     calibration = json.loads((tmp_path / "manifest.json").read_text())["artifacts"][0]["details"]["calibration"]
     with open(trained_run / "splits.csv", newline="") as handle:
@@ -174,20 +174,20 @@ def test_a_run_trained_elsewhere_calibrates_on_a_local_copy_of_its_train_split(t
     import json
     import shutil
 
-    from edgederm.errors import DataError
+    from edgederm.core.errors import DataError
     from edgederm.training.classification import TrainConfig, train_classifier
 
     remote = shutil.copytree(ham_dir, tmp_path / "remote_copy")
     run = tmp_path / "run"
     train_classifier(
         TrainConfig(data=f"ham10000:{remote}", out=run, arch="mobilenetv3_small_100", img_size=32, mode="head", epochs=1,
-                    weights="none", test_fraction=0.2, quiet=True)
+                    weights="none", test_fraction=0.2)
     )  # fmt: skip
     shutil.rmtree(remote)
     with pytest.raises(DataError, match=r"spec\.json: int8 calibration uses the run's training data .*--calib-data"):
-        export_run(run, [FORMATS["onnx"]], ["int8"], tmp_path / "a", quiet=True)
+        export_run(run, [FORMATS["onnx"]], ["int8"], tmp_path / "a")
 
-    records = export_run(run, [FORMATS["onnx"]], ["int8"], tmp_path / "b", calib_data=f"ham10000:{ham_dir}", quiet=True)
+    records = export_run(run, [FORMATS["onnx"]], ["int8"], tmp_path / "b", calib_data=f"ham10000:{ham_dir}")
     assert records[0].status == "ok", records[0].message
     calibration = json.loads((tmp_path / "b" / "manifest.json").read_text())["artifacts"][0]["details"]["calibration"]
     train = [line for line in (run / "splits.csv").read_text().splitlines() if ",train," in line]

@@ -18,17 +18,17 @@ import numpy as np
 import pytest
 from edgederm.converters._calibration import load_calibration
 from edgederm.converters._job import ConversionError, ExportJob
-from edgederm.converters._metadata import LABELS_FILE, SPEC_FILE, SPEC_KEY
 
-from edgederm.errors import ModelError
+from edgederm.core.errors import ModelError
+from edgederm.core.formats import FORMATS
+from edgederm.core.manifest import read_manifest
+from edgederm.core.metadata import LABELS_FILE, SPEC_FILE, SPEC_KEY
+from edgederm.core.preprocess import Preprocess
+from edgederm.core.spec import ModelSpec
 from edgederm.export import export_run
-from edgederm.formats import FORMATS
-from edgederm.manifest import read_manifest
-from edgederm.preprocess import Preprocess
+from edgederm.models.checkpoint import load_checkpoint
 from edgederm.runtime import Predictor
 from edgederm.runtime.tflite_backend import TFLITE_METADATA, TFLitePredictor, read_tflite_metadata
-from edgederm.spec import ModelSpec
-from edgederm.training.checkpoint import load_checkpoint
 from edgederm.training.classification import TrainConfig, train_classifier
 
 MODES = ["fp32", "fp16", "int8-dynamic", "int8"]
@@ -38,7 +38,7 @@ MODES = ["fp32", "fp16", "int8-dynamic", "int8"]
 def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tflite") / "run"
     train_classifier(
-        TrainConfig(data="synthetic:60,seed=4", out=out, arch="efficientnet_lite0", img_size=64, mode="head", epochs=5, quiet=True)
+        TrainConfig(data="synthetic:60,seed=4", out=out, arch="efficientnet_lite0", img_size=64, mode="head", epochs=5)
     )
     return out
 
@@ -46,14 +46,14 @@ def run_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def exported(run_dir: Path) -> tuple[Path, dict]:
     out = run_dir.parent / "export"
-    records = export_run(run_dir, [FORMATS["tflite"]], MODES, out, calib_data="synthetic:40,seed=5", calib_n=40, quiet=True)
+    records = export_run(run_dir, [FORMATS["tflite"]], MODES, out, calib_data="synthetic:40,seed=5", calib_n=40)
     return out, {r.quant: r for r in records}
 
 
 @pytest.fixture(scope="module")
 def pixels(run_dir: Path) -> np.ndarray:
     """40 synthetic lesions that were not among the calibration images, through Preprocess.fit."""
-    return load_calibration("synthetic:40,seed=6", ModelSpec.load(run_dir / "spec.json").preprocess, n=40, quiet=True).pixels
+    return load_calibration("synthetic:40,seed=6", ModelSpec.load(run_dir / "spec.json").preprocess, n=40).pixels
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +232,6 @@ def test_int8_input_output_are_quantized_on_request(run_dir: Path, tmp_path: Pat
         calib_data="synthetic:40,seed=5",
         calib_n=40,
         options={"int8_io": True},
-        quiet=True,
     )
     assert records[0].status == "ok", records[0].message
     predictor = Predictor.load(tmp_path / records[0].path)
@@ -243,7 +242,7 @@ def test_int8_input_output_are_quantized_on_request(run_dir: Path, tmp_path: Pat
 
 
 def test_nchw_input_on_request(run_dir: Path, tmp_path: Path, pixels: np.ndarray, reference: np.ndarray):
-    records = export_run(run_dir, [FORMATS["tflite"]], ["fp32"], tmp_path, options={"nhwc": False}, quiet=True)
+    records = export_run(run_dir, [FORMATS["tflite"]], ["fp32"], tmp_path, options={"nhwc": False})
     assert records[0].status == "ok", records[0].message
     predictor = Predictor.load(tmp_path / records[0].path)
     side = predictor.spec.preprocess.input_size
@@ -336,9 +335,9 @@ def test_int8_export_of_a_segmenter_whose_attention_sees_one_pixel(tmp_path: Pat
     from edgederm.training.segmentation import SegmentConfig, train_segmenter
 
     run = train_segmenter(
-        SegmentConfig(data="synthetic:16,seed=1", out=tmp_path / "run", arch="tinyseg", img_size=32, epochs=1, quiet=True)
+        SegmentConfig(data="synthetic:16,seed=1", out=tmp_path / "run", arch="tinyseg", img_size=32, epochs=1)
     )
-    (record,) = export_run(run.run_dir, [FORMATS["tflite"]], ["int8"], tmp_path / "out", calib_data="synthetic:16,seed=1", quiet=True)
+    (record,) = export_run(run.run_dir, [FORMATS["tflite"]], ["int8"], tmp_path / "out", calib_data="synthetic:16,seed=1")
     assert record.status == "ok", record.message
     pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     assert Predictor.load(tmp_path / "out" / record.path).predict_pixels(pixels).shape[0] == 2

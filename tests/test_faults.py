@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from conftest import cli_env
 
-from edgederm.errors import EdgedermError
+from edgederm.core.errors import EdgedermError
+from edgederm.core.formats import FORMATS
+from edgederm.core.manifest import MANIFEST, artifact_sha256
 from edgederm.export import export_run
-from edgederm.formats import FORMATS
-from edgederm.manifest import MANIFEST, artifact_sha256
 
 
 def _listed_and_intact(out: Path) -> dict[str, str]:
@@ -43,7 +43,7 @@ def test_disk_full_keeps_earlier_artifacts(trained_run: Path, tmp_path: Path, mo
     monkeypatch.setattr(onnx_converter, "export", export_until_the_disk_fills)
     out = tmp_path / "export"
     with pytest.raises(EdgedermError, match="no space left on the device") as error:
-        export_run(trained_run, [FORMATS["onnx"]], ["fp32", "fp16"], out, quiet=True)
+        export_run(trained_run, [FORMATS["onnx"]], ["fp32", "fp16"], out)
     assert str(out) in str(error.value)
     assert list(_listed_and_intact(out)) == ["mobilenetv3_small_100_fp32.onnx"]
     statuses = [a["status"] for a in json.loads((out / MANIFEST).read_text())["artifacts"]]
@@ -77,6 +77,6 @@ def test_kill_during_export_leaves_no_partial_artifact(trained_run: Path, tmp_pa
     listed = _listed_and_intact(out)
     assert "mobilenetv3_small_100_fp16.onnx" not in listed
     # Exporting the missing one finishes the job, keeps fp32 listed, and clears the killed run's temp folder.
-    export_run(trained_run, [FORMATS["onnx"]], ["fp16"], out, quiet=True)
+    export_run(trained_run, [FORMATS["onnx"]], ["fp16"], out)
     assert sorted(_listed_and_intact(out)) == ["mobilenetv3_small_100_fp16.onnx", "mobilenetv3_small_100_fp32.onnx"]
     assert not [p for p in out.iterdir() if p.name.startswith(".export-")]

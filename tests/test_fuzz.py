@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edgederm.core.errors import EdgedermError, ModelError
+from edgederm.core.spec import ModelSpec
 from edgederm.data.layouts import load_dataset
-from edgederm.errors import EdgedermError, ModelError
 from edgederm.runtime.coreml_backend import read_coreml_spec
 from edgederm.runtime.onnx_backend import OnnxPredictor
 from edgederm.runtime.tflite_backend import read_tflite_metadata
-from edgederm.spec import ModelSpec
 
 # Deterministic by default so CI is repeatable; EDGEDERM_FUZZ_EXAMPLES=5000 explores with fresh random inputs.
 _DEEP = int(os.environ.get("EDGEDERM_FUZZ_EXAMPLES", "0"))

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image, ImageFile
 
+from edgederm.core.errors import ImageError
 from edgederm.data.images import (
     IMAGE_SUFFIXES,
     MAX_IMAGE_PIXELS,
@@ -22,7 +23,6 @@ from edgederm.data.images import (
     load_image,
     load_mask,
 )
-from edgederm.errors import ImageError
 
 ORIENTATION_TAG = 0x0112
 

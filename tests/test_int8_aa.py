@@ -12,10 +12,10 @@ from edgederm.converters._bias_correction import BiasCorrection
 from edgederm.converters._calibration import load_calibration
 from edgederm.converters._ranges import CLEAR_GAIN, PERCENTILES, RangeChoice
 
+from edgederm.core.formats import FORMATS
+from edgederm.core.spec import ModelSpec
 from edgederm.export import export_run
-from edgederm.formats import FORMATS
 from edgederm.runtime import Predictor
-from edgederm.spec import ModelSpec
 
 CALIB = "synthetic:40,seed=5"
 
@@ -40,7 +40,7 @@ def toy(noise: dict[str, float], n: int = 200):
 def test_search_keeps_the_fewest_most_harmful_layers_float():
     noise = {"stem": 0.05, "dw1": 0.02, "pw1": 0.001, "head": 0.002, "fc": 0.0}
     build, predict, reference = toy(noise)
-    model, result = search(list(noise), build, predict, lambda m: 1.0, reference, max_drop=0.01, quiet=True)
+    model, result = search(list(noise), build, predict, lambda m: 1.0, reference, max_drop=0.01)
     assert result.full_int8_disagreement > 0.05
     assert result.kept_float == ["stem", "dw1"]  # the two big ones, and nothing else
     assert result.reached and result.disagreement <= 0.01
@@ -49,7 +49,7 @@ def test_search_keeps_the_fewest_most_harmful_layers_float():
 
 def test_search_returns_all_int8_when_already_within_the_bound():
     build, predict, reference = toy({"a": 0.001, "b": 0.001})
-    _, result = search(["a", "b"], build, predict, lambda m: 2.0, reference, max_drop=0.05, quiet=True)
+    _, result = search(["a", "b"], build, predict, lambda m: 2.0, reference, max_drop=0.05)
     assert result.kept_float == [] and result.builds == 1 and result.reached
 
 
@@ -57,10 +57,10 @@ def test_a_corrected_start_is_tried_first_and_the_search_runs_on_the_uncorrected
     noise = {"stem": 0.05, "dw1": 0.02, "pw1": 0.001}
     build, predict, reference = toy(noise)
     # the bias-corrected all-int8 model, as a total noise: within a loose bound it is returned as it is
-    model, result = search(list(noise), build, predict, lambda m: 1.0, reference, max_drop=0.1, start=0.04, quiet=True)
+    model, result = search(list(noise), build, predict, lambda m: 1.0, reference, max_drop=0.1, start=0.04)
     assert model == 0.04 and result.builds == 0 and result.reached and result.kept_float == []
     # missing a tight one, float layers are chosen among the uncorrected variants, as without a start
-    model, result = search(list(noise), build, predict, lambda m: 1.0, reference, max_drop=0.01, start=0.04, quiet=True)
+    model, result = search(list(noise), build, predict, lambda m: 1.0, reference, max_drop=0.01, start=0.04)
     assert result.kept_float == ["stem", "dw1"] and model == pytest.approx(0.001)
     start_gap = float((predict(0.04, None).argmax(1) != reference.argmax(1)).mean())
     assert result.full_int8_disagreement == start_gap > 0.01  # what is reported as all-int8 is the artifact int8 ships
@@ -82,7 +82,6 @@ def test_search_keeps_the_file_int8_sized():
             size=lambda model: model[1],
             float_bytes=100,
             max_size=max_size,
-            quiet=True,
         )[1]
 
     result = search_within(0.5)
@@ -110,7 +109,7 @@ def exported(trained_run: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("int8aa")
     formats = [FORMATS["tflite"], FORMATS["onnx"]]
     records = export_run(
-        trained_run, formats, ["fp32", "int8-aa"], out, calib_data=CALIB, calib_n=40, options={"max_drop": 0.0}, quiet=True
+        trained_run, formats, ["fp32", "int8-aa"], out, calib_data=CALIB, calib_n=40, options={"max_drop": 0.0}
     )
     assert all(r.status == "ok" for r in records), [(r.format, r.quant, r.message) for r in records]
     return out
@@ -127,7 +126,7 @@ def test_int8_aa_meets_a_zero_bound_on_the_calibration_images(exported: Path, tr
     assert aware["latency_ms"] > 0 and aware["full_int8_latency_ms"] > 0
     # Re-measured through the runtime an app uses: the same top-1 as fp32 on every calibration image.
     spec = ModelSpec.load(trained_run / "spec.json")
-    pixels = load_calibration(CALIB, spec.preprocess, n=40, quiet=True).pixels
+    pixels = load_calibration(CALIB, spec.preprocess, n=40).pixels
     fp32 = Predictor.load(exported / f"{spec.arch}_fp32{FORMATS[fmt].suffix}").predict_pixels(pixels)
     aa = Predictor.load(exported / row["path"]).predict_pixels(pixels)
     assert (aa.argmax(1) == fp32.argmax(1)).all()
@@ -183,7 +182,7 @@ class _Scripted:
 
 def _int8_aa_job():
     class Job:
-        quant, options, details = "int8-aa", {"max_drop": 0.01, "quiet": True}, {}
+        quant, options, details = "int8-aa", {"max_drop": 0.01}, {}
 
     return Job()
 
@@ -214,7 +213,7 @@ def test_every_candidate_float_is_the_float_model(trained_run: Path, tmp_path: P
         return quantizer.full_int8
 
     monkeypatch.setattr(converter._accuracy_aware, "for_job", probe)
-    records = export_run(trained_run, [FORMATS[fmt]], ["int8"], tmp_path, calib_data=CALIB, calib_n=16, quiet=True)
+    records = export_run(trained_run, [FORMATS[fmt]], ["int8"], tmp_path, calib_data=CALIB, calib_n=16)
     assert records[0].status == "ok", records[0].message
     assert seen["candidates"] > 0 and seen["gap"] < 1e-5, seen
 

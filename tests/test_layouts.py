@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import write_csv
 
+from edgederm.core.errors import DataError, UsageError
+from edgederm.core.labels import DX_CODES
 from edgederm.data.layouts import images_from_paths, load_dataset, parse_data_spec
-from edgederm.errors import DataError, UsageError
-from edgederm.labels import DX_CODES
 
 
 def test_parse_data_spec_options():

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from edgederm.errors import ModelError, UsageError
+from edgederm.core.errors import ModelError, UsageError
+from edgederm.core.formats import FORMATS, parse_formats, parse_quant_modes
+from edgederm.core.manifest import MANIFEST, artifact_sha256
 from edgederm.export import export_run
-from edgederm.formats import FORMATS, parse_formats, parse_quant_modes
-from edgederm.manifest import MANIFEST, artifact_sha256
 from edgederm.runtime import Predictor
 
 
 @pytest.fixture(scope="module")
 def onnx_export(trained_run: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("manifest") / "export"
-    records = export_run(trained_run, [FORMATS["onnx"]], ["fp32", "int8-dynamic"], out, quiet=True)
+    records = export_run(trained_run, [FORMATS["onnx"]], ["fp32", "int8-dynamic"], out)
     assert [r.status for r in records] == ["ok", "skipped"]
     assert "onnx has no int8-dynamic mode" in records[1].message
     return out

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATA, make_venv
 
+from edgederm.core.formats import FORMATS
+from edgederm.core.spec import ModelSpec
 from edgederm.data.layouts import load_dataset
 from edgederm.data.pixels import load_pixels
 from edgederm.export import export_run
-from edgederm.formats import FORMATS
 from edgederm.runtime import Predictor
-from edgederm.runtime.predictor import lesion_mask, lesion_probabilities
-from edgederm.spec import ModelSpec
+from edgederm.runtime.readout import lesion_mask, lesion_probabilities
 from edgederm.training.classification import TrainConfig, train_classifier
 from edgederm.training.segmentation import SegmentConfig, train_segmenter
 
@@ -90,17 +90,17 @@ def test_mediapipe_image_classifier_agrees_with_predictor(mediapipe_python: Path
     data = _frames("synthetic:60,seed=8")
     run = tmp_path / "run"
     train_classifier(
-        TrainConfig(data="synthetic:120,seed=2", out=run, arch="efficientnet_lite0", img_size=96, mode="head", epochs=10, quiet=True)
+        TrainConfig(data="synthetic:120,seed=2", out=run, arch="efficientnet_lite0", img_size=96, mode="head", epochs=10)
     )
     records = export_run(
-        run, [FORMATS["tflite"]], ["fp32", "int8"], tmp_path / "export", calib_data="synthetic:40,seed=5", calib_n=40, quiet=True
+        run, [FORMATS["tflite"]], ["fp32", "int8"], tmp_path / "export", calib_data="synthetic:40,seed=5", calib_n=40
     )
     assert all(r.status == "ok" for r in records), records
 
     for record in records:
         artifact = tmp_path / "export" / record.path
         predictor = Predictor.load(artifact)
-        frames = load_pixels(load_dataset(data), predictor.spec.preprocess, quiet=True).pixels
+        frames = load_pixels(load_dataset(data), predictor.spec.preprocess).pixels
         mediapipe = _mediapipe_scores(mediapipe_python, artifact, frames, predictor.class_names, tmp_path)
         agreement = np.mean(mediapipe.argmax(1) == predictor.predict_pixels(frames).argmax(1))
         assert agreement == 1.0, f"{record.quant}: MediaPipe and Predictor disagree on {1 - agreement:.1%} of {data}"
@@ -111,11 +111,11 @@ def test_mediapipe_image_classifier_takes_per_channel_normalisation(mediapipe_py
 
     MediaPipe refuses per-channel normalisation, so the file takes one mean and std and makes up the rest in its graph.
     """
-    records = export_run(trained_run, [FORMATS["tflite"]], ["fp32"], tmp_path / "export", quiet=True)
+    records = export_run(trained_run, [FORMATS["tflite"]], ["fp32"], tmp_path / "export")
     assert records[0].status == "ok", records[0].message
     predictor = Predictor.load(tmp_path / "export" / records[0].path)
     assert len(set(predictor.spec.preprocess.mean)) == 3 and len(set(predictor.spec.input_preprocess.mean)) == 1
-    frames = load_pixels(load_dataset(_frames("synthetic:40,seed=8")), predictor.spec.preprocess, quiet=True).pixels
+    frames = load_pixels(load_dataset(_frames("synthetic:40,seed=8")), predictor.spec.preprocess).pixels
     mediapipe = _mediapipe_scores(mediapipe_python, tmp_path / "export" / records[0].path, frames, predictor.class_names, tmp_path)
     assert np.abs(mediapipe - predictor.predict_pixels(frames)).max() < 1e-4
 
@@ -132,12 +132,12 @@ def test_mediapipe_image_segmenter_agrees_with_predictor(mediapipe_python: Path,
     # Unlike the session's 3-epoch segmenter (flat probabilities), 30 epochs (a minute) draw real outlines. At 32 px the
     # attention's softmax over one position lowers to EXP, which ai-edge-quantizer's op table lacks: 64 px.
     train_segmenter(
-        SegmentConfig(data="synthetic:64,seed=6", out=run, arch="tinyseg", img_size=64, epochs=30, adversarial="off", quiet=True)
+        SegmentConfig(data="synthetic:64,seed=6", out=run, arch="tinyseg", img_size=64, epochs=30, adversarial="off")
     )
     spec = ModelSpec.load(run / "spec.json")
-    frames = load_pixels(load_dataset(data), spec.preprocess, quiet=True).pixels
+    frames = load_pixels(load_dataset(data), spec.preprocess).pixels
     records = export_run(
-        run, [FORMATS["tflite"]], ["fp32", "int8"], tmp_path / "export", calib_data="synthetic:40,seed=5", calib_n=40, quiet=True
+        run, [FORMATS["tflite"]], ["fp32", "int8"], tmp_path / "export", calib_data="synthetic:40,seed=5", calib_n=40
     )
     assert all(r.status == "ok" for r in records), records
     side = spec.preprocess.input_size

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from edgederm.errors import ModelError
+from edgederm.core.errors import ModelError
+from edgederm.core.preprocess import Preprocess
 from edgederm.models import count_macs, count_parameters, create_model, get_entry, list_models
-from edgederm.preprocess import Preprocess
 
 CLASSIFIERS = ["efficientnet_lite0", "mobilenetv2_100", "mobilenetv3_large_100", "mobilenetv3_small_100"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgederm.operating_point import choose_operating_point, sensitivity_specificity
-from edgederm.preprocess import Preprocess
-from edgederm.runtime.screening import malignant_score, screen
-from edgederm.spec import ModelSpec
+from edgederm.core.preprocess import Preprocess
+from edgederm.core.spec import ModelSpec
+from edgederm.metrics.operating_point import choose_operating_point, sensitivity_specificity
+from edgederm.runtime.readout import malignant_score, screen
 
 SPEC = ModelSpec("classification", "x", ["mel", "nv", "bcc"], Preprocess(input_size=32))
 

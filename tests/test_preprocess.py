@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from edgederm.preprocess import Preprocess
+from edgederm.core.preprocess import Preprocess
 
 
 def test_letterbox_keeps_aspect_and_pads_with_the_mean():

@@ -8,8 +8,8 @@ import timm
 import torch
 
 from edgederm.cli import main
+from edgederm.core.spec import ModelSpec
 from edgederm.models import pruning
-from edgederm.spec import ModelSpec
 
 
 def _random_stats(model: torch.nn.Module) -> None:
@@ -55,8 +55,8 @@ def test_kept_widths_are_multiples_of_8_within_the_block():
 
 
 def test_a_pruned_fine_tune_stores_its_widths_and_runs_in_torch_and_onnx(trained_run, tmp_path):
+    from edgederm.core.formats import FORMATS
     from edgederm.export import export_run
-    from edgederm.formats import FORMATS
     from edgederm.runtime import Predictor
 
     out = tmp_path / "pruned"
@@ -72,7 +72,7 @@ def test_a_pruned_fine_tune_stores_its_widths_and_runs_in_torch_and_onnx(trained
 
     torch_model = Predictor.load(out)
     pixels = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
-    (record,) = export_run(out, [FORMATS["onnx"]], ["fp32"], tmp_path / "export", quiet=True)
+    (record,) = export_run(out, [FORMATS["onnx"]], ["fp32"], tmp_path / "export")
     assert record.status == "ok", record.message
     onnx_probs = Predictor.load(tmp_path / "export" / record.path).predict_pixels(pixels)
     assert np.abs(onnx_probs - torch_model.predict_pixels(pixels)).max() < 1e-4

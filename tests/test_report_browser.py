@@ -18,7 +18,7 @@ def test_verify_html_renders_in_headless_chromium(tmp_path: Path):
     import numpy as np
     from PIL import Image
 
-    from edgederm.verify.report import PLOTS, _html
+    from edgederm.evaluate.verify.report import PLOTS, _html
 
     for file, _ in PLOTS.values():
         Image.fromarray(np.full((40, 60, 3), 200, np.uint8)).save(tmp_path / file)

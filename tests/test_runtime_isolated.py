@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from conftest import REPO, make_venv
 
+from edgederm.core.formats import FORMATS
 from edgederm.export import export_run
-from edgederm.formats import FORMATS
 from edgederm.runtime import Predictor
 from edgederm.training.classification import TrainConfig, train_classifier
 
@@ -52,9 +52,9 @@ def light_venv(tmp_path_factory) -> Path:
 def test_runtime_predicts_without_torch(light_venv: Path, tmp_path: Path):
     run = tmp_path / "run"
     train_classifier(
-        TrainConfig(data="synthetic:40,seed=1", out=run, arch="mobilenetv3_small_100", img_size=64, mode="head", epochs=1, quiet=True)
+        TrainConfig(data="synthetic:40,seed=1", out=run, arch="mobilenetv3_small_100", img_size=64, mode="head", epochs=1)
     )
-    records = export_run(run, [FORMATS["tflite"], FORMATS["onnx"]], ["fp32"], tmp_path / "export", quiet=True)
+    records = export_run(run, [FORMATS["tflite"], FORMATS["onnx"]], ["fp32"], tmp_path / "export")
     assert all(r.status == "ok" for r in records), records
     artifacts = [str(tmp_path / "export" / r.path) for r in records]
     image = tmp_path / "lesion.png"
@@ -76,6 +76,6 @@ def test_runtime_predicts_without_torch(light_venv: Path, tmp_path: Path):
 
 
 def test_import_runtime_alone_does_not_import_torch():
-    code = "import sys, edgederm.runtime, edgederm.formats; print(sorted(m for m in ('torch', 'timm', 'coremltools') if m in sys.modules))"
+    code = "import sys, edgederm.runtime, edgederm.core.formats; print(sorted(m for m in ('torch', 'timm', 'coremltools') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr

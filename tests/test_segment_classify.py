@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edgederm.cli import main
-from edgederm.segment_classify import CROP_LESION, CROP_WHOLE_IMAGE, crop_box_for, expand_to_square, lesion_bounding_box
+from edgederm.evaluate.segment_classify import CROP_LESION, CROP_WHOLE_IMAGE, crop_box_for, expand_to_square, lesion_bounding_box
 
 
 def _mask(h: int, w: int, box: tuple[int, int, int, int]) -> np.ndarray:

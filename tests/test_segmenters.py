@@ -18,11 +18,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from edgederm.cli import main
+from edgederm.core.errors import DataError, UsageError
+from edgederm.core.spec import ModelSpec
 from edgederm.data.layouts import load_dataset
-from edgederm.errors import DataError, UsageError
 from edgederm.models import count_parameters, create_model, get_entry, list_models
 from edgederm.runtime import Predictor
-from edgederm.spec import ModelSpec
 from edgederm.training.augment import augment_pairs
 from edgederm.training.segmentation import SegmentConfig, train_segmenter
 
@@ -107,7 +107,6 @@ def test_training_lowers_the_loss_with_and_without_the_critic(tmp_path: Path, ad
         epochs=2,
         batch_size=8,
         adversarial=adversarial,
-        quiet=True,
     )
     result = train_segmenter(config)
     rows = _rows(tmp_path / "run" / "metrics.csv")
@@ -185,7 +184,7 @@ def test_resume_after_a_kill_reaches_the_uninterrupted_weights(tmp_path: Path):
 
 def test_data_without_masks_is_a_one_line_error(tmp_path: Path, folder_dir: Path, ham_dir: Path, capsys):
     with pytest.raises(DataError, match="no lesion mask.*fix:"):
-        train_segmenter(SegmentConfig(data=f"folder:{folder_dir}", out=tmp_path / "a", arch="tinyseg", img_size=64, quiet=True))
+        train_segmenter(SegmentConfig(data=f"folder:{folder_dir}", out=tmp_path / "a", arch="tinyseg", img_size=64))
     (tmp_path / "images").mkdir()
     for source in sorted((ham_dir / "images").glob("*.jpg"))[:6]:
         (tmp_path / "images" / source.name).write_bytes(source.read_bytes())
@@ -252,10 +251,10 @@ def test_a_mask_round_trips_through_every_runtime_at_the_original_size(trained_s
 
     from edgederm.converters.tflite import standard_metadata
 
+    from edgederm.core.formats import FORMATS
     from edgederm.export import export_run
-    from edgederm.formats import FORMATS
+    from edgederm.runtime.coreml_emulator import EmulatedCoreMLPredictor
     from edgederm.runtime.tflite_backend import TFLITE_METADATA, read_tflite_metadata
-    from edgederm.verify.coreml_emulator import EmulatedCoreMLPredictor
 
     # An odd, non-square photo exercises the letterbox both ways and the resize back to the photo's size.
     image = load_dataset("synthetic:1,seed=11")[0].load_image().resize((171, 113))
@@ -267,7 +266,7 @@ def test_a_mask_round_trips_through_every_runtime_at_the_original_size(trained_s
     spec.postprocess = {**spec.postprocess, "threshold": float(np.quantile(probabilities, 0.85))}
     (run / "spec.json").write_text(spec.to_json())
 
-    records = export_run(run, [FORMATS[f] for f in ("tflite", "onnx", "coreml")], ["fp32"], tmp_path / "export", quiet=True)
+    records = export_run(run, [FORMATS[f] for f in ("tflite", "onnx", "coreml")], ["fp32"], tmp_path / "export")
     assert all(r.status == "ok" for r in records), [(r.format, r.message) for r in records]
     reference = Predictor.load(run).predict_mask(image)
     assert reference.shape == (113, 171) and reference.dtype == np.uint8 and set(np.unique(reference)) <= {0, 255}

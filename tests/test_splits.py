@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgederm.core.errors import DataError
 from edgederm.data.splits import check_no_leakage, grouped_stratified_split
-from edgederm.errors import DataError
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 

@@ -15,15 +15,15 @@ import torch
 from conftest import cli_env, corrupt_jpeg, write_csv
 from safetensors.torch import load_file
 
-from edgederm.errors import DataError, ModelError, UsageError
-from edgederm.inference import normalize_tensor
+from edgederm.core.errors import DataError, ModelError, UsageError
+from edgederm.core.spec import ModelSpec
+from edgederm.models.checkpoint import load_checkpoint
+from edgederm.models.inference import normalize_tensor
 from edgederm.runtime import Predictor
-from edgederm.spec import ModelSpec
 from edgederm.training.calibration import fit_temperature
-from edgederm.training.checkpoint import load_checkpoint
 from edgederm.training.classification import TrainConfig, train_classifier
 
-TINY = {"arch": "mobilenetv3_small_100", "img_size": 64, "quiet": True}
+TINY = {"arch": "mobilenetv3_small_100", "img_size": 64}
 
 
 def test_head_training_writes_a_complete_run(trained_run: Path):
@@ -196,7 +196,7 @@ def test_torchrun_two_cpu_processes(tmp_path: Path):
 
 
 def test_asking_for_cuda_without_a_gpu_is_a_one_line_error(monkeypatch):
-    from edgederm.errors import UsageError
+    from edgederm.core.errors import UsageError
     from edgederm.training.distributed import choose_device
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
@@ -208,7 +208,7 @@ def test_asking_for_cuda_without_a_gpu_is_a_one_line_error(monkeypatch):
 
 
 def test_qat_fine_tunes_a_run_through_simulated_int8(tmp_path: Path):
-    common = dict(data="synthetic:48,seed=2", arch="mobilenetv3_small_100", img_size=48, mode="full", batch_size=8, quiet=True)
+    common = dict(data="synthetic:48,seed=2", arch="mobilenetv3_small_100", img_size=48, mode="full", batch_size=8)
     source = train_classifier(TrainConfig(out=tmp_path / "float", epochs=1, **common))
     tuned = train_classifier(TrainConfig(out=tmp_path / "qat", epochs=1, lr=1e-4, init_from=str(source.run_dir), qat=True, **common))
     assert tuned.spec.training["recipe"]["qat"] and tuned.spec.training["init_from_sha256"] == source.spec.source_sha256
@@ -263,7 +263,6 @@ def test_distillation_trains_a_smaller_student_at_another_size(trained_run: Path
             batch_size=8,
             test_fraction=0.2,  # the teacher's split, so it never saw this run's val/test images
             distill_from=str(trained_run),
-            quiet=True,
         )
     )
     assert student.spec.training["teacher_sha256"] == ModelSpec.load(trained_run / "spec.json").source_sha256

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from conftest import cli_env
 
+from edgederm.core.formats import FORMATS
+from edgederm.evaluate.verify.guards import parse_guard
+from edgederm.evaluate.verify.runner import VerifyOptions, exit_code, verify_export
 from edgederm.export import export_run
-from edgederm.formats import FORMATS
-from edgederm.verify.guards import parse_guard
-from edgederm.verify.runner import VerifyOptions, exit_code, verify_export
 
 DATA = "synthetic:40,seed=11"
 
@@ -23,14 +23,14 @@ DATA = "synthetic:40,seed=11"
 def export_dir(trained_run: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("verify_export")
     formats = [FORMATS["tflite"], FORMATS["onnx"], FORMATS["coreml"]]
-    records = export_run(trained_run, formats, ["fp32", "int8"], out, calib_data="synthetic:40,seed=5", calib_n=40, quiet=True)
+    records = export_run(trained_run, formats, ["fp32", "int8"], out, calib_data="synthetic:40,seed=5", calib_n=40)
     assert all(r.status == "ok" for r in records), [(r.format, r.quant, r.message) for r in records]
     return out
 
 
 @pytest.fixture(scope="module")
 def result(export_dir: Path) -> dict:
-    options = VerifyOptions(data=DATA, max_drop=1.0, threads=[1, 2], runs=5, warmup=1, emulate_coreml=False, quiet=True)
+    options = VerifyOptions(data=DATA, max_drop=1.0, threads=[1, 2], runs=5, warmup=1, emulate_coreml=False)
     return verify_export(export_dir, options)
 
 
@@ -126,7 +126,7 @@ def test_tampered_artifact_is_an_error_row_and_fails_the_run(export_dir: Path, t
     shutil.copytree(export_dir, copy)
     onnx_file = next(copy.glob("*_fp32.onnx"))
     onnx_file.write_bytes(onnx_file.read_bytes()[:-100])
-    result = verify_export(copy, VerifyOptions(data=DATA, runs=2, warmup=0, emulate_coreml=False, quiet=True))
+    result = verify_export(copy, VerifyOptions(data=DATA, runs=2, warmup=0, emulate_coreml=False))
     row = next(r for r in result["artifacts"] if r["path"] == onnx_file.name)
     assert row["status"] == "error" and "sha256" in row["message"] and onnx_file.name in row["message"]
     assert exit_code(result) == 1
@@ -145,8 +145,8 @@ def test_missing_source_run_asks_for_reference(export_dir: Path, tmp_path: Path)
 
 
 def test_device_results_merge_as_columns(export_dir: Path, result: dict, tmp_path: Path):
-    from edgederm.verify.device_results import read_device_results
-    from edgederm.verify.report import table_rows
+    from edgederm.evaluate.verify.device_results import read_device_results
+    from edgederm.evaluate.verify.report import table_rows
 
     onnx_row = next(r for r in result["artifacts"] if r["format"] == "onnx" and r["quant"] == "int8")
     phone = {
@@ -173,7 +173,7 @@ def test_bad_device_results_fail_before_the_run(export_dir: Path, tmp_path: Path
 
 
 def test_json_has_no_arrays_only_plain_values(result: dict, tmp_path: Path):
-    from edgederm.verify.report import write_json
+    from edgederm.evaluate.verify.report import write_json
 
     write_json(result, tmp_path / "v.json")
     data = json.loads((tmp_path / "v.json").read_text())
@@ -202,7 +202,7 @@ def test_operating_point_command_rewrites_the_threshold(trained_run: Path, tmp_p
 def test_segmenter_export_verifies_with_mask_metrics(trained_segmenter: Path, tmp_path: Path):
     out = tmp_path / "seg_export"
     formats = [FORMATS["tflite"], FORMATS["onnx"]]
-    records = export_run(trained_segmenter, formats, ["fp32", "int8"], out, calib_n=24, quiet=True)
+    records = export_run(trained_segmenter, formats, ["fp32", "int8"], out, calib_n=24)
     assert all(r.status == "ok" for r in records), [(r.format, r.quant, r.message) for r in records]
     common = [str(out), "--data", "synthetic:48,seed=6", "--split", "test", "--runs", "3", "--warmup", "0", "--quiet"]
     good = run_cli("verify", *common, "--max-drop", "0.2", "--json", str(tmp_path / "v.json"), "--report", str(tmp_path / "r"))
@@ -220,8 +220,8 @@ def test_segmenter_export_verifies_with_mask_metrics(trained_segmenter: Path, tm
 
 
 def test_saliency_is_measured_against_the_lesion_masks(result: dict, tmp_path: Path):
-    from edgederm.verify.report import write_report
-    from edgederm.verify.runner import to_json
+    from edgederm.evaluate.verify.report import write_report
+    from edgederm.evaluate.verify.runner import to_json
 
     saliency = result["saliency"]
     assert saliency["images"] == 40  # every synthetic image has an exact mask
@@ -232,7 +232,7 @@ def test_saliency_is_measured_against_the_lesion_masks(result: dict, tmp_path: P
     shares = sorted(i.inside for i in saliency["items"])
     assert [m["share_inside"] for m in saliency["mostly_outside"]] == [round(s, 3) for s in shares if s < 0.5]
     assert "items" not in to_json(result)["saliency"]
-    from edgederm.spec import ModelSpec
+    from edgederm.core.spec import ModelSpec
 
     markdown, _ = write_report(result, ModelSpec.load(Path(result["reference"]["name"]) / "spec.json"), tmp_path)
     assert (tmp_path / "saliency.png").stat().st_size > 1000 and "What the reference model keys on" in markdown.read_text()

@@ -14,8 +14,8 @@ from kivy.clock import Clock
 from kivy.uix.screenmanager import NoTransition, ScreenManager
 from PIL import Image
 
+from edgederm.core.errors import EdgedermError, UsageError
 from edgederm.data.images import load_image
-from edgederm.errors import EdgedermError, UsageError
 
 from ..android_tflite import load_predictor
 from ..benchmark import run_benchmark, write_benchmark

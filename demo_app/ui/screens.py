@@ -18,7 +18,7 @@ from kivy.uix.spinner import Spinner
 from kivy.uix.textinput import TextInput
 from PIL import Image
 
-from edgederm.errors import EdgedermError
+from edgederm.core.errors import EdgedermError
 
 from ..benchmark import parse_threads_list, run_benchmark, write_benchmark
 from ..presentation import DISCLAIMER, ResultView
@@ -146,6 +146,8 @@ class ResultScreen(Screen):
         page.add_widget(self.banner)
         self.photo = KivyImage(fit_mode="contain")
         page.add_widget(self.photo)
+        self.named = Text("", size=18, bold=True)  # the class the model names under its decision rule, as `edgederm predict` does
+        page.add_widget(self.named)
         self.rows = BoxLayout(orientation="vertical", size_hint_y=None, spacing=dp(4))
         self.rows.bind(minimum_height=self.rows.setter("height"))
         page.add_widget(self.rows)
@@ -163,6 +165,7 @@ class ResultScreen(Screen):
         self.banner_reason.text = view.reason if view.refer else f"{view.reason}. Not a diagnosis: see a clinician if in doubt."
         self.photo.texture = texture_from_image(shown, reuse=self.photo.texture)
         self.photo.canvas.ask_update()  # a reused texture is the same object: redraw it anyway
+        self.named.text = f"Named class: {view.predicted.name} ({view.predicted.label}), {view.predicted.percent}"
         while len(self._row_widgets) < len(view.rows):
             self._row_widgets.append(self._make_row(rank=len(self._row_widgets)))
         if len(self.rows.children) != 2 * len(view.rows):  # the first capture, or a classifier with another number of classes

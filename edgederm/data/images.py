@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
-from ..errors import ImageError
+from ..core.errors import ImageError
 
 __all__ = [
     "IMAGE_SUFFIXES",

@@ -12,8 +12,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import DataError, UsageError
-from ..labels import DX_CODES
+from ..core.errors import DataError, UsageError
+from ..core.labels import DX_CODES
 from .images import is_image_file
 from .samples import SPLITS, Sample, SampleSet
 

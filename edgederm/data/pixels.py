@@ -1,16 +1,46 @@
-"""Decode and resize a dataset once into memory, skipping bad images by path with a count."""
+"""Decoding a dataset's images: one loop that skips a bad image with its one-line error, and the in-memory cache."""
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
+from typing import TypeVar
 
 import numpy as np
-from tqdm.auto import tqdm
+from PIL import Image
 
-from ..errors import ImageError
-from ..preprocess import Preprocess
+from ..core.errors import ImageError
+from ..core.log import progress
+from ..core.preprocess import Preprocess
 from .samples import SampleSet
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Decoded:
+    index: int  # into the SampleSet
+    image: Image.Image  # RGB at its own size
+    mask: np.ndarray | None  # the true lesion mask, when decoded with masks
+
+
+def decode_samples(dataset: SampleSet, errors: list[str | None], *, masks: bool = False, desc: str = "images") -> Iterator[Decoded]:
+    """Every sample whose image (and, with ``masks``, mask) decodes; ``errors[index]`` gets the one-line error of the rest."""
+    for index, sample in enumerate(progress(dataset.samples, desc=desc, unit="img")):
+        try:
+            image, mask = sample.load_image_and_mask() if masks else (sample.load_image(), None)
+        except ImageError as error:
+            errors[index] = str(error)
+            continue
+        yield Decoded(index, image, mask)
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items (the last one shorter)."""
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
 
 
 @dataclass
@@ -21,41 +51,27 @@ class PixelCache:
     masks: np.ndarray | None = None  # uint8 0/255 (N, S, S) through Preprocess.fit_mask, when loaded with masks
 
 
-def load_pixels(dataset: SampleSet, preprocess: Preprocess, desc: str = "images", quiet: bool = False) -> PixelCache:
-    side = preprocess.input_size
-    pixels = np.empty((len(dataset), side, side, 3), np.uint8)
-    kept: list[int] = []
-    failures: list[str] = []
-    for index, sample in enumerate(
-        tqdm(dataset.samples, desc=f"loading {desc}", unit="img", disable=quiet, file=sys.stderr, mininterval=2)
-    ):
-        try:
-            pixels[len(kept)] = preprocess.fit(sample.load_image())
-        except ImageError as error:
-            failures.append(str(error))
-            continue
-        kept.append(index)
-    return PixelCache(pixels[: len(kept)], kept, failures)
+def load_pixels(dataset: SampleSet, preprocess: Preprocess, desc: str = "images") -> PixelCache:
+    return _load(dataset, preprocess, desc, masks=False)
 
 
-def load_pixels_and_masks(dataset: SampleSet, preprocess: Preprocess, desc: str = "images", quiet: bool = False) -> PixelCache:
+def load_pixels_and_masks(dataset: SampleSet, preprocess: Preprocess, desc: str = "images") -> PixelCache:
     """Images and their lesion masks, both through the same geometry; a sample whose image or mask fails is skipped."""
+    return _load(dataset, preprocess, desc, masks=True)
+
+
+def _load(dataset: SampleSet, preprocess: Preprocess, desc: str, masks: bool) -> PixelCache:
     side = preprocess.input_size
     pixels = np.empty((len(dataset), side, side, 3), np.uint8)
-    masks = np.empty((len(dataset), side, side), np.uint8)
+    mask_pixels = np.empty((len(dataset), side, side), np.uint8) if masks else None
     kept: list[int] = []
-    failures: list[str] = []
-    for index, sample in enumerate(
-        tqdm(dataset.samples, desc=f"loading {desc}", unit="img", disable=quiet, file=sys.stderr, mininterval=2)
-    ):
-        try:
-            image, mask = sample.load_image_and_mask()
-        except ImageError as error:
-            failures.append(str(error))
-            continue
-        if mask is None:
-            raise ValueError(f"{sample.display_path} has no mask; check Sample.has_mask before loading")
-        pixels[len(kept)] = preprocess.fit(image)
-        masks[len(kept)] = preprocess.fit_mask(mask)
-        kept.append(index)
-    return PixelCache(pixels[: len(kept)], kept, failures, masks[: len(kept)])
+    errors: list[str | None] = [None] * len(dataset)
+    for item in decode_samples(dataset, errors, masks=masks, desc=f"loading {desc}"):
+        if mask_pixels is not None:
+            if item.mask is None:
+                raise ValueError(f"{dataset.samples[item.index].display_path} has no mask; check Sample.has_mask before loading")
+            mask_pixels[len(kept)] = preprocess.fit_mask(item.mask)
+        pixels[len(kept)] = preprocess.fit(item.image)
+        kept.append(item.index)
+    failures = [error for error in errors if error]
+    return PixelCache(pixels[: len(kept)], kept, failures, None if mask_pixels is None else mask_pixels[: len(kept)])

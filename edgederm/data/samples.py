@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
+from ..core.errors import DataError
 from .images import load_image, load_mask
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import DataError
+from ..core.errors import DataError
 
 
 def grouped_stratified_split(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..errors import ModelError
+from ..core.errors import ModelError
 
 
 @dataclass(frozen=True)

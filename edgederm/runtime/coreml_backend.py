@@ -19,9 +19,9 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
-from ..converters._metadata import SPEC_KEY
-from ..errors import ModelError
-from ..spec import ModelSpec
+from ..core.errors import ModelError
+from ..core.metadata import SPEC_KEY
+from ..core.spec import ModelSpec
 from .predictor import Predictor
 
 # Field numbers in coremltools/proto Model.proto: Model.description = 2,

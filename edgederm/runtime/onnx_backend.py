@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..converters._metadata import SPEC_KEY
-from ..errors import ModelError
-from ..spec import ModelSpec
+from ..core.errors import ModelError
+from ..core.metadata import SPEC_KEY
+from ..core.spec import ModelSpec
 from .predictor import Predictor
 
 DEFAULT_BATCH = 32

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import ModelError
-from ..formats import FORMATS, format_for_path
-from ..manifest import verify_against_manifest
-from ..spec import ModelSpec
-from .postprocess import postprocess_mask
+from ..core.errors import BackendUnavailable, ModelError
+from ..core.formats import FORMATS, TORCH_BACKEND, format_for_path
+from ..core.manifest import verify_against_manifest
+from ..core.spec import ModelSpec
+from .readout import lesion_mask, lesion_probabilities
 
 
 class Predictor(ABC):
@@ -26,10 +26,12 @@ class Predictor(ABC):
     path: Path
 
     @staticmethod
-    def load(path: str | Path, *, device: str = "cpu", threads: int | None = None) -> Predictor:
-        """The backend is the FORMATS table's for the suffix; a run dir or checkpoint uses torch.
+    def load(path: str | Path, *, device: str = "cpu", threads: int | None = None, emulate: bool = False) -> Predictor:
+        """The backend is the FORMATS table's for the suffix; a run directory or checkpoint is the torch reference.
 
-        An artifact listed in a manifest.json beside it is checked against its sha256 first.
+        An artifact listed in a manifest.json beside it is checked against its sha256 first. A format
+        whose native runtime does not exist on this platform (CoreML off Apple) raises a one-line
+        ModelError, or with ``emulate`` runs on the format's emulated backend (numerics only).
         """
         path = Path(path)
         if not path.exists():
@@ -37,13 +39,11 @@ class Predictor(ABC):
         fmt = format_for_path(path.name)
         if fmt is not None:
             verify_against_manifest(path)
-            module_name, class_name = fmt.backend.split(":")
-            backend = getattr(importlib.import_module(f"{__package__}.{module_name}"), class_name)
+            use_emulator = emulate and fmt.emulated_backend is not None and not fmt.runs_here()
+            backend = backend_class(fmt.emulated_backend if use_emulator else fmt.backend, path)
             return backend(path, threads=threads)
         if path.is_dir() or path.suffix in (".safetensors", ".json"):
-            from .torch_backend import TorchPredictor
-
-            return TorchPredictor(path, device=device)
+            return backend_class(TORCH_BACKEND, path)(path, device=device)
         raise ModelError(
             f"unsupported model format {path.suffix or '(no suffix)'!r}",
             path=path,
@@ -74,22 +74,17 @@ class Predictor(ABC):
         return list(self.spec.class_names)
 
 
-def lesion_probabilities(output: np.ndarray) -> np.ndarray:
-    """A segmenter's ``predict_pixels`` batch as lesion probabilities (N, S, S), whatever the channel axis.
-
-    ``predict_pixels`` returns probabilities from every backend: the torch backend applies the
-    sigmoid to the weights' ``mask_logits``, exported graphs end in it (``mask_probabilities``).
-    """
-    output = np.asarray(output, np.float32)
-    if output.ndim == 4:
-        output = output[:, 0] if output.shape[1] == 1 else output[..., 0]
-    return output
-
-
-def lesion_mask(probabilities: np.ndarray, spec: ModelSpec, source_size: tuple[int, int]) -> np.ndarray:
-    """(S, S) lesion probabilities -> threshold, the spec's post-processing, then back to (w, h): uint8 0/255 (h, w).
-
-    Training's final evaluation, ``edgederm predict`` and every backend go through this one function.
-    """
-    mask = postprocess_mask(probabilities, spec.postprocess)
-    return spec.preprocess.unfit_mask(mask.astype(np.uint8) * 255, source_size)
+def backend_class(where: str, path: Path) -> type[Predictor]:
+    """A "module:Class" of the FORMATS table (a bare module name is under edgederm.runtime), imported on first use."""
+    module_name, class_name = where.split(":")
+    if "." not in module_name:
+        module_name = f"{__package__}.{module_name}"
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"the backend {module_name} cannot be imported ({exc})",
+            path=path,
+            fix="install what it needs: pip install edgederm[export] (or the format's runtime)",
+        ) from None
+    return getattr(module, class_name)

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ..converters._metadata import SPEC_KEY
-from ..errors import ModelError
-from ..spec import ModelSpec
+from ..core.errors import ModelError
+from ..core.metadata import SPEC_KEY
+from ..core.spec import ModelSpec
 from .predictor import Predictor
 
 _REEXPORT = "the file is truncated, corrupt or not an edgederm export; re-run `edgederm export`"

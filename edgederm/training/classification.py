@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,22 +18,23 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .. import _atomic
+from ..core import atomic
+from ..core.errors import DataError, UsageError
+from ..core.labels import DX_CODES
+from ..core.log import get_logger, progress
+from ..core.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from ..core.spec import ModelSpec
 from ..data.pixels import PixelCache, load_pixels
 from ..data.samples import SampleSet
-from ..decision import RULES as DECISION_RULES
-from ..decision import choose_decision, describe, prior_from_counts
-from ..errors import DataError, UsageError
-from ..inference import forward_batches, normalize_tensor, softmax
-from ..labels import DX_CODES
 from ..metrics import classification_metrics
-from ..models import create_model, get_entry, pruning
-from ..operating_point import DEFAULT_TARGET_SENSITIVITY, choose_operating_point, sensitivity_specificity
-from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from ..spec import ModelSpec
-from . import checkpoint, qat
+from ..metrics.decision import RULES as DECISION_RULES
+from ..metrics.decision import choose_decision, training_prior
+from ..metrics.operating_point import DEFAULT_TARGET_SENSITIVITY, choose_operating_point, sensitivity_specificity
+from ..models import checkpoint, create_model, get_entry, pruning
+from ..models.inference import forward_batches, normalize_tensor, softmax
+from ..runtime.readout import describe
+from . import qat
 from .augment import POLICIES, augment_batch
 from .calibration import fit_temperature, fold_temperature
 from .common import TrainResult, assign_splits, check_fractions, recipe_of, same_recipe, write_metrics_csv
@@ -46,6 +46,8 @@ from .distributed import DistContext, all_gather_arrays, setup, teardown
 MODES = ("head", "full")
 PRUNE_IMAGES = 256  # train images whose activations rank the channels --prune removes
 BALANCE = ("weighted_loss", "none")
+
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -77,12 +79,11 @@ class TrainConfig:
     weights: str = "default"
     resize: str = "letterbox"
     target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY  # for the malignant-class operating point
-    decision: str = "balanced"  # how the named class is read from the probabilities (edgederm.decision)
+    decision: str = "balanced"  # how the named class is read from the probabilities (edgederm.runtime.readout.decide)
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"
     resume: bool = False
-    quiet: bool = False
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -152,10 +153,10 @@ def _warn_empty_classes(name: str, dataset: SampleSet, class_names: list[str], l
     counts = dataset.class_counts()
     empty = [c for c in class_names if counts.get(c, 0) == 0]
     if empty:
-        log(f"warning: the {name} split has no samples of {', '.join(empty)}; its metrics for them are undefined")
+        logger.warning(f"warning: the {name} split has no samples of {', '.join(empty)}; its metrics for them are undefined")
 
 
-def _load_split(dataset: SampleSet, name: str, preprocess: Preprocess, class_names: list[str], quiet: bool) -> SplitData | None:
+def _load_split(dataset: SampleSet, name: str, preprocess: Preprocess, class_names: list[str]) -> SplitData | None:
     chosen = [i for i, s in enumerate(dataset.samples) if s.split == name] if name != "*" else list(range(len(dataset)))
     if not chosen:
         return None
@@ -167,7 +168,7 @@ def _load_split(dataset: SampleSet, name: str, preprocess: Preprocess, class_nam
             path=dataset.spec,
             fix="every evaluated class needs training images",
         )
-    cache = load_pixels(subset, preprocess, desc=name if name != "*" else "val", quiet=quiet)
+    cache = load_pixels(subset, preprocess, desc=name if name != "*" else "val")
     if not cache.kept:
         raise DataError(f"every image of the {name} split failed to load", path=dataset.spec)
     labels = np.array([class_names.index(subset.samples[i].label) for i in cache.kept], np.int64)
@@ -264,7 +265,7 @@ def _check_teacher_split(teacher: str, ours: set[tuple[str, str]], log) -> None:
     """A teacher that trained on this run's val or test images would pass their labels to the student."""
     theirs = _split_rows(checkpoint.resolve_checkpoint(teacher)[1].parent / "splits.csv")
     if not theirs:
-        log(f"warning: --distill-from {teacher} has no splits.csv, so it cannot be checked against this run's val/test images")
+        logger.warning(f"warning: --distill-from {teacher} has no splits.csv, so it cannot be checked against this run's val/test images")
         return
     trained = {image for image, split in theirs if split == "train"}
     leaked = sorted(image for image, split in ours if split != "train" and image in trained)
@@ -300,8 +301,7 @@ class _Trainer:
         self.best_weights: dict[str, torch.Tensor] | None = None
 
     def log(self, message: str) -> None:
-        if self.context.is_main:
-            print(message, file=sys.stderr, flush=True)
+        logger.info(message)
 
     def run(self) -> TrainResult:
         config, context = self.config, self.context
@@ -318,26 +318,25 @@ class _Trainer:
             _check_teacher_split(config.distill_from, _split_rows(None, dataset, external_val), self.log)
         if source is not None:
             preprocess, weights = source[1].preprocess, f"run:{config.init_from}"
-        quiet = config.quiet or not context.is_main
         self.log(
             f"edgederm: {config.mode} training {config.arch} at {config.img_size}px on {dataset.spec} "
             f"({len(dataset)} images, {len(set(dataset.groups))} groups, classes {class_names}), "
             f"device {context.device}, world size {context.world_size}"
         )
         for note in dataset.notes:
-            self.log(f"warning: {note}")
+            logger.warning(f"warning: {note}")
         if context.is_main:
             _write_splits(self.run_dir / "splits.csv", dataset, external_val)
 
-        train = _load_split(dataset, "train", preprocess, class_names, quiet)
+        train = _load_split(dataset, "train", preprocess, class_names)
         if train is None:
             raise DataError("the train split is empty", path=config.data)
         val = (
-            _load_split(external_val, "*", preprocess, class_names, quiet)
+            _load_split(external_val, "*", preprocess, class_names)
             if external_val
-            else _load_split(dataset, "val", preprocess, class_names, quiet)
+            else _load_split(dataset, "val", preprocess, class_names)
         )
-        test = _load_split(dataset, "test", preprocess, class_names, quiet)
+        test = _load_split(dataset, "test", preprocess, class_names)
         for name, split in (("train", train), ("val", val), ("test", test)):
             if split is not None:
                 _warn_empty_classes(name, split.dataset, class_names, self.log)
@@ -385,7 +384,7 @@ class _Trainer:
         spec.metrics = metrics
         if context.is_main:
             checkpoint.save_model(model, spec, self.run_dir)
-            _atomic.write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
+            atomic.write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         if skipped:
             self.log(f"{len(skipped)} unreadable image(s) were skipped (listed above)")
         context.barrier()
@@ -406,7 +405,6 @@ class _Trainer:
 
     def _train_head(self, model, criterion, train: SplitData, val: SplitData | None, preprocess: Preprocess) -> None:
         config, context = self.config, self.context
-        quiet = config.quiet or not context.is_main
         model.eval()
         extract = _features(model)
         features = {}
@@ -414,7 +412,7 @@ class _Trainer:
             if split is None:
                 continue
             shard = split.cache.pixels[context.rank :: context.world_size]
-            local = forward_batches(extract, shard, preprocess, context.device, desc=None if quiet else f"features {name}")
+            local = forward_batches(extract, shard, preprocess, context.device, desc=f"features {name}")
             gathered = all_gather_arrays(context, local)
             # Undo the rank interleaving so row i is sample i again.
             order = np.concatenate([np.arange(len(split.cache.pixels))[r :: context.world_size] for r in range(context.world_size)])
@@ -458,7 +456,7 @@ class _Trainer:
         config, context = self.config, self.context
         use_amp = context.device.type == "cuda" and config.amp != "off" and not config.qat
         if config.amp == "on" and (context.device.type != "cuda" or config.qat):
-            self.log("warning: --amp on needs CUDA and no --qat; training in fp32")
+            logger.warning("warning: --amp on needs CUDA and no --qat; training in fp32")
         n = len(train.labels)
         per_rank = n // context.world_size
         batch = min(config.batch_size, per_rank)
@@ -497,14 +495,7 @@ class _Trainer:
             else:
                 net.train()
             total, seen = 0.0, 0
-            bar = tqdm(
-                range(steps_per_epoch),
-                desc=f"epoch {epoch + 1}/{config.epochs}",
-                unit="batch",
-                disable=config.quiet or not context.is_main,
-                file=sys.stderr,
-                mininterval=2,
-            )
+            bar = progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
             for step in bar:
                 index = mine[step * batch : (step + 1) * batch].numpy()
                 pixels = torch.from_numpy(train.cache.pixels[index]).to(context.device, non_blocking=True)
@@ -644,11 +635,7 @@ class _Trainer:
         return metrics
 
     def _balanced_decision(self, spec: ModelSpec, labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
-        counts = spec.training.get("data", {}).get("splits", {}).get("train") or {
-            name: int((labels == i).sum()) for i, name in enumerate(spec.class_names)
-        }
-        prior = prior_from_counts(counts, spec.class_names)
-        decision = choose_decision(labels, probs, prior, spec.class_names)
+        decision = choose_decision(labels, probs, training_prior(spec), spec.class_names)
         if decision:
             before, after = decision["balanced_accuracy"]["argmax"], decision["balanced_accuracy"]["balanced"]
             self.log(f"decision rule: {describe(decision)}, val balanced accuracy {before:.3f} -> {after:.3f}")
@@ -733,6 +720,5 @@ def train_classifier(config: TrainConfig) -> TrainResult:
         result = _Trainer(config, context).run()
     finally:
         teardown(context)
-    if context.is_main:
-        print(f"edgederm: trained in {time.time() - started:.0f} s; model in {result.run_dir}", file=sys.stderr, flush=True)
+    logger.info(f"edgederm: trained in {time.time() - started:.0f} s; model in {result.run_dir}")
     return result

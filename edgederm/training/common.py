@@ -9,12 +9,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
-from .. import _atomic
+from ..core import atomic
+from ..core.errors import DataError, UsageError
+from ..core.spec import ModelSpec
 from ..data.layouts import load_dataset
 from ..data.samples import SampleSet
 from ..data.splits import check_no_leakage, grouped_stratified_split
-from ..errors import DataError, UsageError
-from ..spec import ModelSpec
 
 
 class SplitOptions(Protocol):
@@ -73,7 +73,7 @@ def write_splits(path: Path, dataset: SampleSet, external_val: SampleSet | None)
         writer.writerow([sample.image_id, sample.group, sample.label, sample.split, dataset.spec])
     for sample in external_val.samples if external_val else []:
         writer.writerow([sample.image_id, sample.group, sample.label, "val", external_val.spec])
-    _atomic.write_text(path, buffer.getvalue())
+    atomic.write_text(path, buffer.getvalue())
 
 
 def cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
@@ -89,7 +89,7 @@ def write_metrics_csv(path: Path, history: list[dict]) -> None:
     writer = csv.DictWriter(buffer, columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
-    _atomic.write_text(path, buffer.getvalue())
+    atomic.write_text(path, buffer.getvalue())
 
 
 def comparable_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -117,11 +117,10 @@ def check_fractions(val_fraction: float, test_fraction: float) -> None:
 
 
 def recipe_of(config: Any) -> dict[str, Any]:
-    """A training config as plain values for metrics.json and the resume check (not resume/quiet)."""
+    """A training config as plain values for metrics.json and the resume check (not resume)."""
     data = asdict(config)
     data["out"] = str(config.out)
     data.pop("resume")
-    data.pop("quiet")
     return data
 
 

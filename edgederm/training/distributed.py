@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from ..errors import UsageError
+from ..core.errors import UsageError
+from ..core.log import logger
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ def setup(device_name: str = "auto") -> DistContext:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    if rank != 0:  # one rank speaks: the others log warnings only and draw no progress bars
+        logger.setLevel(logging.WARNING)
     return DistContext(rank, world, device)
 
 

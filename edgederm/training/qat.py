@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 
 
 def prepare(model: nn.Module, example: torch.Tensor) -> nn.Module:

@@ -12,7 +12,6 @@ post-processing and mask mapping as every runtime.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,21 +21,20 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
-from .. import _atomic
+from ..core import atomic
+from ..core.errors import DataError, UsageError
+from ..core.log import get_logger, progress
+from ..core.preprocess import Preprocess
+from ..core.spec import ModelSpec
 from ..data.pixels import PixelCache, load_pixels_and_masks
 from ..data.samples import SampleSet
-from ..errors import DataError, UsageError
-from ..inference import forward_batches, normalize_tensor, sigmoid
 from ..metrics import segmentation_metrics
-from ..models import count_parameters, create_model, get_entry
+from ..models import checkpoint, count_parameters, create_model, get_entry
+from ..models.inference import forward_batches, normalize_tensor, sigmoid
 from ..models.segmenters import MaskDiscriminator
-from ..preprocess import Preprocess
 from ..runtime.postprocess import DEFAULT_THRESHOLD
-from ..runtime.predictor import lesion_mask
-from ..spec import ModelSpec
-from . import checkpoint
+from ..runtime.readout import lesion_mask
 from .augment import augment_pairs
 from .common import (
     TrainResult,
@@ -56,6 +54,8 @@ DEFAULT_POSTPROCESS = {"threshold": DEFAULT_THRESHOLD, "largest_component": True
 METRIC_NAMES = ("jaccard", "dice", "pixel_accuracy", "sensitivity", "specificity")
 DEFAULT_LR = {"tinyseg": 1e-2}  # a 0.04M-parameter net tolerates (and needs) a larger step; others 1e-3
 
+
+logger = get_logger(__name__)
 
 @dataclass
 class SegmentConfig:
@@ -77,7 +77,6 @@ class SegmentConfig:
     seed: int = 0
     device: str = "auto"
     resume: bool = False
-    quiet: bool = False
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -111,12 +110,12 @@ class MaskedSplit:
 # Data
 
 
-def _load_split(dataset: SampleSet, name: str, preprocess: Preprocess, quiet: bool) -> MaskedSplit | None:
+def _load_split(dataset: SampleSet, name: str, preprocess: Preprocess) -> MaskedSplit | None:
     chosen = [i for i, s in enumerate(dataset.samples) if s.split == name] if name != "*" else list(range(len(dataset)))
     if not chosen:
         return None
     subset = dataset.subset(chosen, f"[{name}]" if name != "*" else "")
-    cache = load_pixels_and_masks(subset, preprocess, desc=name if name != "*" else "val", quiet=quiet)
+    cache = load_pixels_and_masks(subset, preprocess, desc=name if name != "*" else "val")
     if not cache.kept:
         raise DataError(f"every image of the {name} split failed to load", path=dataset.spec)
     return MaskedSplit(subset, cache)
@@ -161,7 +160,7 @@ class _Trainer:
         self.best_weights: dict[str, torch.Tensor] | None = None
 
     def log(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        logger.info(message)
 
     def run(self) -> TrainResult:
         config = self.config
@@ -178,18 +177,18 @@ class _Trainer:
             f"({len(dataset)} images, {len(set(dataset.groups))} groups), device {self.device}"
         )
         for note in dataset.notes:
-            self.log(f"warning: {note}")
+            logger.warning(f"warning: {note}")
         write_splits(self.run_dir / "splits.csv", dataset, external_val)
 
-        train = _load_split(dataset, "train", preprocess, config.quiet)
+        train = _load_split(dataset, "train", preprocess)
         if train is None:
             raise DataError("the train split is empty", path=config.data)
         val = (
-            _load_split(external_val, "*", preprocess, config.quiet)
+            _load_split(external_val, "*", preprocess)
             if external_val
-            else _load_split(dataset, "val", preprocess, config.quiet)
+            else _load_split(dataset, "val", preprocess)
         )
-        test = _load_split(dataset, "test", preprocess, config.quiet)
+        test = _load_split(dataset, "test", preprocess)
         skipped = [line for split in (train, val, test) if split for line in split.cache.failures]
         for line in skipped:
             self.log(f"skipped unreadable image or mask: {line}")
@@ -217,7 +216,7 @@ class _Trainer:
         )
         spec.metrics = self._evaluate(model, spec, val, test)
         checkpoint.save_model(model, spec, self.run_dir)
-        _atomic.write_text(self.run_dir / "metrics.json", json.dumps(spec.metrics, indent=2))
+        atomic.write_text(self.run_dir / "metrics.json", json.dumps(spec.metrics, indent=2))
         if skipped:
             self.log(f"{len(skipped)} unreadable image(s) or mask(s) were skipped (listed above)")
         return TrainResult(self.run_dir, spec, spec.metrics, skipped)
@@ -241,14 +240,7 @@ class _Trainer:
                 critic.train()
             sums: dict[str, float] = {}
             seen = 0
-            bar = tqdm(
-                range(steps_per_epoch),
-                desc=f"epoch {epoch + 1}/{config.epochs}",
-                unit="batch",
-                disable=config.quiet,
-                file=sys.stderr,
-                mininterval=2,
-            )
+            bar = progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
             for step in bar:
                 index = order[step * batch : (step + 1) * batch].numpy()
                 pixels, masks = augment_pairs(
@@ -369,5 +361,5 @@ class _Trainer:
 def train_segmenter(config: SegmentConfig) -> TrainResult:
     started = time.time()
     result = _Trainer(config).run()
-    print(f"edgederm: trained in {time.time() - started:.0f} s; model in {result.run_dir}", file=sys.stderr, flush=True)
+    logger.info(f"edgederm: trained in {time.time() - started:.0f} s; model in {result.run_dir}")
     return result

@@ -14,12 +14,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .. import _atomic
-from ..decision import describe
-from ..metrics import reliability_bins, roc_auc, roc_curve
+from ...core import atomic
+from ...core.spec import ModelSpec
+from ...metrics import reliability_bins, roc_auc, roc_curve
+from ...runtime.readout import describe, malignant_classes, malignant_score
 from ..report import RULE_EXPLAINED
-from ..runtime.screening import malignant_classes, malignant_score
-from ..spec import ModelSpec
 
 PLOTS = {
     "latency": ("latency.png", "Latency per artifact (batch 1, median with p90 whisker)"),
@@ -48,7 +47,7 @@ METRIC_COLUMNS = {
 
 
 def _save(fig, path: Path) -> None:
-    _atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+    atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
     plt.close(fig)
 
 
@@ -361,9 +360,9 @@ def write_report(result: dict[str, Any], spec: ModelSpec, out_dir: Path) -> tupl
     for file, caption in plots:
         markdown += [f"## {caption}", "", f"![{caption}]({file})", ""]
     markdown_path = out_dir / "verify.md"
-    _atomic.write_text(markdown_path, "\n".join(markdown))
+    atomic.write_text(markdown_path, "\n".join(markdown))
     html_path = out_dir / "verify.html"
-    _atomic.write_text(html_path, _html(title, _summary_lines(result), header, rows, out_dir, plots))
+    atomic.write_text(html_path, _html(title, _summary_lines(result), header, rows, out_dir, plots))
     return markdown_path, html_path
 
 
@@ -399,4 +398,4 @@ def _html(title: str, summary: list[str], header: list[str], rows: list[list[str
 def write_json(result: dict[str, Any], path: Path) -> None:
     from .runner import to_json
 
-    _atomic.write_text(path, json.dumps(to_json(result), indent=2) + "\n")
+    atomic.write_text(path, json.dumps(to_json(result), indent=2) + "\n")

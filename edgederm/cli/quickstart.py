@@ -8,26 +8,31 @@ command exits 1 when an artifact fails verification, after writing the report th
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
-from .evaluation import evaluate_and_report
-from .formats import FORMATS
-from .predict import resolve_inputs, run_predictor
-from .runtime import Predictor
-from .spec import ModelSpec
-from .training.classification import TrainConfig, train_classifier
+from ..core.formats import FORMATS
+from ..core.log import get_logger
+from ..core.spec import ModelSpec
+from ..data.selection import resolve_inputs
+from ..evaluate.evaluation import evaluate_and_report
+from ..evaluate.predict import run_predictor
+from ..evaluate.verify.guards import parse_guard
+from ..evaluate.verify.report import markdown_table, table_rows, write_json, write_report
+from ..evaluate.verify.runner import VerifyOptions, exit_code, verify_export
+from ..export import export_run
+from ..runtime import Predictor
+from ..training.classification import TrainConfig, train_classifier
+
+logger = get_logger(__name__)
 
 
 def _log(message: str) -> None:
-    print(f"edgederm quickstart: {message}", file=sys.stderr, flush=True)
+    logger.info(f"edgederm quickstart: {message}")
 
 
 def _verify_lines(result: dict) -> list[str]:
     """The verify table, in the main report."""
-    from .verify.report import markdown_table, table_rows
-
     header, rows = table_rows(result)
     return [
         "",
@@ -47,15 +52,9 @@ def quickstart(
     arch: str = "efficientnet_lite0",
     img_size: int = 160,
     seed: int = 0,
-    quiet: bool = False,
     export: bool = True,
     max_drop: float = 0.02,
 ) -> tuple[Path, int]:
-    from .export import export_run
-    from .verify.guards import parse_guard
-    from .verify.report import write_json, write_report
-    from .verify.runner import VerifyOptions, exit_code, verify_export
-
     started = time.time()
     data = f"synthetic:{n},seed={seed}"
     run_dir = out / "run"
@@ -71,11 +70,10 @@ def quickstart(
             val_fraction=0.15,
             test_fraction=0.2,
             seed=seed,
-            quiet=quiet,
         )
     )
     test = resolve_inputs(data, [], "test", run_dir / "splits.csv")
-    predictions = run_predictor(Predictor.load(run_dir), test, quiet=quiet)
+    predictions = run_predictor(Predictor.load(run_dir), test)
     extra: list[str] = []
     verdict = 0
     if export:
@@ -88,11 +86,10 @@ def quickstart(
             export_dir,
             calib_data=f"synthetic:100,seed={seed + 1}",
             calib_n=100,
-            quiet=quiet,
         )
         _log("verifying every artifact against the PyTorch model on the test lesions")
         options = VerifyOptions(
-            data=data, split="test", max_drop=max_drop, guards=[parse_guard("mel_sensitivity=0.02")], runs=20, quiet=quiet
+            data=data, split="test", max_drop=max_drop, guards=[parse_guard("mel_sensitivity=0.02")], runs=20
         )
         result = verify_export(export_dir, options)
         write_json(result, out / "verify" / "verify.json")

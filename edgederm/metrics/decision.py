@@ -7,7 +7,7 @@ A class-weighted loss has already divided by part of the prior, so the rest, ``p
 chosen on validation data (post-hoc logit adjustment, Menon et al., ICLR 2021).
 
 Only the named class moves. The probabilities stay calibrated: ECE, AUC, the malignant score and the
-referral threshold (``edgederm.operating_point``) are all read from them unchanged. The rule is
+referral threshold (``edgederm.metrics.operating_point``) are all read from them unchanged. The rule is
 stored in the ModelSpec (``decision``), so it travels into every exported artifact; a client that
 reads only the output tensor gets the plain argmax.
 """
@@ -20,27 +20,16 @@ from typing import Any
 
 import numpy as np
 
+from ..core.errors import DataError
+from ..core.spec import ModelSpec
+from ..runtime.readout import decide
+from . import balanced_accuracy
+
 TAUS = tuple(round(t, 2) for t in np.linspace(0.0, 1.0, 21))
 # A tau must beat argmax by this much balanced accuracy (averaged with its grid neighbours, so one
 # lucky point on a small validation split does not decide) before the rule leaves argmax.
 MIN_GAIN = 0.005
 RULES = ("balanced", "argmax")
-
-
-def offsets(decision: Mapping[str, Any] | None) -> np.ndarray | None:
-    values = (decision or {}).get("offsets")
-    return None if not values else np.asarray(values, np.float64)
-
-
-def decide(decision: Mapping[str, Any] | None, probs: np.ndarray) -> np.ndarray:
-    """Class indices for (N, C) probabilities under ``decision`` (a ModelSpec's; {} = argmax)."""
-    probs = np.asarray(probs, np.float64)
-    shift = offsets(decision)
-    if shift is None:
-        return probs.argmax(axis=-1)
-    if shift.shape != probs.shape[-1:]:
-        raise ValueError(f"the decision has {shift.size} class offsets, the probabilities {probs.shape[-1]} classes")
-    return (np.log(np.clip(probs, 1e-12, None)) + shift).argmax(axis=-1)
 
 
 def class_offsets(prior: Sequence[float], tau: float) -> list[float]:
@@ -56,10 +45,20 @@ def prior_from_counts(counts: Mapping[str, int], class_names: Sequence[str]) -> 
     return [float(v) for v in values / values.sum()]
 
 
+def training_prior(spec: ModelSpec, source: str | Path | None = None) -> list[float]:
+    """The class prior of the run's training split, from the counts its spec records."""
+    counts = spec.training.get("data", {}).get("splits", {}).get("train")
+    if not counts:
+        raise DataError(
+            "the model spec does not record the training split's class counts",
+            path=source,
+            fix="retrain the model with edgederm, or choose --rule argmax",
+        )
+    return prior_from_counts(counts, spec.class_names)
+
+
 def choose_decision(labels: np.ndarray, probs: np.ndarray, prior: Sequence[float], class_names: Sequence[str]) -> dict[str, Any]:
     """The balanced rule's tau with the best smoothed validation balanced accuracy; {} if argmax is as good."""
-    from .metrics import balanced_accuracy
-
     labels, probs = np.asarray(labels), np.asarray(probs, np.float64)
     if len(np.unique(labels)) < 2:
         return {}
@@ -78,34 +77,3 @@ def choose_decision(labels: np.ndarray, probs: np.ndarray, prior: Sequence[float
         "balanced_accuracy": {"argmax": round(scores[0], 4), "balanced": round(scores[best], 4)},
         "n": int(len(labels)),
     }
-
-
-def describe(decision: Mapping[str, Any] | None) -> str:
-    if offsets(decision) is None:
-        return "argmax"
-    if "tau" not in decision:
-        return "class offsets"
-    return f"balanced (tau {float(decision['tau']):.2f}, chosen on {decision.get('chosen_on', 'validation')})"
-
-
-def set_decision(run_dir, data: str | None, split: str | None, rule: str = "balanced", quiet: bool = False) -> dict[str, Any]:
-    """Choose the rule on ``data`` (normally the run's validation split) and store it in spec.json."""
-    from .errors import DataError, UsageError
-    from .run_choice import labelled_probs, load_classifier_run, store_spec
-
-    if rule not in RULES:
-        raise UsageError(f"--rule must be one of {RULES}, got {rule!r}")
-    predictor = load_classifier_run(run_dir, "a decision rule")
-    spec = predictor.spec
-    decision: dict[str, Any] = {}
-    if rule == "balanced":
-        counts = spec.training.get("data", {}).get("splits", {}).get("train")
-        if not counts:
-            raise DataError("spec.json does not record the training split's class counts", path=Path(run_dir) / "spec.json")
-        labels, probs, where = labelled_probs(predictor, run_dir, data, split, quiet=quiet)
-        decision = choose_decision(labels, probs, prior_from_counts(counts, spec.class_names), spec.class_names)
-        if decision:
-            decision["chosen_on"] = where
-    spec.decision = decision
-    store_spec(run_dir, spec)
-    return decision

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import _atomic
+from ..core import atomic
 from .predict import (
     SEGMENTATION_METRICS,
     MaskPredictions,
@@ -73,5 +73,5 @@ def evaluate_segmentation(predictions: MaskPredictions, out_dir: Path, *, model:
         "",
     ]
     report = out_dir / "report.md"
-    _atomic.write_text(report, "\n".join(lines))
+    atomic.write_text(report, "\n".join(lines))
     return report

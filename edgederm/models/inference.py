@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .preprocess import Preprocess
+from ..core.log import progress
+from ..core.preprocess import Preprocess
 
 
 def to_model_input(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -36,7 +34,7 @@ def forward_batches(
     """Apply ``fn`` (a model or a feature extractor) to uint8 (N, S, S, 3) pixels in batches."""
     outputs = []
     starts = range(0, len(pixels), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", disable=desc is None, file=sys.stderr, mininterval=2):
+    for start in progress(starts, desc=desc, unit="batch") if desc else starts:
         batch = to_model_input(preprocess.normalize(pixels[start : start + batch_size]), device)
         outputs.append(fn(batch).float().cpu().numpy())
     if not outputs:

@@ -15,11 +15,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .. import _atomic
-from ..errors import ModelError
-from ..models import create_model, pruning
-from ..models.classifiers import set_batchnorm_eps
-from ..spec import ModelSpec
+from ..core import atomic
+from ..core.errors import ModelError
+from ..core.spec import ModelSpec
+from . import create_model, pruning
+from .classifiers import set_batchnorm_eps
 
 MODEL_FILE = "model.safetensors"
 SPEC_FILE = "spec.json"
@@ -41,7 +41,7 @@ def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     state = _plain_state(model)
-    _atomic.write_with(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    atomic.write_with(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
 
 
 def save_model(model: nn.Module, spec: ModelSpec, run_dir: Path) -> Path:
@@ -49,7 +49,7 @@ def save_model(model: nn.Module, spec: ModelSpec, run_dir: Path) -> Path:
     weights = run_dir / MODEL_FILE
     save_weights(model, weights, metadata={"edgederm_arch": spec.arch})
     spec.source_sha256 = sha256_file(weights)
-    _atomic.write_text(run_dir / SPEC_FILE, spec.to_json())
+    atomic.write_text(run_dir / SPEC_FILE, spec.to_json())
     return weights
 
 
@@ -117,7 +117,7 @@ def build_from_spec(spec: ModelSpec) -> nn.Module:
 def save_training_state(model: nn.Module, state: dict[str, Any], run_dir: Path) -> None:
     """Resumable state in one atomic file: weights, optimizer, schedule, epoch, history."""
     payload = {**state, "model": _plain_state(model)}
-    _atomic.write_with(run_dir / LAST_STATE, lambda tmp: torch.save(payload, tmp))
+    atomic.write_with(run_dir / LAST_STATE, lambda tmp: torch.save(payload, tmp))
 
 
 def load_training_state(run_dir: Path) -> dict[str, Any] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import UsageError
+from ...core.errors import UsageError
 
 HEADLINE = {"classification": "balanced_accuracy", "segmentation": "jaccard"}
 

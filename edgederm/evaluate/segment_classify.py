@@ -10,21 +10,19 @@ from __future__ import annotations
 import csv
 import io
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-from tqdm.auto import tqdm
 
-from . import _atomic
-from .data.samples import SampleSet
-from .errors import ImageError, ModelError
+from ..core import atomic
+from ..core.errors import ModelError
+from ..data.pixels import batched, decode_samples
+from ..data.samples import SampleSet
+from ..runtime import Predictor
+from ..runtime.readout import lesion_mask, lesion_probabilities
 from .predict import Predictions, mask_names, write_mask
-from .runtime import Predictor
-from .runtime.predictor import lesion_mask, lesion_probabilities
 
 DEFAULT_CROP_MARGIN = 0.2
 CROP_LESION = "lesion"
@@ -93,7 +91,6 @@ def run_segment_classify(
     dataset: SampleSet,
     margin: float = DEFAULT_CROP_MARGIN,
     batch_size: int = 32,
-    quiet: bool = False,
     on_mask: MaskHook | None = None,
     masks_to: Path | None = None,
 ) -> CropPredictions:
@@ -109,17 +106,14 @@ def run_segment_classify(
     probs = np.full((n, len(classifier.class_names)), np.nan, np.float32)
     errors: list[str | None] = [None] * n
     result = CropPredictions(
-        Predictions(dataset, classifier.class_names, probs, errors), [None] * n, [None] * n, np.full(n, np.nan), [None] * n
+        Predictions(dataset, classifier.class_names, probs, errors, classifier.spec.decision), [None] * n, [None] * n, np.full(n, np.nan), [None] * n
     )
-    pending: list[tuple[int, Image.Image]] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        seg_pixels = np.stack([segmenter.spec.preprocess.fit(image) for _, image in pending])
+    for chunk in batched(decode_samples(dataset, errors, desc="segment + classify"), batch_size):
+        seg_pixels = np.stack([segmenter.spec.preprocess.fit(item.image) for item in chunk])
         lesion = lesion_probabilities(segmenter.predict_pixels(seg_pixels))
         crops = []
-        for (index, image), lesion_probs in zip(pending, lesion, strict=True):
+        for item, lesion_probs in zip(chunk, lesion, strict=True):
+            index, image = item.index, item.image
             mask = lesion_mask(lesion_probs, segmenter.spec, image.size)
             if on_mask is not None:
                 on_mask(index, mask)
@@ -130,20 +124,7 @@ def run_segment_classify(
             result.boxes[index], result.crop_sources[index] = box, source
             result.area_fractions[index] = float(np.count_nonzero(mask)) / mask.size
             crops.append(classifier.spec.preprocess.fit(image.crop(box)))
-        probs[[index for index, _ in pending]] = classifier.predict_pixels(np.stack(crops))
-        pending.clear()
-
-    for index, sample in enumerate(
-        tqdm(dataset.samples, desc="segment + classify", unit="img", disable=quiet, file=sys.stderr, mininterval=2)
-    ):
-        try:
-            pending.append((index, sample.load_image()))
-        except ImageError as error:
-            errors[index] = str(error)
-            continue
-        if len(pending) >= batch_size:
-            flush()
-    flush()
+        probs[[item.index for item in chunk]] = classifier.predict_pixels(np.stack(crops))
     return result
 
 
@@ -163,4 +144,4 @@ def write_crop_predictions_csv(result: CropPredictions, path: Path) -> None:
         area = "" if error else f"{result.area_fractions[i]:.6f}"
         mask = [result.mask_files[i] or ""] if with_masks else []
         writer.writerow([sample.display_path, sample.label or "", *values, box, area, result.crop_sources[i] or "", *mask, error or ""])
-    _atomic.write_text(path, buffer.getvalue())
+    atomic.write_text(path, buffer.getvalue())

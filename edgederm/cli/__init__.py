@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
-from . import __version__
-from .errors import EdgedermError, UsageError
+from .. import __version__
+from ..core.errors import EdgedermError, UsageError
+from ..core.log import configure
 
 
 class _Parser(argparse.ArgumentParser):
@@ -114,7 +116,7 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="mixed precision (CUDA only)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="warnings and errors only: no progress bars")
     p.set_defaults(handler=cmd_train_classify)
     _add_train_segment(tasks)
 
@@ -144,7 +146,7 @@ def _add_train_segment(tasks) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="warnings and errors only: no progress bars")
     p.set_defaults(handler=cmd_train_segment)
 
 
@@ -165,7 +167,7 @@ def _add_predict(sub) -> None:
         p.add_argument("--splits", type=Path, help="a splits.csv (default: MODEL/splits.csv)")
         p.add_argument("--out", required=True, type=Path)
         p.add_argument("--batch-size", type=int, default=32)
-        p.add_argument("--quiet", action="store_true")
+        p.add_argument("--quiet", action="store_true", help="warnings and errors only: no progress bars")
         p.set_defaults(handler=handler)
 
 
@@ -179,7 +181,7 @@ def _add_segment_classify(p) -> None:
 
 
 def _add_export(sub) -> None:
-    from .formats import FORMATS, QUANT_MODES
+    from ..core.formats import FORMATS, QUANT_MODES
 
     p = sub.add_parser("export", help="export a run to TFLite / ONNX / CoreML artifacts + manifest.json")
     p.add_argument("run_dir", type=Path, help="a run directory (model.safetensors + spec.json)")
@@ -201,7 +203,7 @@ def _add_export(sub) -> None:
     )
     p.add_argument("--nchw", action="store_true", help="TFLite: keep NCHW input instead of the phone-friendly NHWC")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="warnings and errors only: no progress bars")
     p.set_defaults(handler=cmd_export)
 
 
@@ -221,7 +223,7 @@ def _add_verify(sub) -> None:
     p.add_argument("--device-results", type=Path, nargs="+", default=[], help="latency files from the demo app on a phone")
     p.add_argument("--json", type=Path, help="write the results here (default EXPORT_DIR/verify.json)")
     p.add_argument("--report", type=Path, help="write verify.md + verify.html + plots here (default EXPORT_DIR/verify)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="warnings and errors only: no progress bars")
     p.set_defaults(handler=cmd_verify)
 
 
@@ -231,7 +233,7 @@ def _add_operating_point(sub) -> None:
     p.add_argument("--data", required=True, help="labelled data, normally the run's own --data with --split val")
     p.add_argument("--split", choices=["train", "val", "test"], help="a split of the run's splits.csv (use val; never test)")
     p.add_argument("--target-sensitivity", type=float, default=0.9)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="warnings and errors only: no progress bars")
     p.set_defaults(handler=cmd_operating_point)
 
 
@@ -243,7 +245,7 @@ def _add_decision(sub) -> None:
     p.add_argument("--data", help="labelled data, normally the run's own --data with --split val (not needed for --rule argmax)")
     p.add_argument("--split", choices=["train", "val", "test"], help="a split of the run's splits.csv (use val; never test)")
     p.add_argument("--rule", choices=["balanced", "argmax"], default="balanced")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="warnings and errors only: no progress bars")
     p.set_defaults(handler=cmd_decision)
 
 
@@ -254,7 +256,7 @@ def _add_quickstart(sub) -> None:
     p.add_argument("--arch", default="efficientnet_lite0")
     p.add_argument("--img-size", type=int, default=160)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="warnings and errors only: no progress bars")
     p.set_defaults(handler=cmd_quickstart)
 
 
@@ -278,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import count_macs, count_parameters, create_model, get_entry, list_models
+    from ..models import count_macs, count_parameters, create_model, get_entry, list_models
 
     rows = []
     for name in list_models(task=args.task):
@@ -308,7 +310,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_train_classify(args: argparse.Namespace) -> int:
-    from .training.classification import TrainConfig, train_classifier
+    from ..training.classification import TrainConfig, train_classifier
 
     config = TrainConfig(
         data=args.data,
@@ -342,14 +344,13 @@ def cmd_train_classify(args: argparse.Namespace) -> int:
         device=args.device,
         amp=args.amp,
         resume=args.resume,
-        quiet=args.quiet,
     )
     train_classifier(config)
     return 0
 
 
 def cmd_train_segment(args: argparse.Namespace) -> int:
-    from .training.segmentation import SegmentConfig, train_segmenter
+    from ..training.segmentation import SegmentConfig, train_segmenter
 
     config = SegmentConfig(
         data=args.data,
@@ -369,7 +370,6 @@ def cmd_train_segment(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         resume=args.resume,
-        quiet=args.quiet,
     )
     train_segmenter(config)
     return 0
@@ -377,20 +377,21 @@ def cmd_train_segment(args: argparse.Namespace) -> int:
 
 def _predictions(args: argparse.Namespace):
     """Class probabilities, or for a segmenter its masks (written to OUT/masks/ as they come)."""
-    from .predict import resolve_inputs, run_predictor, run_segmenter
-    from .runtime import Predictor
+    from ..data.selection import resolve_inputs
+    from ..evaluate.predict import run_predictor, run_segmenter
+    from ..runtime import Predictor
 
     predictor = Predictor.load(args.model)  # a bad model fails before any image is read
     splits = args.splits or (args.model / "splits.csv" if args.model.is_dir() else None)
     dataset = resolve_inputs(args.data, args.images, args.split, splits)
     if predictor.spec.task == "segmentation":
         score = args.command == "evaluate"
-        return run_segmenter(predictor, dataset, args.out, args.batch_size, quiet=args.quiet, score=score)
-    return run_predictor(predictor, dataset, args.batch_size, quiet=args.quiet)
+        return run_segmenter(predictor, dataset, args.out, args.batch_size, score=score)
+    return run_predictor(predictor, dataset, args.batch_size)
 
 
 def _looks_like_model(path: Path) -> bool:
-    from .formats import format_for_path
+    from ..core.formats import format_for_path
 
     return (path / "spec.json").is_file() or format_for_path(path.name) is not None or path.suffix == ".safetensors"
 
@@ -411,7 +412,7 @@ def _segment_classify_mode(args: argparse.Namespace) -> bool:
         args.images.insert(0, str(args.model))
         args.model = None
     if args.crop_margin is None:
-        from .segment_classify import DEFAULT_CROP_MARGIN
+        from ..evaluate.segment_classify import DEFAULT_CROP_MARGIN
 
         args.crop_margin = DEFAULT_CROP_MARGIN
     if not 0 <= args.crop_margin <= 5:
@@ -422,9 +423,9 @@ def _segment_classify_mode(args: argparse.Namespace) -> bool:
 
 
 def _predict_segment_classify(args: argparse.Namespace) -> int:
-    from .predict import resolve_inputs
-    from .runtime import Predictor
-    from .segment_classify import CROP_WHOLE_IMAGE, check_tasks, run_segment_classify, write_crop_predictions_csv
+    from ..data.selection import resolve_inputs
+    from ..evaluate.segment_classify import CROP_WHOLE_IMAGE, check_tasks, run_segment_classify, write_crop_predictions_csv
+    from ..runtime import Predictor
 
     segmenter, classifier = Predictor.load(args.segmenter), Predictor.load(args.classifier)
     check_tasks(segmenter, classifier)  # before any image is read
@@ -437,7 +438,6 @@ def _predict_segment_classify(args: argparse.Namespace) -> int:
         dataset,
         margin=args.crop_margin,
         batch_size=args.batch_size,
-        quiet=args.quiet,
         masks_to=args.out if args.save_masks else None,
     )
     write_crop_predictions_csv(result, args.out / "predictions.csv")
@@ -452,7 +452,7 @@ def _predict_segment_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import MaskPredictions, write_mask_predictions_csv, write_predictions_csv
+    from ..evaluate.predict import MaskPredictions, write_mask_predictions_csv, write_predictions_csv
 
     if _segment_classify_mode(args):
         return _predict_segment_classify(args)
@@ -473,8 +473,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_and_report, evaluate_segmentation
-    from .predict import MaskPredictions
+    from ..evaluate.evaluation import evaluate_and_report, evaluate_segmentation
+    from ..evaluate.predict import MaskPredictions
 
     predictions = _predictions(args)
     if isinstance(predictions, MaskPredictions):
@@ -487,8 +487,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_run
-    from .formats import parse_formats, parse_quant_modes
+    from ..core.formats import parse_formats, parse_quant_modes
+    from ..export import export_run
 
     formats, quants = parse_formats(args.formats), parse_quant_modes(args.quant)
     if args.calib_n < 1:
@@ -503,7 +503,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         calib_data=args.calib_data,
         calib_n=args.calib_n,
         options={"nhwc": not args.nchw, "max_drop": args.max_drop, "max_size": args.max_size},
-        quiet=args.quiet,
     )
     print(f"{'format':8} {'quant':13} {'status':8} {'size':>10} {'seconds':>8}  path / message")
     for r in records:
@@ -524,11 +523,11 @@ def _thread_counts(text: str) -> list[int]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .spec import ModelSpec
-    from .verify.device_results import read_device_results
-    from .verify.guards import parse_guard
-    from .verify.report import write_json, write_report
-    from .verify.runner import VerifyOptions, exit_code, verify_export
+    from ..core.spec import ModelSpec
+    from ..evaluate.verify.device_results import read_device_results
+    from ..evaluate.verify.guards import parse_guard
+    from ..evaluate.verify.report import write_json, write_report
+    from ..evaluate.verify.runner import VerifyOptions, exit_code, verify_export
 
     if args.runs < 1 or args.warmup < 0:
         raise UsageError("--runs must be >= 1 and --warmup >= 0")
@@ -543,7 +542,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
         reference=args.reference,
         emulate_coreml=not args.no_emulate_coreml,
         saliency_images=args.saliency,
-        quiet=args.quiet,
     )
     devices = [read_device_results(p) for p in args.device_results]  # a bad file fails before the long run
     result = verify_export(args.export_dir, options)
@@ -566,11 +564,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_operating_point(args: argparse.Namespace) -> int:
-    from .operating_point import set_operating_point
+    from ..evaluate.tuning import set_operating_point
 
     if not 0 < args.target_sensitivity <= 1:
         raise UsageError("--target-sensitivity must be in (0, 1]")
-    point = set_operating_point(args.run_dir, args.data, args.split, args.target_sensitivity, quiet=args.quiet)
+    point = set_operating_point(args.run_dir, args.data, args.split, args.target_sensitivity)
     print(
         f"refer when {'+'.join(point['classes'])} >= {point['threshold']:.4f}: sensitivity {point['sensitivity']:.3f}, "
         f"specificity {point['specificity']:.3f} on {point['chosen_on']} ({point['n_malignant']} malignant, {point['n_benign']} benign)"
@@ -579,11 +577,12 @@ def cmd_operating_point(args: argparse.Namespace) -> int:
 
 
 def cmd_decision(args: argparse.Namespace) -> int:
-    from .decision import describe, set_decision
+    from ..evaluate.tuning import set_decision
+    from ..runtime.readout import describe
 
     if args.rule == "balanced" and not args.data:
         raise UsageError("--rule balanced is chosen on labelled data", fix="add --data SPEC --split val")
-    decision = set_decision(args.run_dir, args.data, args.split, args.rule, quiet=args.quiet)
+    decision = set_decision(args.run_dir, args.data, args.split, args.rule)
     if decision:
         scores = decision["balanced_accuracy"]
         print(
@@ -595,9 +594,9 @@ def cmd_decision(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from .quickstart import quickstart
+    from ..cli.quickstart import quickstart
 
-    _, verdict = quickstart(args.out, n=args.n, arch=args.arch, img_size=args.img_size, seed=args.seed, quiet=args.quiet)
+    _, verdict = quickstart(args.out, n=args.n, arch=args.arch, img_size=args.img_size, seed=args.seed)
     return verdict
 
 
@@ -612,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
             args.images += extra
         elif extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        configure(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
         return int(args.handler(args) or 0)
     except EdgedermError as error:
         if debug:

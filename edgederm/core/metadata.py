@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from edgederm.spec import ModelSpec
+from edgederm.core.spec import ModelSpec
 
 SPEC_KEY = "edgederm_spec"  # metadata key (ONNX metadata_props, CoreML user_defined_metadata, TFLite associated file name stem)
 LABELS_FILE = "labels.txt"

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..inference import forward_batches, sigmoid, softmax
-from ..training.checkpoint import load_checkpoint
-from .predictor import Predictor
+from ..runtime.predictor import Predictor
+from .checkpoint import load_checkpoint
+from .inference import forward_batches, sigmoid, softmax
 
 
 class TorchPredictor(Predictor):

@@ -11,14 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from ..data.pixels import PixelCache
-from ..data.samples import SampleSet
-from ..decision import decide
-from ..errors import DataError, ImageError
-from ..metrics import binarize_mask, classification_metrics, mask_iou, segmentation_metrics
-from ..operating_point import sensitivity_specificity
-from ..runtime.predictor import lesion_mask, lesion_probabilities
-from ..spec import ModelSpec
+from ...core.errors import DataError, ImageError
+from ...core.spec import ModelSpec
+from ...data.pixels import PixelCache
+from ...data.samples import SampleSet
+from ...metrics import binarize_mask, classification_metrics, mask_iou, segmentation_metrics
+from ...metrics.operating_point import sensitivity_specificity
+from ...runtime.readout import decide, lesion_mask, lesion_probabilities
 
 
 @dataclass

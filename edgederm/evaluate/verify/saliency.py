@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ..data.samples import Sample
-from ..errors import ImageError
-from ..metrics import binarize_mask
+from ...core.errors import ImageError
+from ...data.samples import Sample
+from ...metrics import binarize_mask
 
 OUTSIDE_BELOW = 0.5  # an image is listed when less than this share of its saliency is on the lesion
 
@@ -52,8 +52,8 @@ def saliency_on_lesions(run_dir: Path, samples: list[Sample], n: int = 64, seed:
     """Grad-CAM of up to ``n`` images that have a true mask; None when none has one or the arch has no feature map."""
     import torch
 
-    from ..inference import to_model_input
-    from ..training.checkpoint import load_checkpoint
+    from ...models.checkpoint import load_checkpoint
+    from ...models.inference import to_model_input
 
     model, spec = load_checkpoint(run_dir)
     if spec.task != "classification" or not hasattr(model, "forward_features"):

@@ -5,22 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
-from . import _atomic
-from .data.layouts import images_from_paths, load_dataset
-from .data.samples import SampleSet
-from .decision import decide
-from .errors import DataError, ImageError, UsageError
-from .metrics import classification_metrics, segmentation_metrics
-from .runtime import Predictor
-from .runtime.predictor import lesion_mask, lesion_probabilities
+from ..core import atomic
+from ..core.errors import DataError
+from ..data.pixels import batched, decode_samples
+from ..data.samples import SampleSet
+from ..metrics import classification_metrics, segmentation_metrics
+from ..runtime import Predictor
+from ..runtime.readout import decide, lesion_mask, lesion_probabilities
 
 
 @dataclass
@@ -29,71 +26,20 @@ class Predictions:
     class_names: list[str]
     probs: np.ndarray  # (N, C), NaN rows where the image failed
     errors: list[str | None]
-    decision: dict = field(default_factory=dict)  # the model's rule for naming the class (edgederm.decision)
+    decision: dict = field(default_factory=dict)  # the model's rule for naming the class (edgederm.runtime.readout.decide)
 
     @property
     def ok(self) -> np.ndarray:
         return np.array([e is None for e in self.errors], bool)
 
 
-def select_split(dataset: SampleSet, split: str, splits_csv: Path, *, missing_ok: bool = False) -> SampleSet:
-    """Keep the samples that a training run's splits.csv put in ``split``.
-
-    With ``missing_ok``, a dataset that shares no image with that split (other data) comes back whole.
-    """
-    if not splits_csv.is_file():
-        raise DataError("splits.csv not found", path=splits_csv, fix="--split needs a run directory from edgederm train (or --splits FILE)")
-    with open(splits_csv, newline="", encoding="utf-8") as handle:
-        chosen = {row["image_id"] for row in csv.DictReader(handle) if row.get("split") == split}
-    if not chosen:
-        raise DataError(f"no images in split {split!r}", path=splits_csv)
-    indices = [i for i, s in enumerate(dataset.samples) if s.image_id in chosen]
-    if not indices and missing_ok:
-        return dataset
-    if not indices:
-        raise DataError(
-            f"none of the {split} images of {splits_csv} are in {dataset.spec}",
-            path=splits_csv,
-            fix="use the --data the model was trained on",
-        )
-    return dataset.subset(indices, f"[{split}]")
-
-
-def resolve_inputs(data: str | None, images: list[str], split: str | None, splits_csv: Path | None) -> SampleSet:
-    if bool(data) == bool(images):
-        raise UsageError("give either --data SPEC or image files/folders, not both or neither")
-    dataset = load_dataset(data) if data else images_from_paths(images)
-    if split:
-        if splits_csv is None:
-            raise UsageError("--split needs --splits FILE or a MODEL run directory with splits.csv")
-        dataset = select_split(dataset, split, splits_csv)
-    return dataset
-
-
-def run_predictor(predictor: Predictor, dataset: SampleSet, batch_size: int = 32, quiet: bool = False) -> Predictions:
+def run_predictor(predictor: Predictor, dataset: SampleSet, batch_size: int = 32) -> Predictions:
     """Predict every sample; an unreadable image becomes an error row, never a crash."""
-    preprocess = predictor.spec.preprocess
+    fit = predictor.spec.preprocess.fit
     probs = np.full((len(dataset), len(predictor.class_names)), np.nan, np.float32)
     errors: list[str | None] = [None] * len(dataset)
-    pending: list[int] = []
-    batch: list[np.ndarray] = []
-
-    def flush() -> None:
-        if pending:
-            probs[pending] = predictor.predict_pixels(np.stack(batch))
-            pending.clear()
-            batch.clear()
-
-    for index, sample in enumerate(tqdm(dataset.samples, desc="predicting", unit="img", disable=quiet, file=sys.stderr, mininterval=2)):
-        try:
-            batch.append(preprocess.fit(sample.load_image()))
-        except ImageError as error:
-            errors[index] = str(error)
-            continue
-        pending.append(index)
-        if len(pending) >= batch_size:
-            flush()
-    flush()
+    for chunk in batched(decode_samples(dataset, errors, desc="predicting"), batch_size):
+        probs[[item.index for item in chunk]] = predictor.predict_pixels(np.stack([fit(item.image) for item in chunk]))
     return Predictions(dataset, predictor.class_names, probs, errors, predictor.spec.decision)
 
 
@@ -108,7 +54,7 @@ def write_predictions_csv(predictions: Predictions, path: Path) -> None:
             else [*(f"{p:.6f}" for p in row), predictions.class_names[int(decide(predictions.decision, row))]]
         )
         writer.writerow([sample.display_path, sample.label or "", *values, error or ""])
-    _atomic.write_text(path, buffer.getvalue())
+    atomic.write_text(path, buffer.getvalue())
 
 
 def labelled_rows(predictions: Predictions) -> tuple[list[int], np.ndarray]:
@@ -131,7 +77,7 @@ def labelled_metrics(predictions: Predictions) -> dict:
 
 
 def write_metrics_json(metrics: dict, path: Path) -> None:
-    _atomic.write_text(path, json.dumps(metrics, indent=2))
+    atomic.write_text(path, json.dumps(metrics, indent=2))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,49 +115,29 @@ def mask_names(dataset: SampleSet) -> list[str]:
 
 
 def write_mask(path: Path, mask: np.ndarray) -> None:
-    _atomic.write_with(path, lambda tmp: Image.fromarray(mask).save(tmp, format="PNG"))
+    atomic.write_with(path, lambda tmp: Image.fromarray(mask).save(tmp, format="PNG"))
 
 
-def run_segmenter(
-    predictor: Predictor, dataset: SampleSet, out_dir: Path, batch_size: int = 32, quiet: bool = False, score: bool = False
-) -> MaskPredictions:
+def run_segmenter(predictor: Predictor, dataset: SampleSet, out_dir: Path, batch_size: int = 32, score: bool = False) -> MaskPredictions:
     """Predict and write every mask; with ``score``, compare each with its true mask (all images need one)."""
     if score:
         dataset.require_masks()
-    preprocess = predictor.spec.preprocess
+    spec = predictor.spec
     names = mask_names(dataset)
     n = len(dataset)
-    result = MaskPredictions(dataset, [None] * n, np.full(n, np.nan), [None] * n, [None] * n, dict(predictor.spec.postprocess))
-    pending: list[tuple[int, tuple[int, int], np.ndarray | None]] = []
-    batch: list[np.ndarray] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        probabilities = lesion_probabilities(predictor.predict_pixels(np.stack(batch)))
-        for (index, size, truth), probs in zip(pending, probabilities, strict=True):
-            mask = lesion_mask(probs, predictor.spec, size)
-            write_mask(out_dir / names[index], mask)
-            result.mask_files[index] = names[index]
-            result.area_fractions[index] = float(np.count_nonzero(mask)) / mask.size
-            if truth is not None:
-                metrics = segmentation_metrics([truth], [mask])
-                result.scores[index] = {name: getattr(metrics, name) for name in SEGMENTATION_METRICS}
-        pending.clear()
-        batch.clear()
-
+    errors: list[str | None] = [None] * n
+    result = MaskPredictions(dataset, [None] * n, np.full(n, np.nan), errors, [None] * n, dict(spec.postprocess))
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
-    for index, sample in enumerate(tqdm(dataset.samples, desc="segmenting", unit="img", disable=quiet, file=sys.stderr, mininterval=2)):
-        try:
-            image, truth = sample.load_image_and_mask() if score else (sample.load_image(), None)
-            batch.append(preprocess.fit(image))
-        except ImageError as error:
-            result.errors[index] = str(error)
-            continue
-        pending.append((index, image.size, truth))
-        if len(pending) >= batch_size:
-            flush()
-    flush()
+    for chunk in batched(decode_samples(dataset, errors, masks=score, desc="segmenting"), batch_size):
+        probabilities = lesion_probabilities(predictor.predict_pixels(np.stack([spec.preprocess.fit(item.image) for item in chunk])))
+        for item, probs in zip(chunk, probabilities, strict=True):
+            mask = lesion_mask(probs, spec, item.image.size)
+            write_mask(out_dir / names[item.index], mask)
+            result.mask_files[item.index] = names[item.index]
+            result.area_fractions[item.index] = float(np.count_nonzero(mask)) / mask.size
+            if item.mask is not None:
+                metrics = segmentation_metrics([item.mask], [mask])
+                result.scores[item.index] = {name: getattr(metrics, name) for name in SEGMENTATION_METRICS}
     return result
 
 
@@ -225,7 +151,7 @@ def write_mask_predictions_csv(predictions: MaskPredictions, path: Path) -> None
         area = "" if error else f"{predictions.area_fractions[i]:.6f}"
         scores = [f"{score[k]:.6f}" if score else "" for k in ("jaccard", "dice")] if scored else []
         writer.writerow([sample.display_path, predictions.mask_files[i] or "", area, *scores, error or ""])
-    _atomic.write_text(path, buffer.getvalue())
+    atomic.write_text(path, buffer.getvalue())
 
 
 def mask_metrics(predictions: MaskPredictions) -> dict:

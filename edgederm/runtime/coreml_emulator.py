@@ -38,9 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ModelError
-from ..runtime.coreml_backend import read_coreml_spec
-from ..runtime.predictor import Predictor
+from ..core.errors import ModelError
+from .coreml_backend import read_coreml_spec
+from .predictor import Predictor
 
 BATCH = 32
 _REEXPORT = "re-export it with `edgederm export --formats coreml`"

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ...core.errors import DataError
 
 _FIX = "give a JSON file written by the demo app's benchmark screen (or `python -m demo_app --benchmark-and-exit FILE`)"
 

@@ -40,5 +40,9 @@ class ModelError(EdgedermError):
     """A model name, checkpoint or artifact that cannot be built or loaded."""
 
 
+class BackendUnavailable(ModelError):
+    """The runtime a model format needs is not installed or does not exist on this platform."""
+
+
 class UsageError(EdgedermError):
     """Command-line arguments that contradict each other or are out of range."""

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .decision import decide, describe
+from ..runtime.readout import decide, describe
 
 MELANOMA = "mel"
 
@@ -297,7 +297,7 @@ class ClassificationMetrics:
     per_class: dict[str, ClassMetrics]
     confusion_matrix: list[list[int]]
     class_names: list[str]
-    decision: str = "argmax"  # the rule that named each image's class (edgederm.decision.describe)
+    decision: str = "argmax"  # the rule that named each image's class (edgederm.runtime.readout.describe)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -340,7 +340,7 @@ def classification_metrics(
     """All classification metrics for one evaluation.
 
     The named class (accuracy, balanced accuracy, sensitivities, confusion matrix) follows
-    ``decision``, a ModelSpec's rule (``edgederm.decision``; None = argmax). AUC and ECE read the
+    ``decision``, a ModelSpec's rule (``edgederm.runtime.readout.decide``; None = argmax). AUC and ECE read the
     probabilities, whatever the rule.
     """
     names = _check_class_names(class_names)

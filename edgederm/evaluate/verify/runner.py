@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import io
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,22 +23,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from .. import __version__
-from ..data.pixels import PixelCache, load_pixels
-from ..errors import DataError, EdgedermError, UsageError
-from ..formats import FORMATS, format_for_path
-from ..manifest import read_manifest
-from ..predict import resolve_inputs
-from ..runtime import Predictor
-from ..runtime.timing import DEFAULT_RUNS, DEFAULT_WARMUP, measure_latency
-from ..spec import ModelSpec
+from ... import __version__
+from ...core.errors import BackendUnavailable, DataError, EdgedermError, UsageError
+from ...core.formats import FORMATS, format_for_path
+from ...core.log import get_logger, progress
+from ...core.manifest import read_manifest
+from ...core.spec import ModelSpec
+from ...data.pixels import PixelCache, load_pixels
+from ...data.selection import resolve_inputs
+from ...runtime import Predictor
+from ...runtime.timing import DEFAULT_RUNS, DEFAULT_WARMUP, measure_latency
 from .guards import Guard, check_guard_metrics, headline_metric
 from .scoring import Truth, agreement, load_truth, normalise, score
 
 STATUSES = ("pass", "fail", "error", "unverified")
 
+
+logger = get_logger(__name__)
 
 @dataclass
 class VerifyOptions:
@@ -53,7 +54,6 @@ class VerifyOptions:
     reference: Path | None = None  # default: the manifest's source run directory
     emulate_coreml: bool = True
     saliency_images: int = 64  # Grad-CAM sample when the data has lesion masks (0: off)
-    quiet: bool = False
 
 
 @dataclass
@@ -62,9 +62,8 @@ class Outputs:
     latency: list[dict[str, Any]]
 
 
-def _log(message: str, quiet: bool) -> None:
-    if not quiet:
-        print(f"edgederm verify: {message}", file=sys.stderr, flush=True)
+def _log(message: str) -> None:
+    logger.info(f"edgederm verify: {message}")
 
 
 def _reference_dir(export_dir: Path, manifest: dict, override: Path | None) -> Path:
@@ -81,7 +80,7 @@ def _reference_dir(export_dir: Path, manifest: dict, override: Path | None) -> P
     )
 
 
-def _run_outputs(predictor: Predictor, cache: PixelCache, options: VerifyOptions, make, quiet: bool) -> Outputs:
+def _run_outputs(predictor: Predictor, cache: PixelCache, options: VerifyOptions, make) -> Outputs:
     """All probabilities with the first predictor, then latency at batch 1 for every thread count."""
     probs = normalise(
         predictor.spec, np.concatenate([predictor.predict_pixels(cache.pixels[i : i + 32]) for i in range(0, len(cache.pixels), 32)])
@@ -92,17 +91,15 @@ def _run_outputs(predictor: Predictor, cache: PixelCache, options: VerifyOptions
         timed = predictor if threads == options.threads[0] else make(threads)
         stats = measure_latency(lambda timed=timed: timed.predict_pixels(one), runs=options.runs, warmup=options.warmup)
         latency.append({"threads": threads, **stats})
-    _log(f"{predictor.path.name}: " + ", ".join(f"{t['median_ms']:.2f} ms @ {t['threads']} thr" for t in latency), quiet)
+    _log(f"{predictor.path.name}: " + ", ".join(f"{t['median_ms']:.2f} ms @ {t['threads']} thr" for t in latency))
     return Outputs(probs.astype(np.float32), latency)
 
 
-def _torch_predictor(run_dir: Path, threads: int):
+def _torch_predictor(run_dir: Path, threads: int) -> Predictor:
     import torch
 
-    from ..runtime.torch_backend import TorchPredictor
-
     torch.set_num_threads(threads)
-    return TorchPredictor(run_dir, device="cpu")
+    return Predictor.load(run_dir, device="cpu")
 
 
 def _reference(run_dir: Path, cache: PixelCache, options: VerifyOptions) -> Outputs:
@@ -111,27 +108,22 @@ def _reference(run_dir: Path, cache: PixelCache, options: VerifyOptions) -> Outp
     before = torch.get_num_threads()
     try:
         predictor = _torch_predictor(run_dir, options.threads[0])
-        return _run_outputs(predictor, cache, options, lambda t: _torch_predictor(run_dir, t), options.quiet)
+        return _run_outputs(predictor, cache, options, lambda t: _torch_predictor(run_dir, t))
     finally:
         torch.set_num_threads(before)
 
 
 def _coreml_predictor(path: Path, options: VerifyOptions) -> tuple[Predictor | None, str]:
-    """A real CoreML predictor on macOS; elsewhere the torch MIL emulator, if asked for and available."""
-    if sys.platform == "darwin":
-        return Predictor.load(path), ""
-    if not options.emulate_coreml:
+    """A real CoreML predictor on macOS; elsewhere the format's emulated backend, if asked for and available."""
+    fmt = format_for_path(path.name)
+    if not fmt.runs_here() and not options.emulate_coreml:
         return None, "CoreML runs only on Apple platforms; emulation switched off (--no-emulate-coreml)"
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             # coremltools announces on import that its native runtime is missing: true, and said once in the report
-            from .coreml_emulator import EmulatedCoreMLPredictor
-    except ImportError as exc:
-        return None, f"CoreML runs only on Apple platforms, and the MIL emulator is unavailable ({exc})"
-    from ..manifest import verify_against_manifest
-
-    verify_against_manifest(path)
-    return EmulatedCoreMLPredictor(path), ""
+            return Predictor.load(path, emulate=True), ""
+    except BackendUnavailable as exc:
+        return None, f"CoreML runs only on Apple platforms, and the MIL emulator is unavailable ({exc.message})"
 
 
 def _artifact_row(export_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
@@ -200,7 +192,7 @@ def _verify_artifact(
         if row["emulated"]:  # emulator latency says nothing about a phone
             outputs = Outputs(normalise(spec, predictor.predict_pixels(cache.pixels)), [])
         else:
-            outputs = _run_outputs(predictor, cache, options, lambda t: Predictor.load(path, threads=t), options.quiet)
+            outputs = _run_outputs(predictor, cache, options, lambda t: Predictor.load(path, threads=t))
     except EdgedermError as error:
         row["message"] = str(error)
         return row
@@ -234,11 +226,11 @@ def verify_export(export_dir: Path, options: VerifyOptions) -> dict[str, Any]:
     run_dir = _reference_dir(export_dir, manifest, options.reference)
     spec = ModelSpec.load(run_dir / "spec.json")
     dataset = resolve_inputs(options.data, [], options.split, run_dir / "splits.csv")
-    cache = load_pixels(dataset, spec.preprocess, desc="verification images", quiet=options.quiet)
+    cache = load_pixels(dataset, spec.preprocess, desc="verification images")
     if not cache.kept:
         raise DataError("no image of the verification data could be read", path=dataset.spec)
     truth = load_truth(spec, dataset, cache)
-    _log(f"{len(cache.kept)} images ({len(cache.failures)} unreadable) from {dataset.spec}; reference {run_dir}", options.quiet)
+    _log(f"{len(cache.kept)} images ({len(cache.failures)} unreadable) from {dataset.spec}; reference {run_dir}")
     ref_out = _reference(run_dir, cache, options)
     reference = {
         "name": str(run_dir),
@@ -252,7 +244,7 @@ def verify_export(export_dir: Path, options: VerifyOptions) -> dict[str, Any]:
     check_guard_metrics(options.guards, reference["metrics"])
     artifacts = []
     records = [r for r in manifest["artifacts"] if r.get("status") != "skipped"]  # a mode the format does not have
-    for record in tqdm(records, desc="artifacts", unit="artifact", disable=options.quiet, file=sys.stderr):
+    for record in progress(records, desc="artifacts", unit="artifact"):
         artifacts.append(_verify_artifact(export_dir, record, cache, truth, reference, ref_out, spec, options))
     saliency = None
     if spec.task == "classification" and options.saliency_images > 0:

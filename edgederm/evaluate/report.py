@@ -11,13 +11,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from . import _atomic
-from .labels import full_name
-from .metrics import reliability_bins, roc_auc, roc_curve
+from ..core import atomic
+from ..core.labels import full_name
+from ..metrics import reliability_bins, roc_auc, roc_curve
 
 
 def _save(fig, path: Path) -> None:
-    _atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
 
 
@@ -179,5 +179,5 @@ def write_classification_report(
         lines += ["", "![training curves](training_curves.png)"]
     lines += appendix_lines or []
     report = out_dir / "report.md"
-    _atomic.write_text(report, "\n".join(lines) + "\n")
+    atomic.write_text(report, "\n".join(lines) + "\n")
     return report

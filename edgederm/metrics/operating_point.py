@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .runtime.screening import malignant_classes, malignant_score
-from .spec import ModelSpec
+from ..core.spec import ModelSpec
+from ..runtime.readout import malignant_classes, malignant_score
 
 DEFAULT_TARGET_SENSITIVITY = 0.90
 
@@ -60,19 +60,3 @@ def sensitivity_specificity(spec: ModelSpec, labels: np.ndarray, probs: np.ndarr
         "sensitivity": float(flagged[truth].mean()) if truth.any() else None,
         "specificity": float((~flagged[~truth]).mean()) if (~truth).any() else None,
     }
-
-
-def set_operating_point(run_dir, data: str, split: str | None, target_sensitivity: float, quiet: bool = False) -> dict[str, Any]:
-    """Choose the threshold on ``data`` (normally the run's validation split) and store it in spec.json."""
-    from .errors import DataError
-    from .run_choice import labelled_probs, load_classifier_run, store_spec
-
-    predictor = load_classifier_run(run_dir, "an operating point")
-    labels, probs, where = labelled_probs(predictor, run_dir, data, split, quiet=quiet)
-    point = choose_operating_point(predictor.spec, labels, probs, target_sensitivity)
-    if not point:
-        raise DataError("the data has no malignant (or no benign) lesion to set a threshold on", path=data)
-    point["chosen_on"] = where
-    predictor.spec.operating_point = point
-    store_spec(run_dir, predictor.spec)
-    return point

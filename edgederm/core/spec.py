@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from .. import __version__
 from .errors import ModelError
 from .labels import DX_CODES
 from .preprocess import Preprocess
@@ -37,10 +37,10 @@ class ModelSpec:
     temperature_folded: bool = False
     training: dict[str, Any] = field(default_factory=dict)  # data summary, recipe, seed
     metrics: dict[str, Any] = field(default_factory=dict)  # reference metrics per split
-    # Screening thresholds chosen on validation data (see edgederm.operating_point); the app's
+    # Screening thresholds chosen on validation data (see edgederm.metrics.operating_point); the app's
     # "refer to a clinician" banner and verify's sensitivity/specificity at the threshold use them.
     operating_point: dict[str, Any] = field(default_factory=dict)
-    # The rule that names the class from the probabilities (edgederm.decision); {} = argmax.
+    # The rule that names the class from the probabilities (edgederm.runtime.readout.decide); {} = argmax.
     decision: dict[str, Any] = field(default_factory=dict)
     source_sha256: str | None = None
     artifact: dict[str, Any] = field(default_factory=dict)  # set in exported files: format, quant, input/output tensors

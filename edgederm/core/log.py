@@ -1,0 +1,59 @@
+"""edgederm's logger and progress bars.
+
+Everything edgederm says goes through ``logging.getLogger("edgederm")`` (or a child of it). As a
+library it stays silent, as Python libraries do; the CLI shows INFO messages and progress bars on
+stderr, and ``--quiet`` lowers that to warnings. A progress bar is drawn only when the ``edgederm``
+logger would print INFO, so one switch controls both.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TextIO, TypeVar
+
+logger = logging.getLogger("edgederm")
+
+T = TypeVar("T")
+
+
+def get_logger(name: str) -> logging.Logger:
+    """The child logger for one module: ``get_logger(__name__)``."""
+    return logging.getLogger(name if name.startswith("edgederm") else f"edgederm.{name}")
+
+
+class _Silent:
+    """What ``progress`` returns when no bar is drawn: the iterable, with tqdm's methods doing nothing."""
+
+    def __init__(self, iterable: Iterable[T]):
+        self.iterable = iterable
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.iterable)
+
+    def set_postfix(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress(iterable: Iterable[T], desc: str, unit: str = "it", total: int | None = None, file: TextIO | None = None) -> Iterable[T]:
+    """``iterable`` with a tqdm bar on stderr when edgederm logs at INFO, else unchanged (``set_postfix`` still works)."""
+    if not logger.isEnabledFor(logging.INFO):
+        return _Silent(iterable)
+    from tqdm.auto import tqdm  # only where a bar is drawn: the phone-side runtime does without tqdm
+
+    return tqdm(iterable, desc=desc, unit=unit, total=total, file=file or sys.stderr, mininterval=2)
+
+
+def configure(level: int = logging.INFO) -> None:
+    """What the CLI calls: plain messages on stderr at ``level`` for the ``edgederm`` logger."""
+    if not any(getattr(h, "_edgederm", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._edgederm = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False

@@ -1,0 +1,75 @@
+"""Choosing a classifier run's decision rule and screening operating point on labelled data.
+
+``edgederm decision`` and ``edgederm operating-point`` predict the run's validation split (or other
+labelled data), choose with ``edgederm.metrics.decision`` / ``edgederm.metrics.operating_point`` and
+store the choice in the run's spec.json, from where every export carries it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core import atomic
+from ..core.errors import DataError, UsageError
+from ..core.spec import ModelSpec
+from ..data.selection import resolve_inputs
+from ..metrics.decision import RULES, choose_decision, training_prior
+from ..metrics.operating_point import choose_operating_point
+from ..runtime import Predictor
+from .predict import labelled_rows, run_predictor
+
+
+def load_classifier_run(run_dir: str | Path, purpose: str) -> Predictor:
+    """The run's torch Predictor; a one-line error for anything that is not a classifier's run directory."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "spec.json").is_file():
+        raise UsageError("not a run directory (no spec.json)", fix="give the run directory made by `edgederm train classify`")
+    predictor = Predictor.load(run_dir)
+    if predictor.spec.task != "classification":
+        raise UsageError(f"{purpose} is for classifiers", fix="give a classifier's run directory")
+    return predictor
+
+
+def labelled_probs(predictor: Predictor, run_dir: str | Path, data: str, split: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(labels, probabilities, where) for the labelled images of ``data`` (``split`` of the run's splits.csv)."""
+    predictions = run_predictor(predictor, resolve_inputs(data, [], split, Path(run_dir) / "splits.csv"))
+    keep, labels = labelled_rows(predictions)
+    return labels, predictions.probs[keep], f"{data}" + (f" [{split}]" if split else "")
+
+
+def store_spec(run_dir: str | Path, spec: ModelSpec) -> None:
+    atomic.write_text(Path(run_dir) / "spec.json", spec.to_json())
+
+
+def set_decision(run_dir: str | Path, data: str | None, split: str | None, rule: str = "balanced") -> dict[str, Any]:
+    """Choose the rule on ``data`` (normally the run's validation split) and store it in spec.json."""
+    if rule not in RULES:
+        raise UsageError(f"--rule must be one of {RULES}, got {rule!r}")
+    predictor = load_classifier_run(run_dir, "a decision rule")
+    spec = predictor.spec
+    decision: dict[str, Any] = {}
+    if rule == "balanced":
+        prior = training_prior(spec, source=Path(run_dir) / "spec.json")
+        labels, probs, where = labelled_probs(predictor, run_dir, data, split)
+        decision = choose_decision(labels, probs, prior, spec.class_names)
+        if decision:
+            decision["chosen_on"] = where
+    spec.decision = decision
+    store_spec(run_dir, spec)
+    return decision
+
+
+def set_operating_point(run_dir: str | Path, data: str, split: str | None, target_sensitivity: float) -> dict[str, Any]:
+    """Choose the threshold on ``data`` (normally the run's validation split) and store it in spec.json."""
+    predictor = load_classifier_run(run_dir, "an operating point")
+    labels, probs, where = labelled_probs(predictor, run_dir, data, split)
+    point = choose_operating_point(predictor.spec, labels, probs, target_sensitivity)
+    if not point:
+        raise DataError("the data has no malignant (or no benign) lesion to set a threshold on", path=data)
+    point["chosen_on"] = where
+    predictor.spec.operating_point = point
+    store_spec(run_dir, predictor.spec)
+    return point
