@@ -8,21 +8,12 @@ command exits 1 when an artifact fails verification, after writing the report th
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
 from ..core.formats import FORMATS
 from ..core.log import get_logger
-from ..core.spec import ModelSpec
-from ..data.selection import resolve_inputs
-from ..evaluate.evaluation import evaluate_and_report
-from ..evaluate.predict import run_predictor
-from ..evaluate.verify.guards import parse_guard
-from ..evaluate.verify.report import markdown_table, table_rows, write_json, write_report
-from ..evaluate.verify.runner import VerifyOptions, exit_code, verify_export
-from ..export import export_run
-from ..runtime import Predictor
-from ..training.classification import TrainConfig, train_classifier
 
 logger = get_logger(__name__)
 
@@ -33,6 +24,8 @@ def _log(message: str) -> None:
 
 def _verify_lines(result: dict) -> list[str]:
     """The verify table, in the main report."""
+    from ..evaluate.verify.report import markdown_table, table_rows
+
     header, rows = table_rows(result)
     return [
         "",
@@ -55,6 +48,18 @@ def quickstart(
     export: bool = True,
     max_drop: float = 0.02,
 ) -> tuple[Path, int]:
+    # Imported here, not at the top: `edgederm --help` and the light commands start without torch.
+    from ..core.spec import ModelSpec
+    from ..data.selection import resolve_inputs
+    from ..evaluate.evaluation import evaluate_and_report
+    from ..evaluate.predict import run_predictor
+    from ..evaluate.verify.guards import parse_guard
+    from ..evaluate.verify.report import write_json, write_report
+    from ..evaluate.verify.runner import VerifyOptions, exit_code, verify_export
+    from ..export import export_run
+    from ..runtime import Predictor
+    from ..training.classification import TrainConfig, train_classifier
+
     started = time.time()
     data = f"synthetic:{n},seed={seed}"
     run_dir = out / "run"
@@ -111,3 +116,19 @@ def quickstart(
     if verdict:
         _log("an artifact FAILED verification: see the table in the report")
     return report, verdict
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("quickstart", help="the embedded default: synthetic data -> train -> evaluate -> predict -> report, offline")
+    p.add_argument("--out", type=Path, default=Path("runs/quickstart"))
+    p.add_argument("--n", type=int, default=480, help="number of synthetic images")
+    p.add_argument("--arch", default="efficientnet_lite0")
+    p.add_argument("--img-size", type=int, default=160)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="warnings and errors only: no progress bars")
+    p.set_defaults(handler=cmd_quickstart)
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    _, verdict = quickstart(args.out, n=args.n, arch=args.arch, img_size=args.img_size, seed=args.seed)
+    return verdict
