@@ -1,8 +1,8 @@
 """edgederm's logger and progress bars.
 
 Everything edgederm says goes through ``logging.getLogger("edgederm")`` (or a child of it). As a
-library it stays silent, as Python libraries do; the CLI shows INFO messages and progress bars on
-stderr, and ``--quiet`` lowers that to warnings. A progress bar is drawn only when the ``edgederm``
+library it prints warnings only; the CLI shows INFO messages and progress bars on stderr, and
+``--quiet`` lowers that to warnings. A progress bar is drawn only when the ``edgederm``
 logger would print INFO, so one switch controls both.
 """
 
@@ -48,12 +48,29 @@ def progress(iterable: Iterable[T], desc: str, unit: str = "it", total: int | No
     return tqdm(iterable, desc=desc, unit=unit, total=total, file=file or sys.stderr, mininterval=2)
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes to the process's real stderr, so a library's ``redirect_stderr`` (used to hide converters' noise) hides only theirs."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.__stderr__ or sys.stderr)
+
+
+def _console_handler() -> _ConsoleHandler:
+    for handler in logger.handlers:
+        if isinstance(handler, _ConsoleHandler):
+            return handler
+    handler = _ConsoleHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    return handler
+
+
 def configure(level: int = logging.INFO) -> None:
-    """What the CLI calls: plain messages on stderr at ``level`` for the ``edgederm`` logger."""
-    if not any(getattr(h, "_edgederm", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._edgederm = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
+    """What the CLI and the benchmark scripts call: plain messages on stderr at ``level`` for the ``edgederm`` logger."""
+    _console_handler().setLevel(level)
     logger.setLevel(level)
     logger.propagate = False
+
+
+# Unconfigured, a library user still sees edgederm's warnings (a split without a class, a fallback taken) on stderr.
+_console_handler().setLevel(logging.WARNING)
