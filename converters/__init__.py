@@ -1,3 +1,4 @@
-"""Export converters, installed as ``edgederm.converters``: one module per format (tflite, onnx,
-coreml) with its quantization, and the helpers they share (calibration images, activation ranges,
-the accuracy-aware int8 search, metadata). ``edgederm.core.formats`` is the table that names them."""
+"""Export converters, installed as ``edgederm.converters``: one module per format (tflite, with its metadata
+writer tflite_metadata; onnx; coreml) with its quantization, and the helpers they share (the job and its
+conversion steps, calibration images, activation ranges, bias correction, the accuracy-aware int8 search).
+``edgederm.core.formats`` is the table that names them."""

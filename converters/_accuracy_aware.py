@@ -12,12 +12,8 @@ Top-1 disagreement with fp32 is the criterion because it needs no labels and bou
 drop from above (an image whose answer did not change cannot lose accuracy); ``edgederm verify``
 then measures the real metric drops on held-out labelled images.
 
-A converter supplies a quantizer with ``candidates()``, ``build(keep_float) -> model``,
-``predict(model, n) -> probabilities on the first n calibration images``, ``latency(model) -> ms``,
-``size(model) -> bytes``, ``float_size`` (the fp32 model's bytes), ``reference`` (the fp32 model's
-probabilities on the calibration images), ``range_choice`` (its activation ranges, ``_ranges.choose``),
-``bias_correction`` (``_bias_correction``) and ``full_int8`` (the int8 artifact: all layers int8, bias
-corrected where that helped), and calls ``for_job``.
+A converter supplies an ``Int8Quantizer`` (its static int8 calibrated once; the Protocol below says
+what it offers) and calls ``for_job``.
 
 ``build`` gives models without bias correction. The correction is fitted for the all-int8 model: each
 conv's shift takes back the error of the int8 layers before it, so in a model that keeps some of those
@@ -32,11 +28,17 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
 from edgederm.core.log import get_logger, progress
+
+from ._bias_correction import BiasCorrection
+from ._ranges import RangeChoice
+
+if TYPE_CHECKING:
+    from ._job import ExportJob  # torch: this module stays numpy-only
 
 logger = get_logger(__name__)
 
@@ -44,6 +46,62 @@ DEFAULT_MAX_DROP = 0.01
 DEFAULT_MAX_SIZE = 0.30  # of the fp32 file: the size an int8 artifact promises
 RANK_IMAGES = 64  # images used to rank layers; the search itself uses every calibration image
 LINEAR_STEPS = 8
+
+Model = TypeVar("Model")  # a format's model: TFLite flatbuffer bytes, an onnx.ModelProto
+
+
+@runtime_checkable
+class Int8Quantizer(Protocol[Model]):
+    """A format's static int8 quantizer, calibrated once, as ``for_job`` and ``search`` use it.
+
+    ``onnx._Int8Quantizer`` and ``tflite._StaticInt8`` implement it. Models come from ``build`` (and
+    ``full_int8``) and go back only into this quantizer's ``predict``, ``latency`` and ``size``.
+    """
+
+    @property
+    def reference(self) -> np.ndarray:
+        """The fp32 model's probabilities on the calibration images, (N, classes): what agreement is measured against."""
+        ...
+
+    @property
+    def full_int8(self) -> Model:
+        """The int8 artifact: every layer int8 at the chosen activation ranges, bias corrected where that helped."""
+        ...
+
+    @property
+    def range_choice(self) -> RangeChoice:
+        """How the activation ranges were chosen (``_ranges.choose``), for the manifest."""
+        ...
+
+    @property
+    def bias_correction(self) -> BiasCorrection:
+        """Whether bias correction was applied and why (``_bias_correction``), for the manifest."""
+        ...
+
+    @property
+    def float_size(self) -> int:
+        """The fp32 model's bytes, the size an int8 file is measured against."""
+        ...
+
+    def candidates(self) -> list[str]:
+        """The layers ``build`` can keep in float, by name."""
+        ...
+
+    def build(self, keep_float: list[str]) -> Model:
+        """The int8 model with the ``keep_float`` layers (and their float regions) in float, without bias correction."""
+        ...
+
+    def predict(self, model: Model, n: int | None) -> np.ndarray:
+        """``model``'s probabilities on the first ``n`` calibration images (all of them for None)."""
+        ...
+
+    def latency(self, model: Model) -> float:
+        """``model``'s median latency in ms, one thread, batch 1."""
+        ...
+
+    def size(self, model: Model) -> int:
+        """``model``'s bytes as the artifact would hold them."""
+        ...
 
 
 @dataclass
@@ -115,18 +173,21 @@ def log(message: str, tag: str = "int8-aa") -> None:
 
 def search(
     candidates: Sequence[str],
-    build: Callable[[list[str]], Any],
-    predict: Callable[[Any, int | None], np.ndarray],
-    latency: Callable[[Any], float],
+    build: Callable[[list[str]], Model],
+    predict: Callable[[Model, int | None], np.ndarray],
+    latency: Callable[[Model], float],
     reference: np.ndarray,
     max_drop: float,
     *,
-    size: Callable[[Any], int] | None = None,
+    size: Callable[[Model], int] | None = None,
     float_bytes: int | None = None,
     max_size: float | None = None,
-    start: Any = None,
-) -> tuple[Any, AwareResult]:
+    start: Model | None = None,
+) -> tuple[Model, AwareResult]:
     """The int8 model with the fewest float layers within ``max_drop``; ``reference`` = fp32 probabilities.
+
+    The arguments are an ``Int8Quantizer``'s members (``for_job`` passes them), taken one by one so a test can
+    search over a toy model.
 
     With ``size`` (bytes of a model) and ``float_bytes`` (the fp32 model's), only models of at most
     ``max_size`` times ``float_bytes`` are candidates. ``start``: an all-int8 model to try first instead of
@@ -135,13 +196,13 @@ def search(
     started = time.time()
     builds = 0
 
-    def evaluate(excluded: list[str], n: int | None = None) -> tuple[Any, np.ndarray]:
+    def evaluate(excluded: list[str], n: int | None = None) -> tuple[Model, np.ndarray]:
         nonlocal builds
         builds += 1
         model = build(excluded)
         return model, predict(model, n)
 
-    def nbytes(model: Any) -> int | None:
+    def nbytes(model: Model) -> int | None:
         return size(model) if size is not None else None
 
     max_bytes = max_size * float_bytes if max_size is not None and float_bytes else None
@@ -192,9 +253,9 @@ def search(
             result.builds, result.seconds = builds, round(time.time() - started, 1)
             return full, _sized(result, full_bytes, float_bytes)
 
-    cache: dict[int, tuple[Any, float, int | None]] = {0: (full, full_gap, full_bytes)}
+    cache: dict[int, tuple[Model, float, int | None]] = {0: (full, full_gap, full_bytes)}
 
-    def step(k: int) -> tuple[Any, float, int | None]:
+    def step(k: int) -> tuple[Model, float, int | None]:
         if k not in cache:
             model, probs = evaluate(ranked[:k])
             cache[k] = (model, _disagreement(probs, reference), nbytes(model))
@@ -243,7 +304,7 @@ _REMEDY = (
 )
 
 
-def for_job(quantizer: Any, job: Any) -> Any:
+def for_job(quantizer: Int8Quantizer[Model], job: ExportJob) -> Model:
     """int8 (all layers) or int8-aa (the search) for an ExportJob; the quantizer's choices go to ``job.details``."""
     job.details["activation_ranges"] = quantizer.range_choice.to_dict()
     log(quantizer.range_choice.summary(), tag="int8")

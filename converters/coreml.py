@@ -29,11 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgederm.core.formats import FORMATS, QUANT_MODES
 from edgederm.core.metadata import artifact_spec, metadata_strings
 from edgederm.core.preprocess import Preprocess
 from edgederm.core.spec import ModelSpec
 
-from ._job import ConversionError, ExportJob
+from ._job import ConversionError, ExportJob, check_job, conversion_step
 from ._wrap import deployable, example_input
 
 INPUT_NAME = "image"
@@ -97,29 +98,18 @@ class ChannelGain(nn.Module):
 
 
 def export(job: ExportJob) -> None:
-    ct = _coremltools()
+    check_job(job, FORMATS["coreml"])
     if job.target.suffix != ".mlpackage":
         raise ConversionError(f"a CoreML ML Program is a .mlpackage directory, not {job.target.name}")
     folding = image_folding(job.spec.preprocess)
-    try:
-        network = _quantized_network(job) if job.quant == "int8" else deployable(job.model, job.spec)
+    with conversion_step(f"CoreML {job.quant} conversion", needs="coremltools"):
+        import coremltools as ct
+
+        network = _quantized_network(job) if QUANT_MODES[job.quant].needs_calibration else deployable(job.model, job.spec)
         mlmodel = _convert(ct, _traced(network, folding, job.spec), job.spec, folding, _precision(ct, job.quant))
         mlmodel = _compress_weights(ct, mlmodel, job.quant)
         _describe(mlmodel, job, _io(job, folding))
         mlmodel.save(str(job.target))
-    except (ConversionError, OSError):
-        raise
-    except Exception as error:  # coremltools and torch.fx raise many types; the driver wants one line
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        raise ConversionError(f"CoreML {job.quant} conversion failed ({type(error).__name__}: {first_line})") from error
-
-
-def _coremltools() -> Any:
-    try:
-        import coremltools
-    except ImportError as error:
-        raise ConversionError(f"coremltools is not importable ({error}); pip install coremltools") from None
-    return coremltools
 
 
 def _precision(ct: Any, quant: str) -> Any:
@@ -180,8 +170,6 @@ def _quantized_network(job: ExportJob) -> nn.Module:
     """
     from coremltools.optimize.torch.quantization import LinearQuantizer, LinearQuantizerConfig, ModuleLinearQuantizerConfig
 
-    if job.calibration is None or not len(job.calibration):
-        raise ConversionError("CoreML int8 (W8A8) needs calibration images; pass --calib-data")
     scheme = job.options.get("coreml_int8_scheme", "affine")
     if scheme not in ("symmetric", "affine"):
         raise ConversionError(f"coreml_int8_scheme must be symmetric or affine, not {scheme!r}")
@@ -246,7 +234,7 @@ def _io(job: ExportJob, folding: ImageFolding) -> dict[str, Any]:
     else:
         output = {"name": MASK_OUTPUT, "type": "multiarray", "dtype": "float32"}
     io: dict[str, Any] = {"input": image, "output": output}
-    if job.quant == "int8" and job.calibration is not None:
+    if QUANT_MODES[job.quant].needs_calibration and job.calibration is not None:
         scheme = job.options.get("coreml_int8_scheme", "affine")
         io["calibration"] = {"source": job.calibration.source, "images": len(job.calibration), "scheme": scheme}
     return io

@@ -30,13 +30,14 @@ from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, s
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from edgederm import __version__
+from edgederm.core.formats import FORMATS
 from edgederm.core.log import get_logger
 from edgederm.core.metadata import artifact_spec, metadata_strings
 from edgederm.runtime.timing import measure_latency
 
 from . import _accuracy_aware, _bias_correction, _onnx_bias, _ranges
 from ._calibration import Calibration
-from ._job import ConversionError, ExportJob
+from ._job import ConversionError, ExportJob, check_job, conversion_step, one_line
 from ._wrap import deployable, example_input
 
 logger = get_logger(__name__)
@@ -48,41 +49,23 @@ FP32_ATOL = 1e-4  # onnxruntime fp32 vs torch on the same input
 
 
 def export(job: ExportJob) -> None:
-    if job.quant not in ("fp32", "fp16", "int8", "int8-aa"):
-        raise ConversionError(f"ONNX has no {job.quant} mode (it has fp32, fp16, int8, int8-aa)")
-    if job.quant.startswith("int8") and not job.calibration:
-        raise ConversionError(f"ONNX {job.quant} needs calibration images (pass --calib-data)")
+    fmt = FORMATS["onnx"]
+    check_job(job, fmt)
     model, notes = _fp32_model(job)
     if job.quant == "fp16":
         model = _to_fp16(model)
-    elif job.quant.startswith("int8"):
+    elif fmt.needs_calibration(job.quant):  # static int8: all layers, or accuracy-aware
         with tempfile.TemporaryDirectory(prefix="onnx-int8-", dir=job.target.parent) as tmp:
-            model = _accuracy_aware.for_job(_Int8Quantizer(model, job.calibration, Path(tmp)), job)
+            quantizer: _accuracy_aware.Int8Quantizer[onnx.ModelProto] = _Int8Quantizer(model, job.calibration, Path(tmp))
+            model = _accuracy_aware.for_job(quantizer, job)
         notes.update({key: job.details[key] for key in ("activation_ranges", "bias_correction", "int8_aa") if key in job.details})
     _drop_unused_domains(model)
     _stamp(model, job, notes)
-    with _step("onnx.checker"):
+    with conversion_step("onnx.checker"):
         onnx.checker.check_model(model)
     data = model.SerializeToString()
     _check_runs(data, job)
     job.target.write_bytes(data)
-
-
-@contextmanager
-def _step(what: str) -> Iterator[None]:
-    """Turn any failure inside into a one-line ConversionError naming the step."""
-    try:
-        yield
-    except ConversionError:
-        raise
-    except Exception as error:  # tool errors come in many types; the step names what failed
-        raise ConversionError(f"{what} failed ({_first_line(error)})") from error
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-    return text if len(text) < 300 else text[:297] + "..."
 
 
 def _fp32_model(job: ExportJob) -> tuple[onnx.ModelProto, dict[str, Any]]:
@@ -101,7 +84,7 @@ def _torch_export(module: torch.nn.Module, job: ExportJob, dynamic_batch: bool) 
     # torch.export specialises a size-1 dimension to a constant, so a dynamic batch needs an example of 2.
     example = example_input(job.spec, batch=2 if dynamic_batch else 1)
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
-    with _step("torch.onnx.export"), torch.no_grad():
+    with conversion_step("torch.onnx.export"), torch.no_grad():
         program = torch.onnx.export(
             module,
             (example,),
@@ -119,7 +102,7 @@ def _simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
     try:
         simplified, ok = onnxsim.simplify(model)
     except Exception as error:  # noqa: BLE001 - simplification is an optimisation; the exported graph is valid without it
-        _note(f"onnxsim failed ({_first_line(error)}); keeping the unsimplified graph")
+        _note(f"onnxsim failed ({one_line(error)}); keeping the unsimplified graph")
         return model, False
     if not ok:
         _note("onnxsim could not validate the simplified graph; keeping the unsimplified graph")
@@ -128,9 +111,9 @@ def _simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
 
 
 def _to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    with _keep_sys_path(), _step("import onnxruntime.transformers.float16"):
+    with _keep_sys_path(), conversion_step("import onnxruntime.transformers.float16"):
         from onnxruntime.transformers.float16 import convert_float_to_float16
-    with _step("fp16 conversion"):
+    with conversion_step("fp16 conversion"):
         return _topologically_sorted(convert_float_to_float16(model, keep_io_types=True))
 
 
@@ -164,7 +147,7 @@ def _keep_sys_path() -> Iterator[None]:
 
 
 class _Int8Quantizer:
-    """Static QDQ int8 from ranges calibrated once; ``build`` can keep any nodes in float."""
+    """Static QDQ int8 from ranges calibrated once; ``build`` can keep any nodes in float (an ``Int8Quantizer``)."""
 
     QUANTIZABLE = (
         *("Conv", "Gemm", "MatMul", "Add", "Mul", "GlobalAveragePool", "AveragePool", "ReduceMean", "Reshape", "Flatten"),
@@ -182,7 +165,7 @@ class _Int8Quantizer:
             with _working_directory(work_dir):  # on failure, symbolic shape inference dumps its model into the cwd
                 quant_pre_process(model, self.prepared)
         except Exception as error:  # noqa: BLE001 - an optimisation: symbolic shape inference gives up on some graphs (attention reshapes)
-            _note(f"quant_pre_process failed ({_first_line(error)}); quantizing the graph as exported")
+            _note(f"quant_pre_process failed ({one_line(error)}); quantizing the graph as exported")
             onnx.save(model, self.prepared)
         prepared = onnx.load(self.prepared)
         # Inlined functions (MobileNetV3's HardSwish -> HardSigmoid + Mul) come out unnamed, and quantize_static can
@@ -206,7 +189,7 @@ class _Int8Quantizer:
             self._write_ranges(extremes, percentile)
             return self._build([])
 
-        with _step("activation ranges and bias correction"):
+        with conversion_step("activation ranges and bias correction"):
             percentile, self.full_int8, self.range_choice, self.bias_correction = _bias_correction.full_int8(
                 quantize_at,
                 self._inputs,
@@ -219,7 +202,7 @@ class _Int8Quantizer:
 
     def _extremes(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Every float tensor's min and max on each calibration image (onnxruntime's MinMax calibration graph)."""
-        with _step("onnxruntime calibration"):
+        with conversion_step("onnxruntime calibration"):
             calibrator = create_calibrator(self.prepared, None, augmented_model_path=self.work_dir / "augmented.onnx")
             session = calibrator.infer_session
             names = [output.name for output in session.get_outputs()]
@@ -263,7 +246,7 @@ class _Int8Quantizer:
 
     def _build(self, keep_float: list[str]) -> onnx.ModelProto:
         excluded = [name for layer in keep_float for name in self.layers.get(layer, [layer])]
-        with _step("onnxruntime quantize_static"):
+        with conversion_step("onnxruntime quantize_static"):
             quantize_static(
                 self.prepared,
                 self.output,
@@ -276,7 +259,7 @@ class _Int8Quantizer:
                 nodes_to_exclude=self.softmax + excluded,
                 calibration_cache_path=self.cache,
             )
-        with _step("reading the int8 model"):
+        with conversion_step("reading the int8 model"):
             return onnx.load(self.output)
 
     def _session(self, model: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
@@ -338,7 +321,7 @@ def _stamp(model: onnx.ModelProto, job: ExportJob, notes: dict[str, Any]) -> Non
 def _check_runs(data: bytes, job: ExportJob) -> None:
     """onnxruntime CPU loads the model and its output is a probability per class (and matches torch in fp32)."""
     side = job.spec.preprocess.input_size
-    with _step(f"onnxruntime CPU check of the {job.quant} model"):
+    with conversion_step(f"onnxruntime CPU check of the {job.quant} model"):
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: fp16 graphs log a warning per fp32 fallback node
         session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])

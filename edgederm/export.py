@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import io
 import json
 import logging
 import os
 import shutil
 import tempfile
 import time
-import warnings
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -62,20 +59,6 @@ def _move_into_place(tmp: Path, final: Path) -> None:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, final)
-
-
-@contextlib.contextmanager
-def _quiet_tools() -> Iterator[None]:
-    """Unless edgederm logs at INFO (the CLI without --quiet), hide the converters' own progress bars and warnings.
-
-    A converter's failure still surfaces: it is raised, and becomes the artifact's status row.
-    """
-    if logger.isEnabledFor(logging.INFO):
-        yield
-        return
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
 
 
 def _one_line(error: BaseException) -> str:
@@ -151,7 +134,7 @@ def export_run(
     calib_n: int = 300,
     options: dict | None = None,
 ) -> list[ArtifactRecord]:
-    from .converters._job import ExportJob
+    from .converters._job import ExportJob, tool_output_hidden
     from .models.checkpoint import load_checkpoint
 
     model, spec = load_checkpoint(run_dir)
@@ -161,6 +144,9 @@ def export_run(
     needs_calibration = any(q in f.quant_modes and f.needs_calibration(q) for f in formats for q in quant_modes)
     calibration = _calibration(run_dir, spec, calib_data, calib_n) if needs_calibration else None
     kept = _earlier_records(out_dir, {(f.name, q) for f in formats for q in quant_modes}, spec.source_sha256)
+    # Unless edgederm logs at INFO (the CLI without --quiet), the converters' tools show no progress bars or warnings;
+    # a converter's failure still surfaces: it is raised, and becomes the artifact's status row.
+    tools_output = contextlib.nullcontext if logger.isEnabledFor(logging.INFO) else tool_output_hidden
     records: list[ArtifactRecord] = []
     for fmt in formats:
         converter = importlib.import_module(f"edgederm.converters.{fmt.converter}")
@@ -181,7 +167,7 @@ def export_run(
                 job = ExportJob(
                     model=model, spec=spec, quant=quant, target=tmp, calibration=calibration, options=dict(options or {})
                 )
-                with _quiet_tools():
+                with tools_output():
                     converter.export(job)
                 if not tmp.exists():
                     raise RuntimeError(f"the {fmt.name} converter wrote nothing")

@@ -14,7 +14,7 @@ from edgederm.converters import _bias_correction, _onnx_bias, _tflite_bias
 from edgederm.converters import onnx as onnx_converter
 from edgederm.converters import tflite as tflite_converter
 from edgederm.converters._calibration import load_calibration
-from edgederm.converters._job import ExportJob
+from edgederm.converters._job import ExportJob, tool_output_hidden
 
 from edgederm.core.formats import FORMATS
 from edgederm.export import export_run
@@ -62,7 +62,7 @@ def test_onnx_conv_means_are_brought_back_to_fp32(job: ExportJob):
 
 
 def test_tflite_conv_means_are_brought_back_to_fp32(job: ExportJob):
-    with tflite_converter._quiet_tools():
+    with tool_output_hidden():
         fp32 = tflite_converter._float_model(job.model, job.spec, True)
         quantizer = tflite_converter._StaticInt8(fp32, job)
     raw = quantizer.build([])  # all-int8 at the chosen ranges, uncorrected

@@ -144,6 +144,21 @@ def test_int8_without_calibration_is_a_conversion_error(trained_run: Path, tmp_p
         onnx_converter.export(ExportJob(model=model, spec=spec, quant="int8", target=tmp_path / "m.onnx"))
 
 
+def test_a_failing_step_is_one_conversion_error_line():
+    from edgederm.converters._job import conversion_step
+
+    with pytest.raises(ConversionError) as caught, conversion_step("onnxruntime quantize_static"):
+        raise RuntimeError("bad graph\nlong dump ...")
+    assert str(caught.value) == "onnxruntime quantize_static failed: RuntimeError: bad graph"
+    with pytest.raises(ConversionError, match=r"^fp16 conversion needs onnxruntime \(No module named 'x'\)$"):
+        with conversion_step("fp16 conversion", needs="onnxruntime"):
+            raise ModuleNotFoundError("No module named 'x'")
+    with pytest.raises(ConversionError, match="^the inner step's own$"), conversion_step("outer"):
+        raise ConversionError("the inner step's own")
+    with pytest.raises(OSError), conversion_step("saving"):  # a full disk is the driver's: it stops the export
+        raise OSError(28, "No space left on device")
+
+
 def test_onnx_runtime_does_not_import_torch(exported: dict[str, Path]):
     code = (
         "import sys, numpy as np\n"

@@ -172,7 +172,7 @@ def test_classifier_metadata_reads_back_as_mediapipe_image_classifier_metadata(e
 
 def test_segmenter_metadata_reads_back_as_mediapipe_image_segmenter_metadata():
     """What MediaPipe's image_segmenter writer writes: uniform normalisation, a grayscale mask over dims 1-2, activation NONE."""
-    from edgederm.converters.tflite import standard_metadata
+    from edgederm.converters.tflite_metadata import standard_metadata
 
     artifact = {
         "input": {"layout": "NHWC", "normalization": {"mean": [0.449] * 3, "std": [0.226] * 3}},

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from edgederm.converters._accuracy_aware import Layer, float_regions, search
+from edgederm.converters._accuracy_aware import Int8Quantizer, Layer, float_regions, search
 from edgederm.converters._bias_correction import BiasCorrection
 from edgederm.converters._calibration import load_calibration
 from edgederm.converters._ranges import CLEAR_GAIN, PERCENTILES, RangeChoice
@@ -187,6 +187,11 @@ def _int8_aa_job():
     return Job()
 
 
+def test_a_scripted_quantizer_is_an_int8_quantizer():
+    assert isinstance(_Scripted(2, agrees=lambda model: True), Int8Quantizer)
+    assert not isinstance(object(), Int8Quantizer)
+
+
 def test_an_unreachable_bound_is_a_clear_conversion_error():
     from edgederm.converters._accuracy_aware import for_job
     from edgederm.converters._job import ConversionError
@@ -207,6 +212,7 @@ def test_every_candidate_float_is_the_float_model(trained_run: Path, tmp_path: P
     seen = {}
 
     def probe(quantizer, job):
+        assert isinstance(quantizer, Int8Quantizer)
         everything = quantizer.build(quantizer.candidates())
         seen["gap"] = float(np.abs(quantizer.predict(everything, None) - quantizer.reference).max())
         seen["candidates"] = len(quantizer.candidates())

@@ -52,6 +52,7 @@ class Format:
     runtime: str  # what reads it natively
     converter: str  # module under edgederm.converters with export(...)
     backend: str  # "module:Class" under edgederm.runtime that runs it natively
+    title: str  # how messages name it: "TFLite"
     platforms: tuple[str, ...] = ()  # sys.platform values the native runtime exists on; () = everywhere
     emulated_backend: str | None = None  # "module:Class" that computes its numerics where it cannot run natively
 
@@ -76,8 +77,9 @@ FORMATS: dict[str, Format] = {
             "tflite_runtime or ai_edge_litert",
             "tflite",
             "tflite_backend:TFLitePredictor",
+            "TFLite",
         ),
-        Format("onnx", ".onnx", ("fp32", "fp16", "int8", "int8-aa"), "onnxruntime", "onnx", "onnx_backend:OnnxPredictor"),
+        Format("onnx", ".onnx", ("fp32", "fp16", "int8", "int8-aa"), "onnxruntime", "onnx", "onnx_backend:OnnxPredictor", "ONNX"),
         Format(
             "coreml",
             ".mlpackage",
@@ -85,6 +87,7 @@ FORMATS: dict[str, Format] = {
             "coremltools (macOS/iOS only)",
             "coreml",
             "coreml_backend:CoreMLPredictor",
+            "CoreML",
             platforms=("darwin",),
             emulated_backend="coreml_emulator:EmulatedCoreMLPredictor",
         ),

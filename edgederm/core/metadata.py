@@ -7,7 +7,7 @@ from typing import Any
 
 from edgederm.core.spec import ModelSpec
 
-SPEC_KEY = "edgederm_spec"  # metadata key (ONNX metadata_props, CoreML user_defined_metadata, TFLite associated file name stem)
+SPEC_KEY = "edgederm_spec"  # metadata key (ONNX metadata_props, CoreML user_defined_metadata, TFLite Model.metadata)
 LABELS_FILE = "labels.txt"
 SPEC_FILE = "edgederm_spec.json"
 
