@@ -67,7 +67,6 @@ from . import _accuracy_aware, _bias_correction, _ranges, _tflite_bias, tflite_m
 from ._job import ExportJob, check_job, conversion_step, tool_output_hidden
 from ._wrap import deployable, example_input
 from .tflite_metadata import module_path
-from .tflite_metadata import standard_metadata as standard_metadata  # re-exported: tests/test_segmenters.py imports it from here
 
 SIGNATURE = "serving_default"  # litert-torch's default signature key
 

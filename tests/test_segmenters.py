@@ -249,7 +249,7 @@ def test_a_mask_round_trips_through_every_runtime_at_the_original_size(trained_s
     """torch, TFLite, ONNX Runtime and CoreML (emulated on Linux) give the same 0/255 mask at the photo's own size."""
     import shutil
 
-    from edgederm.converters.tflite import standard_metadata
+    from edgederm.converters.tflite_metadata import standard_metadata
 
     from edgederm.core.formats import FORMATS
     from edgederm.export import export_run
