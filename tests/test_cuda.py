@@ -1,7 +1,7 @@
 """The CUDA path: AMP training, nccl under torchrun, GPU-trained checkpoints served on the CPU.
 
-These run only where torch sees a GPU; a CPU-only machine skips them with that reason. They were
-run on an H100 through the device tool (see tests/README.md); CI has no GPU.
+These run only where torch sees a GPU; a CPU-only machine skips them with that reason. They pass on
+one NVIDIA H100 (see tests/README.md); CI has no GPU.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from edgederm.runtime import Predictor
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False here)")
 
+# No --quiet: the tests read INFO lines such as "device cuda:0".
 CLASSIFY = [
     "train", "classify", "--data", "synthetic:48,seed=3", "--arch", "mobilenetv3_small_100", "--img-size", "48",
-    "--mode", "full", "--epochs", "2", "--batch-size", "8", "--augment", "affine", "--quiet",
+    "--mode", "full", "--epochs", "2", "--batch-size", "8", "--augment", "affine",
 ]  # fmt: skip
 
 
@@ -53,7 +54,7 @@ def test_segmenter_trains_on_cuda(tmp_path: Path):
     out = tmp_path / "seg"
     result = _edgederm(
         "train", "segment", "--data", "synthetic:24,seed=4", "--arch", "tinyseg", "--img-size", "64",
-        "--epochs", "1", "--batch-size", "8", "--device", "cuda", "--quiet", "--out", str(out),
+        "--epochs", "1", "--batch-size", "8", "--device", "cuda", "--out", str(out),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "device cuda" in result.stderr

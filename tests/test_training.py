@@ -82,16 +82,18 @@ def test_full_training_and_resume_reach_the_same_weights(tmp_path: Path, extra: 
         "3",
         "--batch-size",
         "8",
-        "--quiet",
         *extra,
     ]
     env = cli_env()
     straight = tmp_path / "straight"
-    subprocess.run([sys.executable, "-m", "edgederm", *args, "--out", str(straight)], check=True, env=env, capture_output=True)
+    subprocess.run([sys.executable, "-m", "edgederm", *args, "--quiet", "--out", str(straight)], check=True, env=env, capture_output=True)
 
     broken = tmp_path / "broken"
     process = subprocess.Popen(
-        [sys.executable, "-m", "edgederm", *args, "--out", str(broken)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "edgederm", *args, "--quiet", "--out", str(broken)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
     while not (broken / "last_state.pt").is_file() and time.time() < deadline:
@@ -99,7 +101,7 @@ def test_full_training_and_resume_reach_the_same_weights(tmp_path: Path, extra: 
     process.send_signal(signal.SIGKILL)  # during epoch 2, after epoch 1's checkpoint
     process.wait()
     assert not (broken / "model.safetensors").exists()
-    result = subprocess.run(
+    result = subprocess.run(  # without --quiet: "resumed from" is an INFO line
         [sys.executable, "-m", "edgederm", *args, "--out", str(broken), "--resume"], env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
@@ -119,7 +121,23 @@ def test_resume_with_a_different_recipe_is_refused(tmp_path: Path):
         train_classifier(TrainConfig(data="synthetic:24", out=out, mode="head", epochs=2, lr=0.5, weights="none", resume=True, **TINY))
 
 
-def test_corrupt_image_in_a_dataset_is_skipped_and_counted(tmp_path: Path, ham_dir: Path, capfd):
+@pytest.fixture
+def info_on_stderr():
+    """edgederm's INFO lines on stderr (fd 2, which capfd reads) for one test, as the CLI shows them; a library stays silent."""
+    import logging
+
+    from edgederm.core.log import logger
+
+    handler = logging.StreamHandler(sys.__stderr__)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_corrupt_image_in_a_dataset_is_skipped_and_counted(tmp_path: Path, ham_dir: Path, capfd, info_on_stderr):
     import shutil
 
     shutil.copytree(ham_dir / "images", tmp_path / "images")
@@ -178,10 +196,11 @@ def test_training_is_reproducible_with_a_seed(tmp_path: Path):
 def test_torchrun_two_cpu_processes(tmp_path: Path):
     """The same command runs unchanged under torchrun with 2 processes (gloo on CPU)."""
     out = tmp_path / "ddp"
+    # No --quiet: "world size 2" is an INFO line.
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "edgederm",
         "train", "classify", "--data", "synthetic:48,seed=3", "--arch", "mobilenetv3_small_100", "--img-size", "48",
-        "--mode", "full", "--epochs", "2", "--batch-size", "8", "--device", "cpu", "--quiet", "--out", str(out),
+        "--mode", "full", "--epochs", "2", "--batch-size", "8", "--device", "cpu", "--out", str(out),
     ]  # fmt: skip
     env = cli_env()
     env["OMP_NUM_THREADS"] = "1"
@@ -286,11 +305,10 @@ def test_a_teacher_that_trained_on_this_runs_test_images_is_refused(trained_run:
 
 
 def test_distillation_loss_is_the_hard_loss_when_the_student_matches_the_teacher(trained_run: Path):
-    from edgederm.training.classification import _Teacher
+    from edgederm.training.extensions import Distillation
 
     spec = ModelSpec.load(trained_run / "spec.json")
-    config = TrainConfig(data="synthetic:8", out=Path("unused"), mode="full", distill_from=str(trained_run), distill_weight=0.25, **TINY)
-    teacher = _Teacher(config, spec.class_names, spec.preprocess, torch.device("cpu"))
+    teacher = Distillation(str(trained_run), spec.class_names, spec.preprocess, torch.device("cpu"), weight=0.25)
     pixels = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (4, 48, 48, 3), dtype=np.uint8))
     with torch.no_grad():
         inputs = torch.nn.functional.interpolate(
@@ -302,4 +320,32 @@ def test_distillation_loss_is_the_hard_loss_when_the_student_matches_the_teacher
     confident_elsewhere = torch.nn.functional.one_hot(same.argmin(1), same.shape[1]).float() * 20
     assert teacher.loss(confident_elsewhere, hard, pixels).item() > 0.75 + 1.0
     with pytest.raises(UsageError, match="not this run's classes"):
-        _Teacher(config, ["mel", "nv"], spec.preprocess, torch.device("cpu"))
+        Distillation(str(trained_run), ["mel", "nv"], spec.preprocess, torch.device("cpu"))
+
+
+def test_config_choices_match_the_modules_that_implement_them():
+    """training/config.py stays torch-free with copies of a few constants; they must not drift."""
+    from edgederm.core import preprocess
+    from edgederm.metrics import decision, operating_point
+    from edgederm.training import augment, config
+
+    assert config.AUGMENT_POLICIES == augment.POLICIES
+    assert config.RESIZE_POLICIES == preprocess.RESIZE_POLICIES
+    assert config.DECISION_RULES == decision.RULES
+    assert config.DEFAULT_TARGET_SENSITIVITY == operating_point.DEFAULT_TARGET_SENSITIVITY
+
+
+def test_cli_options_are_the_config_fields(tmp_path: Path):
+    """Every TrainConfig/SegmentConfig field on the command line parses into the config unchanged."""
+    from edgederm.cli import build_parser
+    from edgederm.cli.train import config_from_args
+    from edgederm.training.config import SegmentConfig
+
+    args = build_parser().parse_args(["train", "classify", "--data", "synthetic:8", "--out", str(tmp_path), "--mode", "full", "--qat"])
+    config = config_from_args(TrainConfig, args)
+    assert config == TrainConfig(data="synthetic:8", out=tmp_path, mode="full", qat=True)
+    args = build_parser().parse_args(
+        ["train", "segment", "--data", "synthetic:8", "--out", str(tmp_path), "--arch", "tinyseg", "--img-size", "32"]
+    )
+    assert config_from_args(SegmentConfig, args) == SegmentConfig(data="synthetic:8", out=tmp_path, arch="tinyseg", img_size=32)
+    assert not hasattr(config, "quiet") and args.quiet is False

@@ -1,14 +1,16 @@
 """Training a lesion classifier: ``head`` (linear probe on cached features) or ``full`` fine-tuning.
 
-Both modes share the data path (layout -> grouped split -> Preprocess.fit cache), the class
-weighting, the per-epoch checkpoint and ``--resume``, the temperature calibration and the final
-evaluation. Every epoch's randomness derives from (seed, epoch), so a run resumed from its last
-checkpoint replays exactly what the uninterrupted run would have done.
+What is particular to classifiers lives here: the data path (layout -> grouped split ->
+Preprocess.fit cache), the class weighting, ``--init-from``, the two ways to train an epoch
+(``_HeadTask`` and ``_FullTask``), the validation score (balanced accuracy), the temperature
+calibration and the final evaluation. The epoch loop with its checkpoints, ``--resume`` and best
+epoch is ``training/loop.py``; EMA, distillation, QAT and pruning are extensions
+(``training/extensions.py``) that ``build_extensions`` picks from the config. The recipe itself,
+``TrainConfig``, is defined in ``training/config.py`` and imported from here.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -19,7 +21,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import atomic
 from ..core.errors import DataError, UsageError
 from ..core.labels import DX_CODES
 from ..core.log import get_logger, progress
@@ -28,104 +29,22 @@ from ..core.spec import ModelSpec
 from ..data.pixels import PixelCache, load_pixels
 from ..data.samples import SampleSet
 from ..metrics import classification_metrics
-from ..metrics.decision import RULES as DECISION_RULES
 from ..metrics.decision import choose_decision, training_prior
-from ..metrics.operating_point import DEFAULT_TARGET_SENSITIVITY, choose_operating_point, sensitivity_specificity
+from ..metrics.operating_point import choose_operating_point, sensitivity_specificity
 from ..models import checkpoint, create_model, get_entry, pruning
 from ..models.inference import forward_batches, normalize_tensor, softmax
 from ..runtime.readout import describe
-from . import qat
-from .augment import POLICIES, augment_batch
+from .augment import augment_batch
 from .calibration import fit_temperature, fold_temperature
-from .common import TrainResult, assign_splits, check_fractions, recipe_of, same_recipe, write_metrics_csv
-from .common import comparable_recipe as _comparable
-from .common import cosine_lr as _cosine_lr
-from .common import write_splits as _write_splits
+from .common import TrainResult, assign_splits, cosine_lr, set_lr, split_rows, write_splits
+from .config import TrainConfig
 from .distributed import DistContext, all_gather_arrays, setup, teardown
-
-MODES = ("head", "full")
-PRUNE_IMAGES = 256  # train images whose activations rank the channels --prune removes
-BALANCE = ("weighted_loss", "none")
+from .extensions import Distillation, Pruning, QuantizationAware, WeightAverage, check_teacher_split
+from .loop import Extensions, TrainingLoop, epoch_seed, save_run
 
 logger = get_logger(__name__)
 
-
-@dataclass
-class TrainConfig:
-    data: str
-    out: Path
-    arch: str = "efficientnet_lite0"
-    img_size: int = 224
-    mode: str = "head"
-    epochs: int | None = None  # None: 30 for head, 10 for full
-    val_data: str | None = None
-    test_fraction: float = 0.0
-    val_fraction: float = 0.15
-    batch_size: int | None = None  # None: 256 for head, 32 for full
-    lr: float | None = None  # None: 3e-3 for head, 1e-3 for full
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.1
-    balance: str = "weighted_loss"
-    class_weight_power: float = 0.5
-    augment: str = "basic"
-    ema: float = 0.0  # full mode: 0 = off, else the decay of a weight average that is validated and kept
-    init_from: str | None = None  # a run dir whose weights (and split) this run starts from
-    qat: bool = False  # full mode: train through simulated int8 (see training/qat.py)
-    prune: float = 0.0  # full mode with --init-from: drop this share of each block's expansion channels first
-    distill_from: str | None = None  # a teacher run dir: its soft labels join the loss
-    distill_weight: float = 0.5  # share of the loss taken by the teacher's soft labels
-    distill_temperature: float = 2.0
-    warmup_epochs: float | None = None  # None: 1 epoch, or 0.1 when fine-tuning a trained run (--init-from)
-    weights: str = "default"
-    resize: str = "letterbox"
-    target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY  # for the malignant-class operating point
-    decision: str = "balanced"  # how the named class is read from the probabilities (edgederm.runtime.readout.decide)
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "auto"
-    resume: bool = False
-
-    def __post_init__(self) -> None:
-        self.out = Path(self.out)
-        if self.mode not in MODES:
-            raise UsageError(f"--mode must be one of {MODES}, got {self.mode!r}")
-        if self.balance not in BALANCE:
-            raise UsageError(f"--balance must be one of {BALANCE}, got {self.balance!r}")
-        if self.decision not in DECISION_RULES:
-            raise UsageError(f"--decision must be one of {DECISION_RULES}, got {self.decision!r}")
-        if self.epochs is None:
-            self.epochs = 30 if self.mode == "head" else 10
-        if self.warmup_epochs is None:
-            self.warmup_epochs = 0.1 if self.init_from else 1.0
-        if self.batch_size is None:
-            self.batch_size = 256 if self.mode == "head" else 32
-        if self.lr is None:
-            self.lr = 3e-3 if self.mode == "head" else 1e-3
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise UsageError("--epochs, --batch-size and --lr must be positive")
-        check_fractions(self.val_fraction, self.test_fraction)
-        if not 0.0 <= self.ema < 1.0:
-            raise UsageError(f"--ema must be a decay in [0, 1), got {self.ema}")
-        if self.augment not in POLICIES:
-            raise UsageError(f"--augment must be one of {POLICIES}, got {self.augment!r}")
-        if self.amp not in ("auto", "on", "off"):
-            raise UsageError("--amp must be auto, on or off")
-        if (self.qat or self.distill_from) and self.mode != "full":
-            raise UsageError("--qat and --distill-from train the whole network", fix="add --mode full")
-        if self.qat and self.ema:
-            raise UsageError("--qat keeps the fake-quantized weights it validates; it does not combine with --ema", fix="drop --ema")
-        if self.prune:
-            if not 0.0 < self.prune < 1.0:
-                raise UsageError(f"--prune must be a share in (0, 1), got {self.prune}")
-            if not self.init_from or self.mode != "full":
-                raise UsageError("--prune shrinks a trained network, then fine-tunes it", fix="add --init-from RUN --mode full")
-            if self.qat:
-                raise UsageError("--prune and --qat in one run", fix="prune first, then fine-tune the pruned run with --init-from it --qat")
-        if not 0.0 < self.distill_weight <= 1.0 or self.distill_temperature <= 0:
-            raise UsageError("--distill-weight must be in (0, 1] and --distill-temperature positive")
-
-    def recipe(self) -> dict[str, Any]:
-        return recipe_of(self)
+__all__ = ["TrainConfig", "build_extensions", "train_classifier"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,17 +58,12 @@ class SplitData:
     labels: np.ndarray  # class indices for the rows of cache.pixels
 
 
-def _assign_splits(config: TrainConfig) -> tuple[SampleSet, SampleSet | None]:
-    """The training set, with val/test split names, and an external validation set if given."""
-    return assign_splits(config, require_labels=True)
-
-
 def _class_names(train: SampleSet) -> list[str]:
     present = {s.label for s in train.samples if s.split == "train"}
     return [code for code in DX_CODES if code in present]
 
 
-def _warn_empty_classes(name: str, dataset: SampleSet, class_names: list[str], log) -> None:
+def _warn_empty_classes(name: str, dataset: SampleSet, class_names: list[str]) -> None:
     counts = dataset.class_counts()
     empty = [c for c in class_names if counts.get(c, 0) == 0]
     if empty:
@@ -240,40 +154,12 @@ def _init_source(config: TrainConfig, class_names: list[str], dataset: SampleSet
             f"this run is a {given[0]} at {given[1]} px for {given[2]}",
             fix=f"pass --arch {theirs[0]} --img-size {theirs[1]} and the data it was trained on",
         )
-    if _split_rows(Path(config.init_from) / "splits.csv") != _split_rows(None, dataset, external_val):
+    if split_rows(Path(config.init_from) / "splits.csv") != split_rows(None, dataset, external_val):
         raise UsageError(
             f"--init-from {config.init_from} was trained on another train/val/test split (its splits.csv)",
             fix="pass the same --data, --val-data, --val-fraction, --test-fraction and --seed so no test lesion is trained on",
         )
     return source_model, source_spec
-
-
-def _split_rows(path: Path | None, dataset: SampleSet | None = None, external_val: SampleSet | None = None) -> set[tuple[str, str]]:
-    """(image id, split) pairs, from a run's splits.csv or from the split this run just made."""
-    if path is not None:
-        import csv
-
-        if not path.is_file():
-            return set()
-        with open(path, newline="") as handle:
-            return {(row["image_id"], row["split"]) for row in csv.DictReader(handle)}
-    rows = {(s.image_id, s.split) for s in dataset.samples}
-    return rows | {(s.image_id, "val") for s in (external_val.samples if external_val else [])}
-
-
-def _check_teacher_split(teacher: str, ours: set[tuple[str, str]], log) -> None:
-    """A teacher that trained on this run's val or test images would pass their labels to the student."""
-    theirs = _split_rows(checkpoint.resolve_checkpoint(teacher)[1].parent / "splits.csv")
-    if not theirs:
-        logger.warning(f"warning: --distill-from {teacher} has no splits.csv, so it cannot be checked against this run's val/test images")
-        return
-    trained = {image for image, split in theirs if split == "train"}
-    leaked = sorted(image for image, split in ours if split != "train" and image in trained)
-    if leaked:
-        raise UsageError(
-            f"--distill-from {teacher} was trained on {len(leaked)} of this run's val/test images (e.g. {leaked[0]})",
-            fix="distil from a teacher trained on the same split: the same --data, --val-fraction, --test-fraction and --seed",
-        )
 
 
 def _pruned_widths(model: nn.Module, arch: str, num_classes: int) -> dict[str, list[int]]:
@@ -288,37 +174,200 @@ def _teacher_sha(run: str | None) -> str | None:
     return ModelSpec.load(checkpoint.resolve_checkpoint(run)[1]).source_sha256
 
 
+def _val_columns(logits: np.ndarray, labels: np.ndarray) -> tuple[dict[str, float], float]:
+    """Validation loss and metrics for metrics.csv, and the score that picks the best epoch (balanced accuracy)."""
+    probs = softmax(logits)
+    loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+    names = [str(i) for i in range(probs.shape[1])]
+    metrics = classification_metrics(labels, probs, names)
+    row = {"val_loss": loss, "val_accuracy": metrics.accuracy, "val_balanced_accuracy": metrics.balanced_accuracy}
+    row["val_macro_auc"] = metrics.macro_auc if metrics.macro_auc is not None else float("nan")
+    return row, row["val_balanced_accuracy"]
+
+
+def _full_batches(config: TrainConfig, n: int, context: DistContext) -> tuple[int, int, int]:
+    """--mode full: (images per process, batch size, steps per epoch) for ``n`` training images."""
+    per_rank = n // context.world_size
+    batch = min(config.batch_size, per_rank)
+    return per_rank, batch, max(1, per_rank // batch)
+
+
+def build_extensions(
+    config: TrainConfig, class_names: list[str], train: SplitData, preprocess: Preprocess, context: DistContext
+) -> Extensions:
+    """The extensions a recipe asks for. Head mode trains a linear probe on cached features: none apply (--ema is ignored)."""
+    if config.mode != "full":
+        return Extensions()
+    found = []
+    if config.prune:
+        found.append(Pruning(config.prune, train.cache.pixels, preprocess, context.device))
+    if config.qat:
+        _, batch, steps_per_epoch = _full_batches(config, len(train.labels), context)
+        found.append(QuantizationAware(train.cache.pixels, preprocess, context, batch, steps_per_epoch, fine_tune=bool(config.init_from)))
+    if config.distill_from:
+        found.append(
+            Distillation(config.distill_from, class_names, preprocess, context.device, config.distill_weight, config.distill_temperature)
+        )
+    if config.ema:
+        found.append(WeightAverage(config.ema))
+    return Extensions(found)
+
+
 # ----------------------------------------------------------------------------------------------
-# The loop
+# One epoch: head or full
+
+
+class _HeadTask:
+    """--mode head: the frozen backbone's features are computed once; each epoch trains the linear head on them."""
+
+    def __init__(self, model: nn.Module, criterion: nn.Module, train: SplitData, val: SplitData | None, preprocess, config, context):
+        self.model, self.criterion, self.val, self.config, self.context = model, criterion, val, config, context
+        model.eval()
+        extract = _features(model)
+        features = {}
+        for name, split in (("train", train), ("val", val)):
+            if split is None:
+                continue
+            shard = split.cache.pixels[context.rank :: context.world_size]
+            local = forward_batches(extract, shard, preprocess, context.device, desc=f"features {name}")
+            gathered = all_gather_arrays(context, local)
+            # Undo the rank interleaving so row i is sample i again.
+            order = np.concatenate([np.arange(len(split.cache.pixels))[r :: context.world_size] for r in range(context.world_size)])
+            rows = np.empty_like(gathered)
+            rows[order] = gathered
+            features[name] = torch.from_numpy(rows)
+        self.head = _classifier(model)
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        for parameter in self.head.parameters():
+            parameter.requires_grad_(True)
+        self.optimizer = torch.optim.AdamW(self.head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.x_train, self.y_train = features["train"].to(context.device), torch.from_numpy(train.labels).to(context.device)
+        self.x_val = features.get("val")
+        self.steps_per_epoch = max(1, math.ceil(len(self.x_train) / config.batch_size))
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        config, steps = self.config, self.steps_per_epoch
+        generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
+        order = torch.randperm(len(self.x_train), generator=generator)
+        self.head.train()
+        total = 0.0
+        for step in range(steps):
+            index = order[step * config.batch_size : (step + 1) * config.batch_size].to(self.context.device)
+            set_lr(cosine_lr(epoch * steps + step, config.epochs * steps, steps, config.lr), self.optimizer)
+            loss = self.criterion(self.head(self.x_train[index]), self.y_train[index])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += float(loss.detach()) * len(index)
+        return {"train_loss": total / len(self.x_train), "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def validate(self, judged: nn.Module) -> tuple[dict[str, float], float] | None:
+        if self.val is None:
+            return None
+        with torch.no_grad():
+            logits = _classifier(judged).eval()(self.x_val.to(self.context.device)).cpu().numpy()
+        return _val_columns(logits, self.val.labels)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class _FullTask:
+    """--mode full: every weight trains on augmented batches (across processes under torchrun), through the extensions."""
+
+    def __init__(
+        self, model: nn.Module, criterion: nn.Module, train: SplitData, val: SplitData | None, preprocess, config, context, extensions
+    ):
+        self.model, self.criterion, self.train, self.val = model, criterion, train, val
+        self.preprocess, self.config, self.context, self.extensions = preprocess, config, context, extensions
+        on_cuda = context.device.type == "cuda"
+        self.use_amp = on_cuda and config.amp != "off" and extensions.allow_amp
+        if config.amp == "on" and not (on_cuda and extensions.allow_amp):
+            logger.warning("warning: --amp on needs CUDA and no --qat; training in fp32")
+        self.per_rank, self.batch, self.steps_per_epoch = _full_batches(config, len(train.labels), context)
+        self.net = extensions.on_start(model)
+        if self.net is model and context.enabled:
+            self.net = nn.parallel.DistributedDataParallel(model, device_ids=[context.device.index] if on_cuda else None)
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        config, context, train, batch, steps = self.config, self.context, self.train, self.batch, self.steps_per_epoch
+        seed = epoch_seed(config.seed, epoch)
+        order = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(seed))[: self.per_rank * context.world_size]
+        mine = order[context.rank :: context.world_size]
+        aug_generator = torch.Generator().manual_seed(seed * 131 + context.rank)
+        self.extensions.train_mode(self.net)
+        total, seen = 0.0, 0
+        bar = progress(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
+        for step in bar:
+            index = mine[step * batch : (step + 1) * batch].numpy()
+            pixels = torch.from_numpy(train.cache.pixels[index]).to(context.device, non_blocking=True)
+            augmented = augment_batch(pixels, aug_generator, policy=config.augment)
+            inputs = normalize_tensor(augmented, self.preprocess)
+            targets = torch.from_numpy(train.labels[index]).to(context.device)
+            warmup = int(config.warmup_epochs * steps)
+            set_lr(cosine_lr(epoch * steps + step, config.epochs * steps, warmup, config.lr), self.optimizer)
+            with torch.autocast(device_type=context.device.type, dtype=torch.float16, enabled=self.use_amp):
+                logits = self.net(inputs)
+                loss = self.extensions.loss(logits, self.criterion(logits, targets), augmented)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.extensions.after_step(self.model)
+            total += float(loss.detach()) * len(index)
+            seen += len(index)
+            bar.set_postfix(loss=f"{total / seen:.4f}")
+        return {"train_loss": total / max(1, seen), "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def validate(self, judged: nn.Module) -> tuple[dict[str, float], float] | None:
+        if self.val is None:
+            return None
+        logits = forward_batches(self.extensions.runner(judged), self.val.cache.pixels, self.preprocess, self.context.device)
+        return _val_columns(logits, self.val.labels)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
 
 
 class _Trainer:
+    """One classifier run: data and split, model, the loop over a head or full task, calibration, evaluation, files."""
+
     def __init__(self, config: TrainConfig, context: DistContext):
         self.config = config
         self.context = context
         self.run_dir = config.out
-        self.best_score = -1.0  # validation balanced accuracy of the best epoch so far
-        self.best_weights: dict[str, torch.Tensor] | None = None
-
-    def log(self, message: str) -> None:
-        logger.info(message)
 
     def run(self) -> TrainResult:
         config, context = self.config, self.context
         if context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
-        dataset, external_val = _assign_splits(config)
-        class_names = self.class_names = _class_names(dataset)
+        dataset, external_val = assign_splits(config, require_labels=True)
+        class_names = _class_names(dataset)
         if len(class_names) < 2:
             raise DataError(f"training needs at least 2 classes, found {class_names}", path=config.data)
         preprocess, weights = _preprocess_for(config)
         source = _init_source(config, class_names, dataset, external_val) if config.init_from else None
-        if config.distill_from:
-            _check_teacher_split(config.distill_from, _split_rows(None, dataset, external_val), self.log)
+        if config.distill_from:  # before any image is read: a leaking teacher fails fast
+            check_teacher_split(config.distill_from, split_rows(None, dataset, external_val))
         if source is not None:
             preprocess, weights = source[1].preprocess, f"run:{config.init_from}"
-        self.log(
+        logger.info(
             f"edgederm: {config.mode} training {config.arch} at {config.img_size}px on {dataset.spec} "
             f"({len(dataset)} images, {len(set(dataset.groups))} groups, classes {class_names}), "
             f"device {context.device}, world size {context.world_size}"
@@ -326,7 +375,7 @@ class _Trainer:
         for note in dataset.notes:
             logger.warning(f"warning: {note}")
         if context.is_main:
-            _write_splits(self.run_dir / "splits.csv", dataset, external_val)
+            write_splits(self.run_dir / "splits.csv", dataset, external_val)
 
         train = _load_split(dataset, "train", preprocess, class_names)
         if train is None:
@@ -339,29 +388,28 @@ class _Trainer:
         test = _load_split(dataset, "test", preprocess, class_names)
         for name, split in (("train", train), ("val", val), ("test", test)):
             if split is not None:
-                _warn_empty_classes(name, split.dataset, class_names, self.log)
+                _warn_empty_classes(name, split.dataset, class_names)
         skipped = [line for split in (train, val, test) if split for line in split.cache.failures]
         for line in skipped:
-            self.log(f"skipped unreadable image: {line}")
+            logger.info(f"skipped unreadable image: {line}")
 
         if source is not None:
             model = source[0]
-            if config.prune:
-                self._prune(model, train, preprocess, context.device)
         else:
             model = create_model(config.arch, len(class_names), None if weights == "none" else weights)
             _zero_head(model)
+        # After the student is created: a teacher's random init must not shift the student's.
+        extensions = build_extensions(config, class_names, train, preprocess, context)
+        extensions.on_model(model)
         model = model.to(context.device, memory_format=torch.channels_last)
         class_weights = _class_weights(train.labels, len(class_names), config.class_weight_power, config.balance).to(context.device)
         criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
-
         if config.mode == "head":
-            self._train_head(model, criterion, train, val, preprocess)
+            task = _HeadTask(model, criterion, train, val, preprocess, config, context)
         else:
-            self._train_full(model, criterion, train, val, preprocess)
+            task = _FullTask(model, criterion, train, val, preprocess, config, context, extensions)
+        TrainingLoop(config, context, extensions).fit(task)
 
-        if self.best_weights is not None:
-            model.load_state_dict(self.best_weights)
         spec = ModelSpec(
             task="classification",
             arch=config.arch,
@@ -380,227 +428,13 @@ class _Trainer:
                 "world_size": context.world_size,
             },
         )
-        metrics = self._calibrate_and_evaluate(model, spec, val, test, preprocess)
-        spec.metrics = metrics
+        spec.metrics = self._calibrate_and_evaluate(model, spec, val, test, preprocess)
         if context.is_main:
-            checkpoint.save_model(model, spec, self.run_dir)
-            atomic.write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
+            save_run(model, spec, self.run_dir)
         if skipped:
-            self.log(f"{len(skipped)} unreadable image(s) were skipped (listed above)")
+            logger.info(f"{len(skipped)} unreadable image(s) were skipped (listed above)")
         context.barrier()
-        return TrainResult(self.run_dir, spec, metrics, skipped)
-
-    def _prune(self, model: nn.Module, train: SplitData, preprocess: Preprocess, device: torch.device) -> None:
-        """Shrink the --init-from network before fine-tuning; a resumed run re-prunes, then loads its own weights."""
-        before = sum(pruning.mid_channels(model))
-        sample = torch.from_numpy(train.cache.pixels[:PRUNE_IMAGES])
-        batches = (normalize_tensor(sample[i : i + 64].to(device), preprocess) for i in range(0, len(sample), 64))
-        model.to(device)
-        widths = pruning.prune(model, self.config.prune, pruning.importance(model, batches))
-        self.log(
-            f"pruned {before - sum(widths)} of {before} expansion channels ({len(widths)} blocks), by importance on {len(sample)} train images"
-        )
-
-    # -- head ------------------------------------------------------------------------------
-
-    def _train_head(self, model, criterion, train: SplitData, val: SplitData | None, preprocess: Preprocess) -> None:
-        config, context = self.config, self.context
-        model.eval()
-        extract = _features(model)
-        features = {}
-        for name, split in (("train", train), ("val", val)):
-            if split is None:
-                continue
-            shard = split.cache.pixels[context.rank :: context.world_size]
-            local = forward_batches(extract, shard, preprocess, context.device, desc=f"features {name}")
-            gathered = all_gather_arrays(context, local)
-            # Undo the rank interleaving so row i is sample i again.
-            order = np.concatenate([np.arange(len(split.cache.pixels))[r :: context.world_size] for r in range(context.world_size)])
-            rows = np.empty_like(gathered)
-            rows[order] = gathered
-            features[name] = torch.from_numpy(rows)
-        head = _classifier(model)
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-        for parameter in head.parameters():
-            parameter.requires_grad_(True)
-        optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        x_train, y_train = features["train"].to(context.device), torch.from_numpy(train.labels).to(context.device)
-        steps_per_epoch = max(1, math.ceil(len(x_train) / config.batch_size))
-        start_epoch, history = self._resume(model, optimizer)
-        for epoch in range(start_epoch, config.epochs):
-            generator = torch.Generator().manual_seed(config.seed * 1009 + epoch)
-            order = torch.randperm(len(x_train), generator=generator)
-            head.train()
-            total = 0.0
-            for step in range(steps_per_epoch):
-                index = order[step * config.batch_size : (step + 1) * config.batch_size].to(context.device)
-                self._set_lr(optimizer, epoch * steps_per_epoch + step, config.epochs * steps_per_epoch, steps_per_epoch)
-                loss = criterion(head(x_train[index]), y_train[index])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(index)
-            row = {"epoch": epoch + 1, "train_loss": total / len(x_train), "lr": optimizer.param_groups[0]["lr"]}
-            if val is not None:
-                with torch.no_grad():
-                    head.eval()
-                    logits = head(features["val"].to(context.device)).cpu().numpy()
-                row.update(self._val_row(logits, val.labels, model))
-            history.append(row)
-            self._end_epoch(model, optimizer, epoch, history, row)
-
-    # -- full ------------------------------------------------------------------------------
-
-    def _train_full(self, model, criterion, train: SplitData, val: SplitData | None, preprocess: Preprocess) -> None:
-        config, context = self.config, self.context
-        use_amp = context.device.type == "cuda" and config.amp != "off" and not config.qat
-        if config.amp == "on" and (context.device.type != "cuda" or config.qat):
-            logger.warning("warning: --amp on needs CUDA and no --qat; training in fp32")
-        n = len(train.labels)
-        per_rank = n // context.world_size
-        batch = min(config.batch_size, per_rank)
-        steps_per_epoch = max(1, per_rank // batch)
-        net: nn.Module = model
-        if config.qat:
-            if context.enabled:
-                raise UsageError("--qat trains in one process", fix="run it without torchrun")
-            example = normalize_tensor(torch.from_numpy(train.cache.pixels[:batch]).to(context.device), preprocess)
-            net = qat.prepare(model, example)
-            if config.init_from:  # a resumed run then loads its own ranges over these
-                pixels = train.cache.pixels
-                chunks = (
-                    normalize_tensor(torch.from_numpy(pixels[i : i + batch]).to(context.device), preprocess)
-                    for i in range(0, batch * min(steps_per_epoch, 8), batch)
-                )
-                self.log(f"--qat: activation ranges from {qat.calibrate(net, chunks) * batch} training images")
-        elif context.enabled:
-            net = nn.parallel.DistributedDataParallel(model, device_ids=[context.device.index] if context.device.type == "cuda" else None)
-        teacher = _Teacher(config, self.class_names, preprocess, context.device) if config.distill_from else None
-        optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-        ema = WeightAverage(model, config.ema) if config.ema else None
-        start_epoch, history = self._resume(model, optimizer, scaler, ema, net if config.qat else None)
-        for epoch in range(start_epoch, config.epochs):
-            torch.manual_seed(config.seed * 1009 + epoch)  # dropout and drop-path replay on resume
-            generator = torch.Generator().manual_seed(config.seed * 1009 + epoch)
-            order = torch.randperm(n, generator=generator)[: per_rank * context.world_size]
-            mine = order[context.rank :: context.world_size]
-            aug_generator = torch.Generator().manual_seed((config.seed * 1009 + epoch) * 131 + context.rank)
-            if config.qat:
-                # Fine-tuning a trained run keeps its batch-norm statistics (and turns dropout off): batch
-                # statistics of augmented batches moved a converged Lite0 off its running ones and cost
-                # 0.3 balanced accuracy in one epoch. The fake quantizers observe either way.
-                qat.train_mode(net, not config.init_from)
-            else:
-                net.train()
-            total, seen = 0.0, 0
-            bar = progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
-            for step in bar:
-                index = mine[step * batch : (step + 1) * batch].numpy()
-                pixels = torch.from_numpy(train.cache.pixels[index]).to(context.device, non_blocking=True)
-                augmented = augment_batch(pixels, aug_generator, policy=config.augment)
-                inputs = normalize_tensor(augmented, preprocess)
-                targets = torch.from_numpy(train.labels[index]).to(context.device)
-                self._set_lr(
-                    optimizer, epoch * steps_per_epoch + step, config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)
-                )
-                with torch.autocast(device_type=context.device.type, dtype=torch.float16, enabled=use_amp):
-                    logits = net(inputs)
-                    loss = criterion(logits, targets)
-                    if teacher is not None:
-                        loss = teacher.loss(logits, loss, augmented)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                if ema is not None:
-                    ema.update(model)
-                total += float(loss.detach()) * len(index)
-                seen += len(index)
-                bar.set_postfix(loss=f"{total / seen:.4f}")
-            row = {"epoch": epoch + 1, "train_loss": total / max(1, seen), "lr": optimizer.param_groups[0]["lr"]}
-            if config.qat:
-                qat.copy_weights_back(net, model)
-            if val is not None and context.is_main:
-                judged = ema.module if ema is not None else model
-                # QAT is judged as it will ship: through the simulated int8 graph.
-                runner = qat.fixed_batch(qat.train_mode(net, False), batch) if config.qat else judged.eval()
-                logits = forward_batches(runner, val.cache.pixels, preprocess, context.device)
-                row.update(self._val_row(logits, val.labels, judged))
-            history.append(row)
-            self._end_epoch(model, optimizer, epoch, history, row, scaler, ema, net if config.qat else None)
-        if ema is not None and self.best_weights is None:
-            self.best_weights = {k: v.detach().cpu().clone() for k, v in ema.module.state_dict().items()}
-
-    # -- shared ----------------------------------------------------------------------------
-
-    def _set_lr(self, optimizer, step: int, total: int, warmup: int) -> None:
-        for group in optimizer.param_groups:
-            group["lr"] = _cosine_lr(step, total, warmup, self.config.lr)
-
-    def _val_row(self, logits: np.ndarray, labels: np.ndarray, model: nn.Module) -> dict[str, float]:
-        probs = softmax(logits)
-        loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
-        names = [str(i) for i in range(probs.shape[1])]
-        metrics = classification_metrics(labels, probs, names)
-        row = {"val_loss": loss, "val_accuracy": metrics.accuracy, "val_balanced_accuracy": metrics.balanced_accuracy}
-        row["val_macro_auc"] = metrics.macro_auc if metrics.macro_auc is not None else float("nan")
-        if self.context.is_main and row["val_balanced_accuracy"] > self.best_score:
-            self.best_score = row["val_balanced_accuracy"]
-            self.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        return row
-
-    def _resume(
-        self, model: nn.Module, optimizer, scaler=None, ema: WeightAverage | None = None, qat_net: nn.Module | None = None
-    ) -> tuple[int, list[dict]]:
-        if not self.config.resume:
-            return 0, []
-        state = checkpoint.load_training_state(self.run_dir)
-        if state is None:
-            self.log(f"--resume: no {checkpoint.LAST_STATE} in {self.run_dir}; starting from epoch 1")
-            return 0, []
-        if not same_recipe(state.get("recipe") or {}, _comparable(self.config.recipe()), TrainConfig):
-            raise UsageError(
-                f"--resume with a different recipe than the interrupted run in {self.run_dir}",
-                fix="resume with the same arguments, or use a new --out",
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        if qat_net is not None:
-            qat_net.load_state_dict(state["qat"])  # weights and observer ranges: QAT resumes exactly
-        self.best_score = float(state["best_score"])
-        self.best_weights = state.get("best_weights") or None
-        self.log(f"resumed from {self.run_dir / checkpoint.LAST_STATE} after epoch {state['epoch'] + 1}")
-        return int(state["epoch"]) + 1, list(state["history"])
-
-    def _end_epoch(self, model, optimizer, epoch: int, history: list[dict], row: dict, scaler=None, ema=None, qat_net=None) -> None:
-        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "epoch")
-        self.log(f"epoch {epoch + 1}/{self.config.epochs}: {shown}")
-        if self.context.is_main:
-            self._write_metrics_csv(history)
-            state = {
-                "epoch": epoch,
-                "history": history,
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
-                "best_score": self.best_score,
-                "best_weights": self.best_weights or {},
-                "recipe": _comparable(self.config.recipe()),
-            }
-            if ema is not None:
-                state["ema"] = ema.state_dict()
-            if qat_net is not None:
-                state["qat"] = qat.state_dict(qat_net)
-            checkpoint.save_training_state(model, state, self.run_dir)
-        self.context.barrier()
-
-    def _write_metrics_csv(self, history: list[dict]) -> None:
-        write_metrics_csv(self.run_dir / "metrics.csv", history)
+        return TrainResult(self.run_dir, spec, spec.metrics, skipped)
 
     def _calibrate_and_evaluate(
         self, model: nn.Module, spec: ModelSpec, val: SplitData | None, test: SplitData | None, preprocess: Preprocess
@@ -613,7 +447,7 @@ class _Trainer:
             metrics["val_uncalibrated"] = classification_metrics(val.labels, softmax(logits), spec.class_names).to_dict()
             fold_temperature(_classifier(model), temperature)
             spec.temperature, spec.temperature_folded = temperature, True
-            self.log(f"temperature scaling: T = {temperature:.3f} (folded into the classifier)")
+            logger.info(f"temperature scaling: T = {temperature:.3f} (folded into the classifier)")
         for name, split in (("val", val), ("test", test)):
             if split is None:
                 continue
@@ -628,7 +462,7 @@ class _Trainer:
                 result["operating_point"] = sensitivity_specificity(spec, split.labels, probs, spec.operating_point["threshold"])
             metrics[name] = result
             auc = result["macro_auc"]
-            self.log(
+            logger.info(
                 f"{name}: accuracy {result['accuracy']:.3f}, balanced accuracy {result['balanced_accuracy']:.3f}, "
                 f"macro AUC {'n/a' if auc is None else f'{auc:.3f}'}, ECE {result['ece']:.3f} (n={result['n']})"
             )
@@ -638,79 +472,10 @@ class _Trainer:
         decision = choose_decision(labels, probs, training_prior(spec), spec.class_names)
         if decision:
             before, after = decision["balanced_accuracy"]["argmax"], decision["balanced_accuracy"]["balanced"]
-            self.log(f"decision rule: {describe(decision)}, val balanced accuracy {before:.3f} -> {after:.3f}")
+            logger.info(f"decision rule: {describe(decision)}, val balanced accuracy {before:.3f} -> {after:.3f}")
         else:
-            self.log("decision rule: argmax (the balanced rule did not beat it on validation)")
+            logger.info("decision rule: argmax (the balanced rule did not beat it on validation)")
         return decision
-
-
-class _Teacher:
-    """Knowledge distillation (Hinton et al.): the teacher's softened probabilities join the loss.
-
-    The teacher sees the student's augmented batch, resized to its own input size. Both letterbox
-    (or both crop), so resizing the student's frame is the teacher's preprocessing of the same photo.
-    """
-
-    def __init__(self, config: TrainConfig, class_names: list[str], preprocess: Preprocess, device: torch.device):
-        model, spec = checkpoint.load_checkpoint(config.distill_from)
-        if spec.task != "classification" or spec.class_names != class_names:
-            raise UsageError(
-                f"--distill-from {config.distill_from} classifies {spec.class_names}, not this run's classes",
-                fix="distil from a classifier trained on the same classes",
-            )
-        if spec.preprocess.resize != preprocess.resize:
-            raise UsageError(
-                f"--distill-from {config.distill_from} was trained with --resize {spec.preprocess.resize}",
-                fix=f"pass --resize {spec.preprocess.resize}",
-            )
-        self.model = model.to(device, memory_format=torch.channels_last).eval()
-        for parameter in self.model.parameters():
-            parameter.requires_grad_(False)
-        self.preprocess, self.weight, self.temperature = spec.preprocess, config.distill_weight, config.distill_temperature
-
-    def loss(self, logits: torch.Tensor, hard_loss: torch.Tensor, augmented: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            inputs = normalize_tensor(augmented, self.preprocess)
-            side = self.preprocess.input_size
-            if inputs.shape[-1] != side:
-                inputs = nn.functional.interpolate(inputs, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
-            soft_targets = torch.softmax(self.model(inputs).float() / self.temperature, dim=1)
-        student = torch.log_softmax(logits.float() / self.temperature, dim=1)
-        soft_loss = nn.functional.kl_div(student, soft_targets, reduction="batchmean") * self.temperature**2
-        return (1 - self.weight) * hard_loss + self.weight * soft_loss
-
-
-class WeightAverage:
-    """An exponential moving average of a model's weights (timm's ModelEma), validated instead of the raw model.
-
-    The decay ramps up as (1 + t) / (10 + t) so the average is not stuck at the initial weights.
-    """
-
-    def __init__(self, model: nn.Module, decay: float):
-        import copy
-
-        self.module = copy.deepcopy(model).eval()
-        for parameter in self.module.parameters():
-            parameter.requires_grad_(False)
-        self.decay = decay
-        self.steps = 0
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.steps += 1
-        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
-        for mine, theirs in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
-            if mine.dtype.is_floating_point:
-                mine.lerp_(theirs.detach(), 1 - decay)
-            else:
-                mine.copy_(theirs)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "weights": {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.steps = int(state["steps"])
-        self.module.load_state_dict(state["weights"])
 
 
 def train_classifier(config: TrainConfig) -> TrainResult:

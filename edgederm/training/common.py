@@ -1,16 +1,16 @@
-"""Pieces every training task shares: grouped splits and splits.csv, the LR schedule, metrics.csv, resume checks."""
+"""Pieces every training task shares: grouped splits and splits.csv, the LR schedule, metrics.csv, TrainResult."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..core import atomic
-from ..core.errors import DataError, UsageError
+from ..core.errors import DataError
 from ..core.spec import ModelSpec
 from ..data.layouts import load_dataset
 from ..data.samples import SampleSet
@@ -83,6 +83,13 @@ def cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def set_lr(lr: float, *optimizers) -> None:
+    """Give every parameter group of ``optimizers`` this step's learning rate."""
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+
 def write_metrics_csv(path: Path, history: list[dict]) -> None:
     columns = list(dict.fromkeys(k for row in history for k in row))
     buffer = io.StringIO()
@@ -90,11 +97,6 @@ def write_metrics_csv(path: Path, history: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(history)
     atomic.write_text(path, buffer.getvalue())
-
-
-def comparable_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
-    """The recipe fields that must match for a resume (the output folder may have moved)."""
-    return {k: v for k, v in recipe.items() if k not in ("out", "device", "epochs")}
 
 
 def format_row(row: dict[str, Any]) -> str:
@@ -111,20 +113,12 @@ class TrainResult:
     skipped_images: list[str] = field(default_factory=list)
 
 
-def check_fractions(val_fraction: float, test_fraction: float) -> None:
-    if not 0 <= test_fraction < 0.9 or not 0 <= val_fraction < 0.9:
-        raise UsageError("--val-fraction and --test-fraction must be in [0, 0.9)")
-
-
-def recipe_of(config: Any) -> dict[str, Any]:
-    """A training config as plain values for metrics.json and the resume check (not resume)."""
-    data = asdict(config)
-    data["out"] = str(config.out)
-    data.pop("resume")
-    return data
-
-
-def same_recipe(stored: dict[str, Any], current: dict[str, Any], config_type: Any) -> bool:
-    """Whether a resume continues the stored recipe; a field added since that run matches at its default."""
-    defaults = {f.name: f.default for f in fields(config_type)}
-    return all(stored.get(key, defaults.get(key)) == value for key, value in current.items()) and set(stored) <= set(current)
+def split_rows(path: Path | None, dataset: SampleSet | None = None, external_val: SampleSet | None = None) -> set[tuple[str, str]]:
+    """(image id, split) pairs, from a run's splits.csv or from the split this run just made."""
+    if path is not None:
+        if not path.is_file():
+            return set()
+        with open(path, newline="") as handle:
+            return {(row["image_id"], row["split"]) for row in csv.DictReader(handle)}
+    rows = {(s.image_id, s.split) for s in dataset.samples}
+    return rows | {(s.image_id, "val") for s in (external_val.samples if external_val else [])}
