@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
+
+from edgederm.core.log import get_logger
+
+logger = get_logger("benchmarks.results")
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How the benchmark was started, as its results record it: ``python benchmarks/SCRIPT.py ARGS``."""
+    return f"python benchmarks/{script}.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+
+
+def add_results_options(parser: argparse.ArgumentParser, name: str) -> None:
+    """--note and --markdown-only, for a benchmark whose results are benchmarks/results/NAME.{json,md}."""
+    parser.add_argument("--note", default="", help="a sentence about the conditions of this run (load, other jobs), kept with the results")
+    parser.add_argument(
+        "--markdown-only", action="store_true", help=f"re-render the results from the committed {name}.json, running nothing"
+    )
 
 
 def reread(path: Path, note: str) -> dict:
@@ -18,4 +37,4 @@ def write_results(path: Path, payload: dict, markdown: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     path.with_suffix(".md").write_text(markdown)
-    print(f"wrote {path.with_suffix('.md')}", file=sys.stderr, flush=True)
+    logger.info(f"wrote {path.with_suffix('.md')}")

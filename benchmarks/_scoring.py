@@ -1,49 +1,50 @@
-"""What the benchmarks that compare runs share: export a run, predict the same images with every
-artifact, and score each against the run's own torch fp32 model."""
+"""What the benchmarks that compare runs share: export a run, then measure its torch fp32 model and every
+artifact on the same pixels with ``edgederm.evaluate.verify.measure``, each against that torch model."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def export_and_predict(run: Path, images, work: Path, calib: str, quants: tuple[str, ...] = ("int8",), threads: int | None = None):
-    """(spec, labels, pixels, {name: probabilities}, {name: Predictor}) for torch fp32 and every TFLite and ONNX artifact."""
-    import numpy as np
+def export_and_measure(run: Path, images, work: Path, calib: str, quants: tuple[str, ...] = ("int8",), latency_runs: int | None = None):
+    """(spec, {name: (Predictor, Measurement)}) for torch fp32 and every TFLite and ONNX artifact at ``quants``.
 
+    With ``latency_runs``, each is timed at batch 1 on 1 thread (the artifacts are loaded so; torch's
+    thread count is the caller's to set).
+    """
     from edgederm.core.formats import FORMATS
     from edgederm.data.pixels import load_pixels
+    from edgederm.evaluate.verify.measure import measure
+    from edgederm.evaluate.verify.scoring import load_truth
     from edgederm.export import export_run
     from edgederm.runtime import Predictor
 
     reference = Predictor.load(run)
-    names = reference.spec.class_names
-    pixels = load_pixels(images, reference.spec.preprocess, desc=None)
-    labels = np.array([names.index(images.samples[i].label) for i in pixels.kept])
-    records = export_run(
-        run, [FORMATS["tflite"], FORMATS["onnx"]], list(quants), work / run.name, calib_data=calib, calib_n=100
-    )
-    predictors = {"torch fp32": reference}
+    spec = reference.spec
+    pixels = load_pixels(images, spec.preprocess, desc=None)
+    truth = load_truth(spec, images, pixels)
+    records = export_run(run, [FORMATS["tflite"], FORMATS["onnx"]], list(quants), work / run.name, calib_data=calib, calib_n=100)
+    timing = {"threads": [1], "runs": latency_runs} if latency_runs else {}
+    torch_fp32 = measure(reference, pixels.pixels, truth, **timing)
+    measured = {"torch fp32": (reference, torch_fp32)}
     for record in records:
         if record.status != "ok":
             raise RuntimeError(f"{run}: {record.format} {record.quant}: {record.message}")
-        predictors[f"{record.format} {record.quant}"] = Predictor.load(work / run.name / record.path, threads=threads)
-    probs = {name: predictor.predict_pixels(pixels.pixels) for name, predictor in predictors.items()}
-    return reference.spec, labels, pixels.pixels, probs, predictors
+        predictor = Predictor.load(work / run.name / record.path, threads=1 if latency_runs else None)
+        artifact = measure(predictor, pixels.pixels, truth, spec, reference=torch_fp32, **timing)
+        measured[f"{record.format} {record.quant}"] = (predictor, artifact)
+    return spec, measured
 
 
-def metric_row(spec, labels, probs, reference_probs) -> dict:
-    """Task metrics by the run's stored decision rule, plus agreement and max |dprob| against ``reference_probs``."""
-    import numpy as np
-
-    from edgederm.metrics import classification_metrics
-    from edgederm.runtime.readout import decide
-
-    metrics = classification_metrics(labels, probs, spec.class_names, decision=spec.decision)
+def metric_row(measured) -> dict:
+    """One model's task metrics (by the run's stored decision rule), top-1 agreement and max |dprob| against the
+    run's torch fp32 model; that model's own row agrees with itself."""
+    metrics, agreement = measured.metrics, measured.agreement or {"top1": 1.0, "max_abs_prob_diff": 0.0}
     return {
-        "accuracy": metrics.accuracy,
-        "balanced_accuracy": metrics.balanced_accuracy,
-        "mel_sensitivity": metrics.melanoma_sensitivity,
-        "macro_auc": metrics.macro_auc,
-        "agreement": float((decide(spec.decision, probs) == decide(spec.decision, reference_probs)).mean()),
-        "max_abs_dprob": float(np.abs(probs - reference_probs).max()),
+        "accuracy": metrics["accuracy"],
+        "balanced_accuracy": metrics["balanced_accuracy"],
+        "mel_sensitivity": metrics["mel_sensitivity"],
+        "macro_auc": metrics["macro_auc"],
+        "agreement": agreement["top1"],
+        "max_abs_dprob": agreement["max_abs_prob_diff"],
     }

@@ -43,11 +43,13 @@ from demo_app.main import launch_options, parse_args, prepare_kivy_environment  
 from demo_app.presentation import result_view  # noqa: E402
 from demo_app.sources import CAMERA_RESOLUTION  # noqa: E402
 from edgederm.core.errors import EdgedermError  # noqa: E402
+from edgederm.core.log import configure, get_logger  # noqa: E402
 from edgederm.core.manifest import read_manifest  # noqa: E402
 from edgederm.data.images import image_size, is_image_file, load_image  # noqa: E402
 
 SEGMENTER_CALIB = "isic2017:/work/shared/data/isic2017/train"
 CLASSIFIER_CALIB = "ham10000:/work/shared/data/ham10000"
+logger = get_logger("benchmarks.app_latency")
 
 
 def int8_artifacts(run: str, calib: str, formats: list[str]) -> tuple[dict[str, Path], str, bool]:
@@ -193,6 +195,7 @@ def machine() -> dict:
 
 
 def main() -> int:
+    configure()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--segmenters", default="runs/seg256_tinyseg_plain,runs/seg256_mobilegan_plain")
     parser.add_argument("--classifier", default="runs/reference")
@@ -238,7 +241,7 @@ def main() -> int:
                 "meets_target": timed["median_ms"] <= args.target_ms,
             }
         )
-        print(f"{fmt} {Path(run).name} {source}: median {timed['median_ms']:.1f} ms, p90 {timed['p90_ms']:.1f} ms", file=sys.stderr)
+        logger.info(f"{fmt} {Path(run).name} {source}: median {timed['median_ms']:.1f} ms, p90 {timed['p90_ms']:.1f} ms")
     result = {
         "command": command,
         "exports": exports,

@@ -13,22 +13,26 @@ target covers fp32/fp16/int8; int8-aa (accuracy-aware, a layer-sensitivity searc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
-import shlex
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from _results import command_line
+
+from edgederm.core.log import configure, get_logger
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 SHARED = REPO.parent / "shared" / "data"
 TARGETS = {"agreement_fp": 0.99, "agreement_int8": 0.97, "int8_size_ratio": 0.30, "total_export_seconds": 300}
+logger = get_logger("benchmarks.export_parity")
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, action="append", required=True, help="a run directory (repeat for several)")
     parser.add_argument("--eval-data", default=f"isic2017:{SHARED / 'isic2017' / 'val'}")
@@ -41,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgederm.core.formats import FORMATS, parse_quant_modes
     from edgederm.data.layouts import load_dataset
     from edgederm.data.pixels import load_pixels
+    from edgederm.evaluate.verify.measure import load_artifact, measure
     from edgederm.export import export_run
     from edgederm.runtime import Predictor
 
@@ -50,12 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     for run in args.run:
         reference = Predictor.load(run)
         arch = reference.spec.arch
+        top1 = dataclasses.replace(reference.spec, decision={})  # agreement on the most probable class, whatever rule names it
         pixels = load_pixels(eval_set, reference.spec.preprocess, desc="eval").pixels
-        reference_probs = reference.predict_pixels(pixels)
+        torch_fp32 = measure(reference, pixels)
         out = args.out / run.name
         started = time.time()
         records = export_run(run, list(FORMATS.values()), quants, out, calib_data=args.calib_data, calib_n=args.calib_n)
-        print(f"{arch}: exported {len(records)} artifacts in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
+        logger.info(f"{arch}: exported {len(records)} artifacts in {time.time() - started:.0f} s")
         sizes = {(r.format, r.quant): r.size for r in records if r.status == "ok"}
         for record in records:
             times.append(
@@ -69,13 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                 parity.append({"model": arch, "run": run.name, "format": record.format, "quant": record.quant, "error": record.message})
             if record.status != "ok":
                 continue
-            if FORMATS[record.format].runs_on_linux or sys.platform == "darwin":
-                predictor = Predictor.load(out / record.path, threads=1)
-            else:
-                from edgederm.runtime.coreml_emulator import EmulatedCoreMLPredictor
-
-                predictor = EmulatedCoreMLPredictor(out / record.path)
-            probs = predictor.predict_pixels(pixels)
+            predictor = load_artifact(out / record.path, threads=1)
+            agreement = measure(predictor, pixels, spec=top1, reference=torch_fp32).agreement
             fp32_size = sizes.get((record.format, "fp32"))
             parity.append(
                 {
@@ -85,13 +86,13 @@ def main(argv: list[str] | None = None) -> int:
                     "quant": record.quant,
                     "backend": "MIL emulator (torch)" if getattr(predictor, "emulated", False) else getattr(predictor, "backend_name", ""),
                     "images": len(pixels),
-                    "top1_agreement": float((probs.argmax(1) == reference_probs.argmax(1)).mean()),
-                    "max_abs_dprob": float(np.abs(probs - reference_probs).max()),
+                    "top1_agreement": agreement["top1"],
+                    "max_abs_dprob": agreement["max_abs_prob_diff"],
                     "size": record.size,
                     "size_vs_fp32": record.size / fp32_size if fp32_size else None,
                 }
             )
-    command = "python benchmarks/export_parity.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = command_line("export_parity", argv)
     machine = {"platform": platform.platform(), "python": platform.python_version()}
     per_run = {}
     for t in times:

@@ -20,10 +20,13 @@ from __future__ import annotations
 import argparse
 import platform
 import re
-import shlex
 import sys
 import time
 from pathlib import Path
+
+from _results import add_results_options, command_line, reread, write_results
+
+from edgederm.core.log import configure, get_logger
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -36,14 +39,12 @@ PEER = {
     "source": "quoted from issue #4 (same lesion-disjoint HAM10000 data and CPU, TFLite int8); not re-measured here",
 }
 BMA_TARGET = 0.75
+logger = get_logger("benchmarks.pareto")
 
 
-def _log(message: str) -> None:
-    print(f"pareto: {message}", file=sys.stderr, flush=True)
+def measure_at(run: Path, size: int, data: str, work: Path, runs: int) -> dict:
+    import dataclasses
 
-
-def measure(run: Path, size: int, data: str, work: Path, runs: int) -> dict:
-    import numpy as np
     from parity import sized_run
 
     from edgederm.core.formats import FORMATS
@@ -52,11 +53,12 @@ def measure(run: Path, size: int, data: str, work: Path, runs: int) -> dict:
     from edgederm.data.pixels import load_pixels
     from edgederm.data.selection import select_split
     from edgederm.evaluate.tuning import set_decision
+    from edgederm.evaluate.verify.measure import measure
+    from edgederm.evaluate.verify.scoring import load_truth
     from edgederm.export import export_run
     from edgederm.metrics import classification_metrics
     from edgederm.runtime import Predictor
     from edgederm.runtime.readout import describe
-    from edgederm.runtime.timing import measure_latency
 
     spec = ModelSpec.load(run / "spec.json")
     sized = run if size == spec.preprocess.input_size else sized_run(run, size, work / run.name)
@@ -71,39 +73,31 @@ def measure(run: Path, size: int, data: str, work: Path, runs: int) -> dict:
     export_s = time.time() - started
     test = select_split(load_dataset(data), "test", run / "splits.csv")
     float_model = Predictor.load(sized)
-    pixels = load_pixels(test, float_model.spec.preprocess, desc=None)
-    labels = np.array([spec.class_names.index(test.samples[i].label) for i in pixels.kept])
-    artifact = Predictor.load(out / record.path, threads=1)
-    scores = {}
-    for name, predictor in (("int8", artifact), ("fp32", float_model)):
-        probs = predictor.predict_pixels(pixels.pixels)
-        metrics = classification_metrics(labels, probs, spec.class_names, decision=decision)
-        scores[name] = {
-            "balanced_accuracy": metrics.balanced_accuracy,
-            "mel_sensitivity": metrics.melanoma_sensitivity,
-            "argmax_balanced_accuracy": classification_metrics(labels, probs, spec.class_names).balanced_accuracy,
-        }
-    one = pixels.pixels[:1]
-    latency = measure_latency(lambda: artifact.predict_pixels(one), runs=runs)
+    scoring = dataclasses.replace(float_model.spec, decision=decision)
+    pixels = load_pixels(test, scoring.preprocess, desc=None)
+    truth = load_truth(scoring, test, pixels)
+    fp32 = measure(float_model, pixels.pixels, truth, scoring)
+    int8 = measure(Predictor.load(out / record.path, threads=1), pixels.pixels, truth, scoring, threads=[1], runs=runs)
+    latency = int8.latency[0]
     row = {
         "run": run.name,
         "arch": spec.arch,
         "trained_px": spec.preprocess.input_size,
         "size": size,
         "recipe": {k: spec.training["recipe"].get(k) for k in ("epochs", "augment", "ema", "qat", "prune", "distill_from")},
-        "n_test": int(len(labels)),
-        "balanced_accuracy": scores["int8"]["balanced_accuracy"],
-        "mel_sensitivity": scores["int8"]["mel_sensitivity"],
-        "fp32_balanced_accuracy": scores["fp32"]["balanced_accuracy"],
+        "n_test": len(truth.labels),
+        "balanced_accuracy": int8.metrics["balanced_accuracy"],
+        "mel_sensitivity": int8.metrics["mel_sensitivity"],
+        "fp32_balanced_accuracy": fp32.metrics["balanced_accuracy"],
         "decision": describe(decision),
-        "argmax_balanced_accuracy": scores["int8"]["argmax_balanced_accuracy"],
+        "argmax_balanced_accuracy": classification_metrics(truth.labels, int8.probs, spec.class_names).balanced_accuracy,
         "latency_ms": latency["median_ms"],
         "latency_p90_ms": latency["p90_ms"],
         "size_bytes": record.size,
         "export_s": export_s,
     }
-    _log(
-        f"{run.name} at {size}px: BMA {row['balanced_accuracy']:.3f} (fp32 {row['fp32_balanced_accuracy']:.3f}), {row['latency_ms']:.2f} ms"
+    logger.info(
+        f"pareto: {run.name} at {size}px: BMA {row['balanced_accuracy']:.3f} (fp32 {row['fp32_balanced_accuracy']:.3f}), {row['latency_ms']:.2f} ms"
     )
     return row
 
@@ -192,7 +186,7 @@ def markdown(payload: dict) -> str:
         "(the same seed-0 split for every run here); `fp32 BMA` is the torch model at the same input size. "
         "A run exported at a size other than the one it was trained at keeps its weights (these networks are fully convolutional). "
         "BMA names each image's class by the balanced decision rule chosen on the run's validation split at that input size "
-        "(`tau`; `-`: argmax was as good; see the README's 'The named class'), stored in the artifact; "
+        "(`tau`; `-`: argmax was as good; see 'The named class' in benchmarks/README.md), stored in the artifact; "
         "`BMA argmax` is the same int8 artifact read by plain argmax.",
         *conditions_and_targets(payload.get("note", ""), payload["target_checks"]),
         "",
@@ -215,7 +209,31 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines)
 
 
+def measure_all(args: argparse.Namespace, command: str) -> dict:
+    import os
+
+    import torch
+
+    from edgederm.core.spec import ModelSpec
+
+    torch.set_num_threads(1)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    plan = [(Path(p), [int(s) for s in own.split(",")] if own else sizes) for p, _, own in (r.partition(":") for r in args.run)]
+    plan += [(run, [ModelSpec.load(run / "spec.json").preprocess.input_size]) for run in args.own_size_only]
+    rows = [measure_at(run, size, args.data, args.work, args.runs) for run, run_sizes in plan for size in run_sizes]
+    return {
+        "command": command,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg()},
+        "runs": args.runs,
+        "data": args.data,
+        "note": args.note,
+        "peer": PEER,
+        "rows": rows,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
+    configure()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--run", action="append", required=True, help="a HAM10000 classifier run, optionally RUN:64,96 for its own sizes (repeat)"
@@ -225,37 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=f"ham10000:{SHARED / 'ham10000'}")
     parser.add_argument("--runs", type=int, default=100, help="timed runs per artifact")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "pareto")
-    parser.add_argument("--note", default="", help="conditions worth stating (load, other jobs)")
-    parser.add_argument("--markdown-only", action="store_true", help="re-render pareto.md/png from pareto.json")
+    add_results_options(parser, "pareto")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _results import reread, write_results
-
     path = RESULTS / "pareto.json"
-    if args.markdown_only:
-        payload = reread(path, args.note)
-    else:
-        import os
-
-        import torch
-
-        from edgederm.core.spec import ModelSpec
-
-        torch.set_num_threads(1)
-        sizes = [int(s) for s in args.sizes.split(",")]
-        plan = [(Path(p), [int(s) for s in own.split(",")] if own else sizes) for p, _, own in (r.partition(":") for r in args.run)]
-        plan += [(run, [ModelSpec.load(run / "spec.json").preprocess.input_size]) for run in args.own_size_only]
-        rows = [measure(run, size, args.data, args.work, args.runs) for run, run_sizes in plan for size in run_sizes]
-        command = "python benchmarks/pareto.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-        payload = {
-            "command": command,
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg()},
-            "runs": args.runs,
-            "data": args.data,
-            "note": args.note,
-            "peer": PEER,
-            "rows": rows,
-        }
+    payload = reread(path, args.note) if args.markdown_only else measure_all(args, command_line("pareto", argv))
     payload["frontier"] = [(r["run"], r["size"]) for r in frontier(payload["rows"])]
     payload["target_checks"] = targets(payload["rows"])
     write_results(path, payload, markdown(payload))

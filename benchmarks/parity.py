@@ -17,23 +17,26 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
-import shlex
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _results import add_results_options, command_line, reread, write_results
+
+from edgederm.core.log import configure, get_logger
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 SHARED = REPO.parent / "shared" / "data"
 TARGETS = {"int8_latency_vs_ort_fp32": 0.35, "bma_drop": 0.005, "mel_sensitivity_drop": 0.01, "fp16_bma_drop": 0.001}
+logger = get_logger("benchmarks.parity")
 
 
 def _log(message: str) -> None:
-    print(f"parity: {message}", file=sys.stderr, flush=True)
+    logger.info(f"parity: {message}")
 
 
 def _ensure_run(run: Path) -> None:
@@ -115,13 +118,15 @@ def screenshot(html: Path, png: Path, width: int = 1500, height: int = 1400) -> 
 
 
 def _targets(result: dict) -> list[dict]:
+    from edgederm.evaluate.verify.report import latency_at
+
     by_key = {(a["format"], a["quant"]): a for a in result["artifacts"]}
-    ort = next((t for t in (by_key.get(("onnx", "fp32")) or {}).get("latency", []) if t["threads"] == 1), None)
+    ort = latency_at(by_key.get(("onnx", "fp32")) or {}, 1)
     checks = []
-    int8 = [a for a in result["artifacts"] if a["quant"].startswith("int8") and a.get("latency") and a["status"] == "pass"]
+    int8 = [a for a in result["artifacts"] if a["quant"].startswith("int8") and latency_at(a, 1) and a["status"] == "pass"]
     if ort and int8:
-        best = min(int8, key=lambda a: next(t["median_ms"] for t in a["latency"] if t["threads"] == 1))
-        ratio = next(t["median_ms"] for t in best["latency"] if t["threads"] == 1) / ort["median_ms"]
+        best = min(int8, key=lambda a: latency_at(a, 1)["median_ms"])
+        ratio = latency_at(best, 1)["median_ms"] / ort["median_ms"]
         checks.append(
             {
                 "target": f"best passing int8 artifact <= {TARGETS['int8_latency_vs_ort_fp32']}x ONNX Runtime fp32 latency at 1 thread",
@@ -150,7 +155,7 @@ def _targets(result: dict) -> list[dict]:
 def _markdown(command: str, result: dict, sizes: list[dict], checks: list[dict], arch: str, export_seconds: float, note: str = "") -> str:
     from _markdown import conditions_and_targets
 
-    from edgederm.evaluate.verify.report import PLOTS, TASK_PLOTS, _saliency_lines, markdown_table, table_rows
+    from edgederm.evaluate.verify.report import PLOTS, TASK_PLOTS, markdown_table, saliency_lines, table_rows
 
     header, rows = table_rows(result)
     lines = [
@@ -167,7 +172,7 @@ def _markdown(command: str, result: dict, sizes: list[dict], checks: list[dict],
         "",
         *markdown_table(header, rows),
         "",
-        *_saliency_lines(result),
+        *saliency_lines(result),
         "## Latency against input size (batch 1, 1 thread, median ms)",
         "",
         "| size | " + " | ".join(k for k in sizes[0] if k != "size") + " |",
@@ -183,20 +188,19 @@ def _markdown(command: str, result: dict, sizes: list[dict], checks: list[dict],
 
 
 def _rewrite_markdown(path: Path, note: str) -> int:
-    payload = json.loads(path.read_text())
-    payload["note"] = note or payload.get("note", "")
+    payload = reread(path, note)
     result = payload["verify"]
     payload["target_checks"] = _targets(result)
     arch = path.stem.removeprefix("parity_")
     markdown = _markdown(
         payload["command"], result, payload["latency_by_size"], payload["target_checks"], arch, payload["export_seconds"], payload["note"]
     )
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    path.with_suffix(".md").write_text(markdown)
+    write_results(path, payload, markdown)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=REPO / "runs" / "reference")
     parser.add_argument("--data", default=f"ham10000:{SHARED / 'ham10000'}")
@@ -206,10 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "parity")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the committed results go")
-    parser.add_argument("--note", default="", help="a sentence about the conditions of this run, kept with the results")
-    parser.add_argument("--markdown-only", action="store_true", help="rewrite the Markdown from the committed JSON, running nothing")
+    add_results_options(parser, "parity_ARCH")
     args = parser.parse_args(argv)
-    argv_text = argv if argv is not None else sys.argv[1:]
 
     from edgederm.core.formats import FORMATS
     from edgederm.core.spec import ModelSpec
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     _plot_sizes(sizes, figures / "latency_by_size.png")
     screenshot(args.out / "verify" / "verify.html", args.results / "verify_report.png")
     checks = _targets(result)
-    command = "python benchmarks/parity.py " + " ".join(shlex.quote(a) for a in argv_text)
+    command = command_line("parity", argv)
     payload = {
         "command": command,
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
@@ -264,9 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         "latency_by_size": sizes,
         "note": args.note,
     }
-    (args.results / f"parity_{arch}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (args.results / f"parity_{arch}.md").write_text(_markdown(command, result, sizes, checks, arch, export_seconds, args.note))
-    _log(f"wrote {args.results / f'parity_{arch}.md'} in {time.time() - started:.0f} s")
+    write_results(args.results / f"parity_{arch}.json", payload, _markdown(command, result, sizes, checks, arch, export_seconds, args.note))
+    _log(f"done in {time.time() - started:.0f} s")
     return 0
 
 

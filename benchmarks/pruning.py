@@ -17,42 +17,40 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shlex
 import sys
 from pathlib import Path
 
+from _results import add_results_options, command_line, reread, write_results
 from parity import TARGETS  # the bounds, shared with the parity run
+
+from edgederm.core.log import configure, get_logger
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 SHARED = REPO.parent / "shared" / "data"
-
-
-def _log(message: str) -> None:
-    print(f"pruning: {message}", file=sys.stderr, flush=True)
+logger = get_logger("benchmarks.pruning")
 
 
 def measure(run: Path, data: str, work: Path, runs: int) -> dict:
-    from _scoring import export_and_predict, metric_row
+    from _scoring import export_and_measure, metric_row
 
     from edgederm.data.layouts import load_dataset
     from edgederm.data.selection import select_split
     from edgederm.models import count_macs, count_parameters
     from edgederm.models.pruning import mid_channels
-    from edgederm.runtime.timing import measure_latency
 
     test = select_split(load_dataset(data), "test", run / "splits.csv")
-    spec, labels, pixels, probs, predictors = export_and_predict(run, test, work, data, quants=("fp32", "int8"), threads=1)
-    model = predictors["torch fp32"].model
+    spec, measured = export_and_measure(run, test, work, data, quants=("fp32", "int8"), latency_runs=runs)
+    reference, torch_fp32 = measured["torch fp32"]
+    model = reference.model
     side = spec.preprocess.input_size
-    one = pixels[:1]
     artifacts = {}
-    for name, predictor in predictors.items():
-        row = metric_row(spec, labels, probs[name], probs["torch fp32"])
-        row["latency"] = measure_latency(lambda p=predictor: p.predict_pixels(one), runs=runs)
+    for name, (predictor, measurement) in measured.items():
+        row = metric_row(measurement)
+        row["latency"] = {k: v for k, v in measurement.latency[0].items() if k != "threads"}
         row["size_bytes"] = None if name == "torch fp32" else predictor.path.stat().st_size
         artifacts[name] = row
-        _log(f"{run.name} {name}: BMA {row['balanced_accuracy']:.3f}, {row['latency']['median_ms']:.2f} ms")
+        logger.info(f"pruning: {run.name} {name}: BMA {row['balanced_accuracy']:.3f}, {row['latency']['median_ms']:.2f} ms")
     return {
         "run": run.name,
         "mid_channels": sum(mid_channels(model)),
@@ -61,7 +59,7 @@ def measure(run: Path, data: str, work: Path, runs: int) -> dict:
         "prune": spec.training.get("recipe", {}).get("prune", 0.0),
         "recipe": {k: spec.training.get("recipe", {}).get(k) for k in ("init_from", "prune", "distill_from", "epochs", "lr", "ema")},
         "decision": spec.decision.get("tau"),
-        "n_test": int(len(labels)),
+        "n_test": len(torch_fp32.probs),
         "artifacts": artifacts,
     }
 
@@ -163,37 +161,35 @@ def markdown(payload: dict) -> str:
     return "\n".join([*lines, ""])
 
 
+def measure_all(args: argparse.Namespace, command: str) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    rows = [measure(run, args.data, args.work, args.runs) for run in [args.reference, *args.run]]
+    return {
+        "command": command,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "runs": args.runs,
+        "data": args.data,
+        "note": args.note,
+        "targets": TARGETS,
+        "rows": rows,
+        "table": compare(rows),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
+    configure()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference", type=Path, default=REPO / "runs" / "reference")
     parser.add_argument("--run", type=Path, action="append", default=[], help="a pruned fine-tune of the reference (repeat)")
     parser.add_argument("--data", default=f"ham10000:{SHARED / 'ham10000'}")
     parser.add_argument("--runs", type=int, default=100, help="timed runs per artifact")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "pruning_bench")
-    parser.add_argument("--note", default="")
-    parser.add_argument("--markdown-only", action="store_true", help="re-render pruning.md from pruning.json")
+    add_results_options(parser, "pruning")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _results import reread, write_results
-
     path = RESULTS / "pruning.json"
-    if args.markdown_only:
-        payload = reread(path, args.note)
-    else:
-        import torch
-
-        torch.set_num_threads(1)
-        rows = [measure(run, args.data, args.work, args.runs) for run in [args.reference, *args.run]]
-        payload = {
-            "command": "python benchmarks/pruning.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-            "runs": args.runs,
-            "data": args.data,
-            "note": args.note,
-            "targets": TARGETS,
-            "rows": rows,
-            "table": compare(rows),
-        }
+    payload = reread(path, args.note) if args.markdown_only else measure_all(args, command_line("pruning", argv))
     payload["target_checks"] = targets(payload["table"])
     write_results(path, payload, markdown(payload))
     return 0

@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import argparse
 import platform
-import shlex
 import sys
 from pathlib import Path
+
+from _results import add_results_options, command_line, reread, write_results
+
+from edgederm.core.log import configure, get_logger
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 SHARED = REPO.parent / "shared" / "data"
-
-
-def _log(message: str) -> None:
-    print(f"qat: {message}", file=sys.stderr, flush=True)
+logger = get_logger("benchmarks.qat")
 
 
 def _images(run: Path, eval_spec: str | None, data: str):
@@ -40,11 +40,12 @@ def _images(run: Path, eval_spec: str | None, data: str):
 
 
 def score(run: Path, images, work: Path, calib: str) -> dict:
-    from _scoring import export_and_predict, metric_row
+    from _scoring import export_and_measure, metric_row
 
-    spec, labels, _, probs, _ = export_and_predict(run, images, work, calib)
-    rows = {name: metric_row(spec, labels, p, probs["torch fp32"]) for name, p in probs.items()}
-    return {"run": run.name, "n": int(len(labels)), "recipe": spec.training.get("recipe", {}), "rows": rows}
+    spec, measured = export_and_measure(run, images, work, calib)
+    rows = {name: metric_row(measurement) for name, (_, measurement) in measured.items()}
+    _, torch_fp32 = measured["torch fp32"]
+    return {"run": run.name, "n": len(torch_fp32.probs), "recipe": spec.training.get("recipe", {}), "rows": rows}
 
 
 def markdown(payload: dict) -> str:
@@ -84,43 +85,33 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines)
 
 
+def measure_all(args: argparse.Namespace, command: str) -> dict:
+    evals = dict(item.split("=", 1) for item in args.eval)
+    calibs = dict(item.split("=", 1) for item in args.calib)
+    pairs = []
+    for item in args.pair:
+        ptq_run, qat_run = (Path(p) for p in item.split(":", 1))
+        images, described = _images(ptq_run, evals.get(ptq_run.name), args.data)
+        calib = calibs.get(ptq_run.name, args.data)
+        pair = {"images": described, "ptq": score(ptq_run, images, args.work, calib), "qat": score(qat_run, images, args.work, calib)}
+        scores = (f"{s['run']} {k} BMA {v['balanced_accuracy']:.3f}" for s in (pair["ptq"], pair["qat"]) for k, v in s["rows"].items())
+        logger.info(f"qat: {item}: " + ", ".join(scores))
+        pairs.append(pair)
+    return {"command": command, "machine": platform.platform(), "note": args.note, "pairs": pairs}
+
+
 def main(argv: list[str] | None = None) -> int:
+    configure()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pair", action="append", required=True, help="PTQ_RUN:QAT_RUN (repeat)")
     parser.add_argument("--eval", action="append", default=[], help="RUN_NAME=SPEC: score this pair on SPEC instead of the test split")
     parser.add_argument("--data", default=f"ham10000:{SHARED / 'ham10000'}", help="the data the runs' splits.csv index")
     parser.add_argument("--calib", action="append", default=[], help="RUN_NAME=SPEC: calibration data (default --data)")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "qat_bench")
-    parser.add_argument("--note", default="")
-    parser.add_argument("--markdown-only", action="store_true")
+    add_results_options(parser, "qat")
     args = parser.parse_args(argv)
-    from _results import reread, write_results
-
     path = RESULTS / "qat.json"
-    if args.markdown_only:
-        payload = reread(path, args.note)
-    else:
-        evals = dict(item.split("=", 1) for item in args.eval)
-        calibs = dict(item.split("=", 1) for item in args.calib)
-        pairs = []
-        for item in args.pair:
-            ptq_run, qat_run = (Path(p) for p in item.split(":", 1))
-            images, described = _images(ptq_run, evals.get(ptq_run.name), args.data)
-            calib = calibs.get(ptq_run.name, args.data)
-            pair = {"images": described, "ptq": score(ptq_run, images, args.work, calib), "qat": score(qat_run, images, args.work, calib)}
-            _log(
-                f"{item}: "
-                + ", ".join(
-                    f"{s['run']} {k} BMA {v['balanced_accuracy']:.3f}" for s in (pair["ptq"], pair["qat"]) for k, v in s["rows"].items()
-                )
-            )
-            pairs.append(pair)
-        payload = {
-            "command": "python benchmarks/qat.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-            "machine": platform.platform(),
-            "note": args.note,
-            "pairs": pairs,
-        }
+    payload = reread(path, args.note) if args.markdown_only else measure_all(args, command_line("qat", argv))
     write_results(path, payload, markdown(payload))
     return 0
 

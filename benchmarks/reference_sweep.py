@@ -12,11 +12,14 @@ Writes benchmarks/results/reference_sweep.{json,md}.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 from _machine import where
+
+from edgederm.core.log import configure
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = ("accuracy", "balanced_accuracy", "macro_auc")
@@ -40,7 +43,9 @@ def candidate(path: Path) -> dict:
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    configure()
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     rows = sorted((candidate(p) for p in sorted((RESULTS / "reference_sweep").glob("*.json"))), key=lambda r: -r["score"])
     targets = json.loads(next((RESULTS / "reference_sweep").glob("*.json")).read_text())["targets"]
     chosen = rows[0]

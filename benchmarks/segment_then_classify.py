@@ -21,6 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edgederm.core.log import configure, get_logger  # noqa: E402
 from edgederm.data.selection import resolve_inputs  # noqa: E402
 from edgederm.evaluate.predict import labelled_rows, run_predictor  # noqa: E402
 from edgederm.evaluate.segment_classify import CROP_WHOLE_IMAGE, run_segment_classify  # noqa: E402
@@ -29,6 +30,7 @@ from edgederm.runtime import Predictor  # noqa: E402
 
 HEADLINE = ("balanced_accuracy", "accuracy", "macro_auc", "melanoma_sensitivity")
 BOOTSTRAP_RESAMPLES = 500
+logger = get_logger("benchmarks.segment_then_classify")
 
 
 def _headline(labels: np.ndarray, probs: np.ndarray, class_names: list[str], decision: dict | None = None) -> dict:
@@ -66,6 +68,7 @@ def summarise(predictions) -> dict:
 
 
 def main() -> int:
+    configure()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classifier", default="runs/reference")
     parser.add_argument("--segmenter", default="runs/seg_mobilegan_plain")
@@ -100,7 +103,7 @@ def main() -> int:
 
     both_ok = full.ok & cropped.predictions.ok
     if not both_ok.all():
-        print(f"{int((~both_ok).sum())} images failed in one arm; both arms are scored on the rest", file=sys.stderr)
+        logger.warning(f"{int((~both_ok).sum())} images failed in one arm; both arms are scored on the rest")
     full.errors = [e if ok else (e or "failed in the other arm") for e, ok in zip(full.errors, both_ok, strict=True)]
     cropped.predictions.errors = [
         e if ok else (e or "failed in the other arm") for e, ok in zip(cropped.predictions.errors, both_ok, strict=True)

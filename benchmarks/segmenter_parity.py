@@ -22,6 +22,8 @@ from pathlib import Path
 
 from _machine import where
 
+from edgederm.core.log import configure, get_logger
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ["seg256_mobilegan_plain", "seg256_tinyseg_plain"]
 RESULT_NAME = "segmenter_isic2017"
@@ -29,6 +31,7 @@ DATA = "isic2017:/work/shared/data/isic2017/val"
 OUT = ROOT / "runs" / "segparity"
 RESULTS = ROOT / "benchmarks" / "results"
 EDGEDERM = str(ROOT / ".venv" / "bin" / "edgederm")
+logger = get_logger("benchmarks.segmenter_parity")
 
 
 def export_command(name: str) -> list[str]:
@@ -54,7 +57,7 @@ def verify_command(name: str) -> list[str]:
 
 
 def run_logged(command: list[str], log: Path) -> int:
-    print("$ " + shlex.join(command), file=sys.stderr, flush=True)
+    logger.info("$ " + shlex.join(command))
     with log.open("a") as handle:
         return subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, check=False).returncode
 
@@ -103,7 +106,9 @@ def tflite_int8_attention_ops(model_path: Path) -> list[dict]:
 
 
 def _latency_ms(row: dict, threads: int = 1) -> float | None:
-    return next((t["median_ms"] for t in row.get("latency") or [] if t.get("threads") == threads), None)
+    from edgederm.evaluate.verify.report import latency_at
+
+    return (latency_at(row, threads) or {}).get("median_ms")
 
 
 def collect() -> dict:
@@ -315,6 +320,7 @@ def summary(result: dict) -> list[str]:
 
 
 def main() -> int:
+    configure()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--collect", action="store_true", help="skip export and verify; rebuild the results from runs/segparity")
     parser.add_argument("--note", help="a sentence about the conditions of the run, kept with the results")
@@ -331,7 +337,7 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{RESULT_NAME}.json").write_text(json.dumps(result, indent=2) + "\n")
     write_markdown(result, RESULTS / f"{RESULT_NAME}.md")
-    print(f"wrote {RESULTS / RESULT_NAME}.json and .md", file=sys.stderr)
+    logger.info(f"wrote {RESULTS / RESULT_NAME}.json and .md")
     return 0
 
 

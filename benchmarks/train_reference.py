@@ -15,13 +15,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
 from _machine import training_machine, where
+from _results import command_line
+
+from edgederm.core.log import configure
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -47,6 +49,7 @@ OVERRIDABLE = ("epochs", "img_size", "batch_size", "lr", "augment", "ema", "clas
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data", default=f"ham10000:{REPO.parent / 'shared' / 'data' / 'ham10000'}")
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.out / "metrics.csv", newline="") as handle:
         curve = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
-    command = "python benchmarks/train_reference.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = command_line("train_reference", argv)
     result = {
         "command": command,
         "data": args.data,

@@ -19,10 +19,14 @@ import sys
 from pathlib import Path
 
 from _machine import training_machine, where
+from _results import command_line
+
+from edgederm.core.log import configure, get_logger
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 EPOCHS = {"mobilegan": 40, "tinyseg": 50}
+logger = get_logger("benchmarks.train_segmenters")
 
 
 def run_name(arch: str, adversarial: str, img_size: int) -> str:
@@ -34,12 +38,13 @@ def train_command(args: argparse.Namespace, arch: str, adversarial: str) -> list
         sys.executable, "-m", "edgederm", "train", "segment",
         "--data", f"isic2017:{args.data_root}/train", "--val-data", f"isic2017:{args.data_root}/val", "--test-fraction", "0.15",
         "--arch", arch, "--adversarial", adversarial, "--img-size", str(args.img_size), "--epochs", str(args.epochs or EPOCHS[arch]),
-        "--batch-size", str(args.batch_size), "--device", args.device, "--quiet",
+        "--batch-size", str(args.batch_size), "--device", args.device,
         "--out", str(args.runs / run_name(arch, adversarial, args.img_size)),
     ]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data" / "isic2017")
     parser.add_argument("--img-size", type=int, default=256)
@@ -61,17 +66,17 @@ def main(argv: list[str] | None = None) -> int:
         processes = {}
         for arch, adv in configs:
             name = run_name(arch, adv, args.img_size)
-            print("$ " + shlex.join(train_command(args, arch, adv)), file=sys.stderr, flush=True)
+            logger.info("$ " + shlex.join(train_command(args, arch, adv)))
             with open(args.runs / f"{name}.log", "w") as log:
                 processes[name] = subprocess.Popen(train_command(args, arch, adv), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
             if not args.parallel:
                 processes[name].wait()
         failed = [name for name, process in processes.items() if process.wait() != 0]
         if failed:
-            print(f"failed: {', '.join(failed)} (see their logs in {args.runs})", file=sys.stderr)
+            logger.error(f"failed: {', '.join(failed)} (see their logs in {args.runs})")
             return 1
     rows = [_row(args.runs / run_name(arch, adv, args.img_size)) for arch, adv in configs]
-    command = "python benchmarks/train_segmenters.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = command_line("train_segmenters", argv)
     result = {"command": command, "machine": training_machine(), "runs": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "segmenter_training_isic2017.json").write_text(json.dumps(result, indent=2) + "\n")

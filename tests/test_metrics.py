@@ -418,12 +418,18 @@ def test_other_functions_reject_bad_input() -> None:
 
 # --------------------------------------------------------------------------- properties
 
-binary_samples = st.integers(min_value=2, max_value=60).flatmap(
-    lambda n: st.tuples(
-        st.lists(st.integers(0, 1), min_size=n, max_size=n),
-        st.lists(st.integers(0, 8), min_size=n, max_size=n),
+
+def equal_length_lists(min_size: int, max_size: int, first_max: int, second_max: int):
+    """Two lists of one drawn length: integers in [0, first_max], then in [0, second_max]."""
+    return st.integers(min_value=min_size, max_value=max_size).flatmap(
+        lambda n: st.tuples(
+            st.lists(st.integers(0, first_max), min_size=n, max_size=n),
+            st.lists(st.integers(0, second_max), min_size=n, max_size=n),
+        )
     )
-)
+
+
+binary_samples = equal_length_lists(2, 60, 1, 8)
 
 
 @settings(deadline=None, max_examples=150)
@@ -441,12 +447,7 @@ def test_auc_matches_sklearn_and_is_invariant_to_monotone_transforms(sample) -> 
     assert m.roc_auc(y, -raw) == pytest.approx(1.0 - auc, abs=1e-12)
 
 
-label_pairs = st.integers(min_value=1, max_value=80).flatmap(
-    lambda n: st.tuples(
-        st.lists(st.integers(0, 4), min_size=n, max_size=n),
-        st.lists(st.integers(0, 4), min_size=n, max_size=n),
-    )
-)
+label_pairs = equal_length_lists(1, 80, 4, 4)
 
 
 @settings(deadline=None, max_examples=150)

@@ -35,7 +35,7 @@ def result(export_dir: Path) -> dict:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgederm.cli", *args], capture_output=True, text=True, env=cli_env(), timeout=600)
+    return subprocess.run([sys.executable, "-m", "edgederm", *args], capture_output=True, text=True, env=cli_env(), timeout=600)
 
 
 def test_every_manifest_artifact_gets_a_row(result: dict, export_dir: Path):
@@ -52,6 +52,31 @@ def test_float_artifacts_match_the_reference(result: dict):
             assert row["agreement"]["top1"] == 1.0
             assert row["agreement"]["max_abs_prob_diff"] < 1e-3
             assert abs(row["deltas"]["balanced_accuracy"]) < 1e-9
+
+
+def test_measure_gives_the_numbers_verify_reports(trained_run: Path, export_dir: Path, result: dict):
+    from edgederm.data.pixels import load_pixels
+    from edgederm.data.selection import resolve_inputs
+    from edgederm.evaluate.verify.measure import load_artifact, measure
+    from edgederm.evaluate.verify.scoring import load_truth
+    from edgederm.runtime import Predictor
+
+    reference = Predictor.load(trained_run)
+    dataset = resolve_inputs(DATA, [], None, trained_run / "splits.csv")
+    cache = load_pixels(dataset, reference.spec.preprocess, desc=None)
+    truth = load_truth(reference.spec, dataset, cache)
+    torch_fp32 = measure(reference, cache.pixels, truth)
+    row = next(r for r in result["artifacts"] if (r["format"], r["quant"]) == ("onnx", "int8"))
+    artifact = load_artifact(export_dir / row["path"], threads=1)
+    onnx = measure(artifact, cache.pixels, truth, reference.spec, reference=torch_fp32, threads=[1], runs=2, warmup=0)
+    for key in ("accuracy", "balanced_accuracy", "confusion_matrix"):
+        assert torch_fp32.metrics[key] == result["reference"]["metrics"][key]
+        assert onnx.metrics[key] == row["metrics"][key]
+    assert onnx.agreement["top1"] == row["agreement"]["top1"]
+    assert onnx.agreement["max_abs_prob_diff"] == pytest.approx(row["agreement"]["max_abs_prob_diff"], abs=1e-5)
+    assert onnx.deltas["balanced_accuracy"] == pytest.approx(row["deltas"]["balanced_accuracy"])
+    assert [t["threads"] for t in onnx.latency] == [1] and onnx.latency[0]["runs"] == 2
+    assert torch_fp32.agreement is None and torch_fp32.latency == []
 
 
 def test_rows_have_the_documented_fields(result: dict):

@@ -2,104 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from ..core import atomic
 from ..core.labels import full_name
-from ..metrics import reliability_bins, roc_auc, roc_curve
+from . import plots
 
-
-def _save(fig, path: Path) -> None:
-    atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
-
-
-def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path, title: str = "Confusion matrix") -> None:
-    counts = np.asarray(matrix, float)
-    rows = counts.sum(axis=1, keepdims=True)
-    share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(1.1 * len(class_names) + 2, 1.0 * len(class_names) + 1.5))
-    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(class_names)):
-        for j in range(len(class_names)):
-            ax.text(
-                j,
-                i,
-                f"{int(counts[i, j])}\n{share[i, j]:.0%}",
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="white" if share[i, j] > 0.6 else "black",
-            )
-    ax.set_xticks(range(len(class_names)), class_names)
-    ax.set_yticks(range(len(class_names)), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true (row shares sum to 100%)")
-    ax.set_title(title)
-    _save(fig, path)
-
-
-def plot_roc_curves(labels: np.ndarray, probs: np.ndarray, class_names: list[str], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    for index, name in enumerate(class_names):
-        positives = labels == index
-        if positives.all() or not positives.any():
-            continue
-        fpr, tpr, _ = roc_curve(positives.astype(int), probs[:, index])
-        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(positives.astype(int), probs[:, index]):.3f})")
-    ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("sensitivity")
-    ax.set_title("ROC, one class against the rest")
-    ax.legend(loc="lower right", fontsize=8)
-    _save(fig, path)
-
-
-def plot_reliability(labels: np.ndarray, probs: np.ndarray, path: Path) -> None:
-    bins = reliability_bins(labels, probs, n_bins=10)
-    edges = np.asarray(bins["bin_edges"])
-    centres = (edges[:-1] + edges[1:]) / 2
-    accuracy = np.array([np.nan if a is None else a for a in bins["accuracy"]], float)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.bar(centres, np.nan_to_num(accuracy), width=edges[1] - edges[0], edgecolor="k", alpha=0.7, label="observed accuracy")
-    ax.plot([0, 1], [0, 1], "r--", label="perfect calibration")
-    ax.set_xlabel("model confidence (top class)")
-    ax.set_ylabel("how often the top class was right")
-    ax.set_title("Reliability diagram")
-    ax.legend(loc="upper left", fontsize=8)
-    _save(fig, path)
-
-
-def plot_training_curves(metrics_csv: Path, path: Path) -> bool:
-    if not metrics_csv.is_file():
-        return False
-    with open(metrics_csv, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        return False
-    epochs = [int(r["epoch"]) for r in rows]
-    fig, (loss_ax, score_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key in ("train_loss", "val_loss"):
-        if key in rows[0]:
-            loss_ax.plot(epochs, [float(r[key]) for r in rows], marker=".", label=key)
-    for key in ("val_accuracy", "val_balanced_accuracy", "val_macro_auc"):
-        if key in rows[0]:
-            score_ax.plot(epochs, [float(r[key]) for r in rows], marker=".", label=key)
-    loss_ax.set_xlabel("epoch")
-    score_ax.set_xlabel("epoch")
-    loss_ax.legend()
-    score_ax.legend()
-    loss_ax.set_title("loss")
-    score_ax.set_title("validation")
-    _save(fig, path)
-    return True
+DPI = 110
 
 
 RULE_EXPLAINED = (
@@ -127,10 +38,13 @@ def write_classification_report(
 ) -> Path:
     """Write report.md with its PNG plots into out_dir and return the report's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot_confusion_matrix(metrics["confusion_matrix"], class_names, out_dir / "confusion_matrix.png")
-    plot_roc_curves(labels, probs, class_names, out_dir / "roc.png")
-    plot_reliability(labels, probs, out_dir / "reliability.png")
-    has_curves = metrics_csv is not None and plot_training_curves(metrics_csv, out_dir / "training_curves.png")
+    plots.save(plots.confusion_matrix(metrics["confusion_matrix"], class_names), out_dir / "confusion_matrix.png", DPI)
+    one_vs_rest = [plots.Curve(name, (labels == index).astype(int), probs[:, index]) for index, name in enumerate(class_names)]
+    plots.save(plots.roc(one_vs_rest, title="ROC, one class against the rest", figsize=(5.5, 5)), out_dir / "roc.png", DPI)
+    plots.save(plots.reliability_bars(labels, probs), out_dir / "reliability.png", DPI)
+    curves = plots.training_curves(metrics_csv) if metrics_csv is not None else None
+    if curves is not None:
+        plots.save(curves, out_dir / "training_curves.png", DPI)
     mel = metrics.get("melanoma_sensitivity")
     lines = [
         f"# {title}",
@@ -175,7 +89,7 @@ def write_classification_report(
         "",
         "![reliability diagram](reliability.png)",
     ]
-    if has_curves:
+    if curves is not None:
         lines += ["", "![training curves](training_curves.png)"]
     lines += appendix_lines or []
     report = out_dir / "report.md"

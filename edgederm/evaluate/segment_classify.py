@@ -106,7 +106,11 @@ def run_segment_classify(
     probs = np.full((n, len(classifier.class_names)), np.nan, np.float32)
     errors: list[str | None] = [None] * n
     result = CropPredictions(
-        Predictions(dataset, classifier.class_names, probs, errors, classifier.spec.decision), [None] * n, [None] * n, np.full(n, np.nan), [None] * n
+        Predictions(dataset, classifier.class_names, probs, errors, classifier.spec.decision),
+        [None] * n,
+        [None] * n,
+        np.full(n, np.nan),
+        [None] * n,
     )
     for chunk in batched(decode_samples(dataset, errors, desc="segment + classify"), batch_size):
         seg_pixels = np.stack([segmenter.spec.preprocess.fit(item.image) for item in chunk])

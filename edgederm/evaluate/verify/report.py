@@ -8,16 +8,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from ...core import atomic
 from ...core.spec import ModelSpec
-from ...metrics import reliability_bins, roc_auc, roc_curve
 from ...runtime.readout import describe, malignant_classes, malignant_score
+from .. import plots
 from ..report import RULE_EXPLAINED
 
 PLOTS = {
@@ -44,31 +40,15 @@ METRIC_COLUMNS = {
         ("specificity", "specificity"),
     ],
 }
-
-
-def _save(fig, path: Path) -> None:
-    atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
-    plt.close(fig)
-
-
-def _panels(count: int, columns: int, width: float, height: float) -> tuple[Any, list[Any]]:
-    """A figure of ``count`` panels, ``columns`` to a row, each ``width`` x ``height`` inches; axes stay off until used."""
-    columns = max(1, min(columns, count))
-    lines = max(1, -(-count // columns))
-    fig, axes = plt.subplots(lines, columns, figsize=(width * columns, height * lines), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    return fig, list(axes.flat)
-
-
-def _outline(ax, mask: np.ndarray, colour: str, width: float) -> None:
-    """The mask's border over the image (nothing to draw for an empty or full mask)."""
-    if mask.any() and not mask.all():
-        ax.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=width)
+DPI = 100
 
 
 def _label(row: dict[str, Any]) -> str:
     return f"{row['format']} {row['quant']}" + (" (emulated)" if row.get("emulated") else "")
+
+
+def _name(result: dict[str, Any], row: dict[str, Any]) -> str:
+    return "torch fp32 (reference)" if row is result["reference"] else _label(row)
 
 
 def _scored(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -80,8 +60,9 @@ def _ratio(value: float | None, base: float | None) -> str:
     return f"{value / base:.2f}x" if value and base else ""
 
 
-def _latency_at(row: dict[str, Any], threads: int) -> dict[str, Any] | None:
-    return next((t for t in row.get("latency") or [] if t["threads"] == threads), None)
+def latency_at(row: dict[str, Any], threads: int) -> dict[str, Any] | None:
+    """A verify row's timing at ``threads`` threads (``runtime.timing`` fields), None where it was not timed."""
+    return next((t for t in row.get("latency") or [] if t.get("threads") == threads), None)
 
 
 def _onnx_fp32(result: dict[str, Any]) -> dict[str, Any] | None:
@@ -133,7 +114,7 @@ def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     for row in [ref, *result["artifacts"]]:
         is_ref = row is ref
         cells = [
-            "torch fp32 (reference)" if is_ref else _label(row),
+            _name(result, row),
             "reference" if is_ref else row["status"],
             "" if is_ref or not row.get("size_bytes") else f"{row['size_bytes'] / 1e6:.2f}",
             *(metric(row, key) for _, key in columns),
@@ -145,7 +126,7 @@ def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         share = agree.get("top1", agree.get("mask_iou")) if agree else None
         cells += ["" if share is None else f"{share:.1%}", f"{agree['max_abs_prob_diff']:.4f}" if agree else ""]
         for t in threads:
-            mine, base, ort = _latency_at(row, t), _latency_at(ref, t), _latency_at(onnx, t) if onnx else None
+            mine, base, ort = latency_at(row, t), latency_at(ref, t), latency_at(onnx, t) if onnx else None
             cells.append(f"{mine['median_ms']:.2f} / {mine['p90_ms']:.2f}" if mine else "")
             cells.append(_ratio(mine and mine["median_ms"], base and base["median_ms"]) if not is_ref else "1.00x")
             cells.append(_ratio(mine and mine["median_ms"], ort and ort["median_ms"]))
@@ -159,89 +140,45 @@ def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _plot_latency(result: dict[str, Any], path: Path) -> None:
+def _curve(result: dict[str, Any], row: dict[str, Any], labels: np.ndarray, scores: np.ndarray) -> plots.Curve:
+    """A row's line in an overlay, the reference's drawn thicker."""
+    return plots.Curve(_name(result, row), labels, scores, 2.5 if row is result["reference"] else 1)
+
+
+def _plot_latency(result: dict[str, Any]) -> Any:
     rows = [r for r in [result["reference"], *result["artifacts"]] if r.get("latency")]
-    threads = result["threads"]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) * len(threads) + 1.5))
-    height = 0.8 / len(threads)
-    for k, t in enumerate(threads):
-        stats = [_latency_at(r, t) for r in rows]
-        y = np.arange(len(rows)) + k * height
-        medians = [s["median_ms"] if s else 0 for s in stats]
-        p90 = [(s["p90_ms"] - s["median_ms"]) if s else 0 for s in stats]
-        ax.barh(y, medians, height=height, xerr=[np.zeros(len(rows)), p90], label=f"{t} thread{'s' * (t > 1)}", capsize=2)
-    ax.set_yticks(
-        np.arange(len(rows)) + 0.4 - height / 2, ["torch fp32 (reference)" if r is result["reference"] else _label(r) for r in rows]
-    )
-    ax.invert_yaxis()
-    ax.set_xlabel("ms per image (batch 1)")
-    ax.legend(fontsize=8)
-    ax.set_title("Latency on this machine")
-    _save(fig, path)
+    by_threads = {t: [latency_at(r, t) for r in rows] for t in result["threads"]}
+    return plots.latency_bars([_name(result, r) for r in rows], by_threads)
 
 
-def _roc_target(spec_like: dict[str, Any], labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-    spec = spec_like["spec"]
+def _roc_target(spec: ModelSpec, labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     if malignant_classes(spec):
         truth = np.isin(labels, [spec.class_names.index(c) for c in malignant_classes(spec)])
         return truth.astype(int), malignant_score(spec, probs), "malignant (" + ", ".join(malignant_classes(spec)) + ") vs benign"
     return (labels == 0).astype(int), probs[:, 0], f"{spec.class_names[0]} vs rest"
 
 
-def _plot_roc(result: dict[str, Any], spec: ModelSpec, path: Path) -> None:
+def _plot_roc(result: dict[str, Any], spec: ModelSpec) -> Any:
     labels = result["truth"].labels
-    fig, ax = plt.subplots(figsize=(6, 5.5))
-    title = ""
+    curves, title = [], ""
     for row in _scored(result):
-        truth, scores, title = _roc_target({"spec": spec}, labels, row["probs"])
-        if truth.all() or not truth.any():
-            continue
-        fpr, tpr, _ = roc_curve(truth, scores)
-        name = "torch fp32 (reference)" if row is result["reference"] else _label(row)
-        ax.plot(fpr, tpr, linewidth=2.5 if row is result["reference"] else 1, label=f"{name}: AUC {roc_auc(truth, scores):.3f}")
+        truth, scores, title = _roc_target(spec, labels, row["probs"])
+        curves.append(_curve(result, row, truth, scores))
     op = result.get("operating_point")
+    point = None
     if op and op.get("sensitivity") is not None:
-        ax.plot(1 - op["specificity"], op["sensitivity"], "k*", markersize=12, label="stored operating point (validation)")
-    ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("sensitivity")
-    ax.set_title(f"ROC: {title}")
-    ax.legend(loc="lower right", fontsize=7)
-    _save(fig, path)
+        point = (1 - op["specificity"], op["sensitivity"], "stored operating point (validation)")
+    return plots.roc(curves, title=f"ROC: {title}", figsize=(6, 5.5), label="{name}: AUC {auc:.3f}", legend_fontsize=7, point=point)
 
 
-def _plot_reliability(result: dict[str, Any], path: Path) -> None:
+def _plot_reliability(result: dict[str, Any]) -> Any:
     labels = result["truth"].labels
-    fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    for row in _scored(result):
-        bins = reliability_bins(labels, row["probs"], n_bins=10)
-        conf = [c for c, a in zip(bins["mean_confidence"], bins["accuracy"], strict=True) if a is not None]
-        acc = [a for a in bins["accuracy"] if a is not None]
-        name = "torch fp32 (reference)" if row is result["reference"] else _label(row)
-        ax.plot(conf, acc, marker=".", linewidth=2.5 if row is result["reference"] else 1, label=name)
-    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="perfect calibration")
-    ax.set_xlabel("model confidence (top class)")
-    ax.set_ylabel("how often the top class was right")
-    ax.legend(fontsize=7)
-    ax.set_title("Reliability diagram")
-    _save(fig, path)
+    return plots.reliability_lines([_curve(result, row, labels, row["probs"]) for row in _scored(result)])
 
 
-def _plot_confusions(result: dict[str, Any], class_names: list[str], path: Path) -> None:
+def _plot_confusions(result: dict[str, Any], class_names: list[str]) -> Any:
     rows = [r for r in _scored(result) if (r.get("metrics") or {}).get("confusion_matrix")]
-    fig, axes = _panels(len(rows), 4, 3.2, 3.2)
-    for ax, row in zip(axes, rows, strict=False):
-        counts = np.asarray(row["metrics"]["confusion_matrix"], float)
-        share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-        ax.axis("on")
-        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-        for i in range(len(class_names)):
-            for j in range(len(class_names)):
-                ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=6, color="white" if share[i, j] > 0.6 else "black")
-        ax.set_xticks(range(len(class_names)), class_names, fontsize=6, rotation=90)
-        ax.set_yticks(range(len(class_names)), class_names, fontsize=6)
-        ax.set_title("torch fp32 (reference)" if row is result["reference"] else _label(row), fontsize=8)
-    _save(fig, path)
+    return plots.confusion_grid([(_name(result, row), row["metrics"]["confusion_matrix"]) for row in rows], class_names)
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -249,7 +186,8 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *["| " + " | ".join(r) + " |" for r in clean]]
 
 
-def _saliency_lines(result: dict[str, Any]) -> list[str]:
+def saliency_lines(result: dict[str, Any]) -> list[str]:
+    """The Markdown section on what the reference model keys on; nothing without a saliency sample."""
     saliency = result.get("saliency")
     if not saliency:
         return []
@@ -300,7 +238,7 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _plot_overlays(result: dict[str, Any], spec: ModelSpec, path: Path, n: int = 4) -> None:
+def _plot_overlays(result: dict[str, Any], spec: ModelSpec, n: int = 4) -> Any:
     """The images whose mask differs most from the reference's in any artifact: truth, reference, that artifact."""
     from .scoring import masks_of
 
@@ -312,57 +250,62 @@ def _plot_overlays(result: dict[str, Any], spec: ModelSpec, path: Path, n: int =
             if i not in worst or iou < worst[i][0]:
                 worst[i] = (iou, row)
     chosen = sorted(worst, key=lambda i: worst[i][0])[:n]
-    fig, axes = _panels(len(chosen), len(chosen), 3.6, 3.8)
     reference_masks = masks_of(spec, truth, result["reference"]["probs"])
-    for ax, i in zip(axes, chosen, strict=False):
+    images = []
+    for i in chosen:
         iou, row = worst[i]
-        image = np.asarray(result["images"][i].load_image())
         artifact_mask = masks_of(spec, type(truth)(masks=[truth.masks[i]], sizes=[truth.sizes[i]]), row["probs"][i : i + 1])[0]
-        ax.imshow(image)
-        for mask, colour in ((truth.masks[i], "white"), (reference_masks[i], "lime"), (artifact_mask, "red")):
-            _outline(ax, mask, colour, 1.2)
-        ax.set_title(f"{result['images'][i].display_path.split('/')[-1][:28]}\n{_label(row)}: IoU {iou:.2f} with torch", fontsize=7)
-    fig.suptitle("white: true mask, green: torch fp32, red: the artifact", fontsize=9)
-    _save(fig, path)
+        images.append(
+            plots.ImagePanel(
+                np.asarray(result["images"][i].load_image()),
+                [(truth.masks[i], "white"), (reference_masks[i], "lime"), (artifact_mask, "red")],
+                f"{result['images'][i].display_path.split('/')[-1][:28]}\n{_label(row)}: IoU {iou:.2f} with torch",
+            )
+        )
+    suptitle = "white: true mask, green: torch fp32, red: the artifact"
+    return plots.image_grid(images, columns=len(images), size=(3.6, 3.8), line_width=1.2, suptitle=suptitle)
 
 
-def _plot_saliency(saliency: dict[str, Any], path: Path, n: int = 8) -> None:
+def _plot_saliency(saliency: dict[str, Any], n: int = 8) -> Any:
     """The images with the least saliency on the lesion, then the most: CAM over the image, lesion outlined."""
     items = sorted(saliency["items"], key=lambda i: i.inside)
     picked = items[: n // 2] + items[-(n - n // 2) :] if len(items) > n else items
-    fig, axes = _panels(len(picked), 4, 3.1, 3.3)
-    for ax, item in zip(axes, picked, strict=False):
-        ax.imshow(item.pixels)
-        ax.imshow(item.cam, cmap="jet", alpha=0.4, vmin=0, vmax=1)
-        _outline(ax, item.mask, "white", 1)
-        ax.set_title(f"{Path(item.sample.display_path).name[:24]}\n{item.predicted}: {item.inside:.0%} on the lesion", fontsize=7)
-    fig.suptitle("Grad-CAM (torch reference); white: true lesion outline", fontsize=9)
-    _save(fig, path)
+    images = [
+        plots.ImagePanel(
+            item.pixels,
+            [(item.mask, "white")],
+            f"{Path(item.sample.display_path).name[:24]}\n{item.predicted}: {item.inside:.0%} on the lesion",
+            heat=item.cam,
+        )
+        for item in picked
+    ]
+    suptitle = "Grad-CAM (torch reference); white: true lesion outline"
+    return plots.image_grid(images, columns=4, size=(3.1, 3.3), line_width=1, suptitle=suptitle)
 
 
 def write_report(result: dict[str, Any], spec: ModelSpec, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     painters = {
-        "latency": lambda path: _plot_latency(result, path),
-        "roc": lambda path: _plot_roc(result, spec, path),
-        "reliability": lambda path: _plot_reliability(result, path),
-        "confusion": lambda path: _plot_confusions(result, spec.class_names, path),
-        "overlays": lambda path: _plot_overlays(result, spec, path),
-        "saliency": lambda path: _plot_saliency(result["saliency"], path),
+        "latency": lambda: _plot_latency(result),
+        "roc": lambda: _plot_roc(result, spec),
+        "reliability": lambda: _plot_reliability(result),
+        "confusion": lambda: _plot_confusions(result, spec.class_names),
+        "overlays": lambda: _plot_overlays(result, spec),
+        "saliency": lambda: _plot_saliency(result["saliency"]),
     }
     keys = [*TASK_PLOTS[result["task"]], *(["saliency"] if result.get("saliency") else [])]
-    plots = [PLOTS[key] for key in keys]
     for key in keys:
-        painters[key](out_dir / PLOTS[key][0])
+        plots.save(painters[key](), out_dir / PLOTS[key][0], DPI)
+    figures = [PLOTS[key] for key in keys]
     header, rows = table_rows(result)
     title = f"edgederm verify: {result['export_dir']}"
-    markdown = [f"# {title}", "", *_summary_lines(result), "", *markdown_table(header, rows), "", *_saliency_lines(result)]
-    for file, caption in plots:
+    markdown = [f"# {title}", "", *_summary_lines(result), "", *markdown_table(header, rows), "", *saliency_lines(result)]
+    for file, caption in figures:
         markdown += [f"## {caption}", "", f"![{caption}]({file})", ""]
     markdown_path = out_dir / "verify.md"
     atomic.write_text(markdown_path, "\n".join(markdown))
     html_path = out_dir / "verify.html"
-    atomic.write_text(html_path, _html(title, _summary_lines(result), header, rows, out_dir, plots))
+    atomic.write_text(html_path, _html(title, _summary_lines(result), header, rows, out_dir, figures))
     return markdown_path, html_path
 
 

@@ -13,16 +13,13 @@ agreement, the largest probability difference, latency at each thread count, siz
 
 from __future__ import annotations
 
-import contextlib
-import io
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ... import __version__
 from ...core.errors import BackendUnavailable, DataError, EdgedermError, UsageError
@@ -33,14 +30,15 @@ from ...core.spec import ModelSpec
 from ...data.pixels import PixelCache, load_pixels
 from ...data.selection import resolve_inputs
 from ...runtime import Predictor
-from ...runtime.timing import DEFAULT_RUNS, DEFAULT_WARMUP, measure_latency
+from ...runtime.timing import DEFAULT_RUNS, DEFAULT_WARMUP
 from .guards import Guard, check_guard_metrics, headline_metric
-from .scoring import Truth, agreement, load_truth, normalise, score
+from .measure import Measurement, load_artifact, measure
+from .scoring import Truth, load_truth
 
 STATUSES = ("pass", "fail", "error", "unverified")
 
-
 logger = get_logger(__name__)
+
 
 @dataclass
 class VerifyOptions:
@@ -54,12 +52,6 @@ class VerifyOptions:
     reference: Path | None = None  # default: the manifest's source run directory
     emulate_coreml: bool = True
     saliency_images: int = 64  # Grad-CAM sample when the data has lesion masks (0: off)
-
-
-@dataclass
-class Outputs:
-    probs: np.ndarray  # classification (N, C); segmentation (N, S, S) lesion probabilities
-    latency: list[dict[str, Any]]
 
 
 def _log(message: str) -> None:
@@ -80,19 +72,20 @@ def _reference_dir(export_dir: Path, manifest: dict, override: Path | None) -> P
     )
 
 
-def _run_outputs(predictor: Predictor, cache: PixelCache, options: VerifyOptions, make) -> Outputs:
-    """All probabilities with the first predictor, then latency at batch 1 for every thread count."""
-    probs = normalise(
-        predictor.spec, np.concatenate([predictor.predict_pixels(cache.pixels[i : i + 32]) for i in range(0, len(cache.pixels), 32)])
-    )
-    one = cache.pixels[:1]
-    latency = []
-    for threads in options.threads:
-        timed = predictor if threads == options.threads[0] else make(threads)
-        stats = measure_latency(lambda timed=timed: timed.predict_pixels(one), runs=options.runs, warmup=options.warmup)
-        latency.append({"threads": threads, **stats})
-    _log(f"{predictor.path.name}: " + ", ".join(f"{t['median_ms']:.2f} ms @ {t['threads']} thr" for t in latency))
-    return Outputs(probs.astype(np.float32), latency)
+def _timed(
+    predictor: Predictor,
+    cache: PixelCache,
+    truth: Truth,
+    spec: ModelSpec,
+    options: VerifyOptions,
+    reload: Callable[[int], Predictor],
+    reference: Measurement | None = None,
+) -> Measurement:
+    """``measure``, timed at batch 1 at every thread count of the options."""
+    timing = {"threads": options.threads, "runs": options.runs, "warmup": options.warmup}
+    measured = measure(predictor, cache.pixels, truth, spec, reference=reference, reload=reload, **timing)
+    _log(f"{predictor.path.name}: " + ", ".join(f"{t['median_ms']:.2f} ms @ {t['threads']} thr" for t in measured.latency))
+    return measured
 
 
 def _torch_predictor(run_dir: Path, threads: int) -> Predictor:
@@ -102,13 +95,13 @@ def _torch_predictor(run_dir: Path, threads: int) -> Predictor:
     return Predictor.load(run_dir, device="cpu")
 
 
-def _reference(run_dir: Path, cache: PixelCache, options: VerifyOptions) -> Outputs:
+def _reference(run_dir: Path, cache: PixelCache, truth: Truth, spec: ModelSpec, options: VerifyOptions) -> Measurement:
     import torch
 
     before = torch.get_num_threads()
     try:
         predictor = _torch_predictor(run_dir, options.threads[0])
-        return _run_outputs(predictor, cache, options, lambda t: _torch_predictor(run_dir, t))
+        return _timed(predictor, cache, truth, spec, options, lambda t: _torch_predictor(run_dir, t))
     finally:
         torch.set_num_threads(before)
 
@@ -119,9 +112,7 @@ def _coreml_predictor(path: Path, options: VerifyOptions) -> tuple[Predictor | N
     if not fmt.runs_here() and not options.emulate_coreml:
         return None, "CoreML runs only on Apple platforms; emulation switched off (--no-emulate-coreml)"
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            # coremltools announces on import that its native runtime is missing: true, and said once in the report
-            return Predictor.load(path, emulate=True), ""
+        return load_artifact(path), ""
     except BackendUnavailable as exc:
         return None, f"CoreML runs only on Apple platforms, and the MIL emulator is unavailable ({exc.message})"
 
@@ -168,7 +159,7 @@ def _verify_artifact(
     cache: PixelCache,
     truth: Truth,
     reference: dict[str, Any],
-    ref_out: Outputs,
+    ref_out: Measurement,
     spec: ModelSpec,
     options: VerifyOptions,
 ) -> dict[str, Any]:
@@ -186,30 +177,22 @@ def _verify_artifact(
                 return row
             row["emulated"] = bool(getattr(predictor, "emulated", False))
         else:
-            predictor = Predictor.load(path, threads=options.threads[0])
-        if predictor.spec.preprocess.to_dict() != spec.preprocess.to_dict():
-            raise DataError("its preprocessing differs from the reference model's", path=path, fix="re-export it from the same run")
+            predictor = load_artifact(path, threads=options.threads[0])
         if row["emulated"]:  # emulator latency says nothing about a phone
-            outputs = Outputs(normalise(spec, predictor.predict_pixels(cache.pixels)), [])
+            outputs = measure(predictor, cache.pixels, truth, spec, reference=ref_out)
         else:
-            outputs = _run_outputs(predictor, cache, options, lambda t: Predictor.load(path, threads=t))
+            outputs = _timed(predictor, cache, truth, spec, options, lambda t: load_artifact(path, threads=t), reference=ref_out)
     except EdgedermError as error:
         row["message"] = str(error)
         return row
     except Exception as error:  # noqa: BLE001 - a runtime's own failure becomes this artifact's error row
         row["message"] = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
         return row
-    row["metrics"] = score(spec, truth, outputs.probs)
-    row["deltas"] = {k: v - reference["metrics"][k] for k, v in row["metrics"].items() if _numbers(v, reference["metrics"].get(k))}
-    row["agreement"] = agreement(spec, truth, ref_out.probs, outputs.probs)
+    row["metrics"], row["deltas"], row["agreement"] = outputs.metrics, outputs.deltas, outputs.agreement
     row["latency"] = outputs.latency
     row["probs"] = outputs.probs  # kept for the report's plots, dropped from the JSON
     _judge(row, reference, spec.task, options)
     return row
-
-
-def _numbers(a, b) -> bool:
-    return isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool)
 
 
 def _machine() -> dict[str, Any]:
@@ -231,13 +214,13 @@ def verify_export(export_dir: Path, options: VerifyOptions) -> dict[str, Any]:
         raise DataError("no image of the verification data could be read", path=dataset.spec)
     truth = load_truth(spec, dataset, cache)
     _log(f"{len(cache.kept)} images ({len(cache.failures)} unreadable) from {dataset.spec}; reference {run_dir}")
-    ref_out = _reference(run_dir, cache, options)
+    ref_out = _reference(run_dir, cache, truth, spec, options)
     reference = {
         "name": str(run_dir),
         "format": "torch",
         "quant": "fp32",
         "runtime": "torch eager (CPU)",
-        "metrics": score(spec, truth, ref_out.probs),
+        "metrics": ref_out.metrics,
         "latency": ref_out.latency,
         "probs": ref_out.probs,
     }
