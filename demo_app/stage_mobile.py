@@ -1,9 +1,9 @@
 """Lay out the source folder that buildozer (Android) and kivy-ios package: ``python -m demo_app.stage_mobile``.
 
 Both tools want a folder with a ``main.py`` at its top. This copies the app, the edgederm library
-(with ``converters/`` placed at ``edgederm/converters`` as the installed package has it) and the
-artifacts in ``demo_app/models/`` into ``build/mobile_src/``, and writes that ``main.py``. Nothing
-here imports torch at run time; the phone only ever imports the runtime half of edgederm.
+(without ``converters/``, which only the export needs) and the artifacts in ``demo_app/models/``
+into ``build/mobile_src/``, and writes that ``main.py``. Nothing here imports torch at run time; the
+phone only ever imports ``edgederm.core`` and ``edgederm.runtime``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ def stage(out: Path = DEFAULT_OUT) -> Path:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     shutil.copytree(REPO / "edgederm", out / "edgederm", ignore=_SKIP)
-    shutil.copytree(REPO / "converters", out / "edgederm" / "converters", ignore=_SKIP)
     shutil.copytree(REPO / "demo_app", out / "demo_app", ignore=_SKIP)
     (out / "main.py").write_text(MAIN, encoding="utf-8")
     return out

@@ -350,7 +350,8 @@ from demo_app.presentation import ClassRow, ResultView
 
 write = HistoryStore._write
 HistoryStore._write = lambda *args: (time.sleep(0.5), write(*args))[1]
-view = ResultView(True, "Refer", "melanoma score high", 0.7, 0.5, (ClassRow("mel", "Melanoma", 0.7),), None, 12.0, 12.0, None)
+mel = ClassRow("mel", "Melanoma", 0.7)
+view = ResultView(True, "Refer", "melanoma score high", 0.7, 0.5, (mel,), mel, None, 12.0, 12.0, None)
 store = HistoryStore(sys.argv[1])
 store.add_later(Image.new("RGB", (64, 48)), view, model="exit.tflite")
 assert store.pending == 1
@@ -716,7 +717,8 @@ def test_staged_mobile_sources_run_a_capture_on_their_own(artifacts, lesion, tmp
     from demo_app.stage_mobile import stage
 
     out = stage(tmp_path / "mobile_src")
-    assert (out / "main.py").is_file() and (out / "edgederm" / "converters" / "_metadata.py").is_file()
+    assert (out / "main.py").is_file() and (out / "edgederm" / "core" / "metadata.py").is_file()
+    assert not (out / "edgederm" / "converters").exists(), "the phone needs the runtime, not the converters"
     done = subprocess.run(
         [sys.executable, "-c", STAGED_CAPTURE, out, artifacts["tflite"], lesion[0]],
         env=cli_env(),
