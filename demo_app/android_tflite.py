@@ -16,10 +16,8 @@ from typing import Any
 import numpy as np
 
 from edgederm.core.errors import ModelError
-from edgederm.core.metadata import SPEC_KEY
-from edgederm.core.spec import ModelSpec
 from edgederm.runtime import Predictor
-from edgederm.runtime.tflite_backend import read_tflite_metadata
+from edgederm.runtime.tflite_backend import read_tflite_model
 
 
 def on_android() -> bool:
@@ -39,16 +37,7 @@ class AndroidTFLitePredictor(Predictor):
 
     def __init__(self, path: str | Path, *, threads: int | None = None, java: Any = None):
         self.path = Path(path)
-        try:
-            content = self.path.read_bytes()
-        except OSError as exc:
-            raise ModelError(f"cannot read the TFLite model ({exc.strerror})", path=self.path) from None
-        metadata = read_tflite_metadata(content, self.path)
-        if SPEC_KEY not in metadata:
-            raise ModelError(
-                f"no edgederm metadata ({SPEC_KEY}) in this TFLite model", path=self.path, fix="export it with `edgederm export`"
-            )
-        self.spec = ModelSpec.from_json(metadata[SPEC_KEY].decode("utf-8", "replace"), source=self.path)
+        _, self.spec = read_tflite_model(self.path)
         tensors = self.spec.artifact
         if tensors.get("input", {}).get("dtype", "float32") != "float32" or tensors.get("output", {}).get("dtype", "float32") != "float32":
             raise ModelError(

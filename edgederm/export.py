@@ -27,6 +27,7 @@ from .core.manifest import MANIFEST, artifact_sha256, artifact_size
 
 logger = get_logger(__name__)
 
+
 @dataclass
 class ArtifactRecord:
     format: str
@@ -164,9 +165,7 @@ def export_run(
             started = time.time()
             logger.info(f"exporting {fmt.name} {quant} -> {final}")
             try:
-                job = ExportJob(
-                    model=model, spec=spec, quant=quant, target=tmp, calibration=calibration, options=dict(options or {})
-                )
+                job = ExportJob(model=model, spec=spec, quant=quant, target=tmp, calibration=calibration, options=dict(options or {}))
                 with tools_output():
                     converter.export(job)
                 if not tmp.exists():

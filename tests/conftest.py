@@ -112,9 +112,7 @@ def trained_segmenter(tmp_path_factory) -> Path:
     from edgederm.training.segmentation import SegmentConfig, train_segmenter
 
     out = tmp_path_factory.mktemp("segrun") / "run"
-    train_segmenter(
-        SegmentConfig(data="synthetic:48,seed=6", out=out, arch="tinyseg", img_size=64, epochs=3, test_fraction=0.2)
-    )
+    train_segmenter(SegmentConfig(data="synthetic:48,seed=6", out=out, arch="tinyseg", img_size=64, epochs=3, test_fraction=0.2))
     return out
 
 

@@ -51,7 +51,11 @@ def import_edges() -> dict[tuple[str, str], list[str]]:
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
-                stem = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else [])) if node.level else node.module
+                stem = (
+                    ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+                    if node.level
+                    else node.module
+                )
                 targets = [stem, *(f"{stem}.{alias.name}" for alias in node.names)]
             else:
                 continue

@@ -15,7 +15,7 @@ from edgederm.core import atomic
 
 WRITER = r"""
 import sys
-from edgederm import _atomic
+from edgederm.core import atomic
 def slow(tmp):
     with open(tmp, "wb") as handle:
         for _ in range(2000):
@@ -44,6 +44,7 @@ def test_kill_9_mid_write_leaves_no_partial_file(tmp_path: Path):
     process = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], env=cli_env())
     deadline = time.time() + 60
     while time.time() < deadline and not any(p.name.endswith(".tmp") and p.stat().st_size > 1 << 20 for p in tmp_path.iterdir()):
+        assert process.poll() is None, "the writer exited before it was killed"
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()

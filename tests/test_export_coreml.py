@@ -40,9 +40,7 @@ def run_dir(tmp_path_factory) -> Path:
     from edgederm.training.classification import TrainConfig, train_classifier
 
     out = tmp_path_factory.mktemp("coreml_run") / "run"
-    train_classifier(
-        TrainConfig(data="synthetic:60,seed=4", out=out, arch="mobilenetv3_small_100", img_size=64, mode="head", epochs=2)
-    )
+    train_classifier(TrainConfig(data="synthetic:60,seed=4", out=out, arch="mobilenetv3_small_100", img_size=64, mode="head", epochs=2))
     return out
 
 

@@ -37,9 +37,7 @@ MODES = ["fp32", "fp16", "int8-dynamic", "int8"]
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tflite") / "run"
-    train_classifier(
-        TrainConfig(data="synthetic:60,seed=4", out=out, arch="efficientnet_lite0", img_size=64, mode="head", epochs=5)
-    )
+    train_classifier(TrainConfig(data="synthetic:60,seed=4", out=out, arch="efficientnet_lite0", img_size=64, mode="head", epochs=5))
     return out
 
 
@@ -334,9 +332,7 @@ def test_int8_export_of_a_segmenter_whose_attention_sees_one_pixel(tmp_path: Pat
     """tinyseg at 32 px: its attention softmax runs over one element and lowers to EXP, an op the quantizer has no name for."""
     from edgederm.training.segmentation import SegmentConfig, train_segmenter
 
-    run = train_segmenter(
-        SegmentConfig(data="synthetic:16,seed=1", out=tmp_path / "run", arch="tinyseg", img_size=32, epochs=1)
-    )
+    run = train_segmenter(SegmentConfig(data="synthetic:16,seed=1", out=tmp_path / "run", arch="tinyseg", img_size=32, epochs=1))
     (record,) = export_run(run.run_dir, [FORMATS["tflite"]], ["int8"], tmp_path / "out", calib_data="synthetic:16,seed=1")
     assert record.status == "ok", record.message
     pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)

@@ -89,12 +89,8 @@ def _mediapipe_scores(python: Path, artifact: Path, frames: np.ndarray, class_na
 def test_mediapipe_image_classifier_agrees_with_predictor(mediapipe_python: Path, tmp_path: Path):
     data = _frames("synthetic:60,seed=8")
     run = tmp_path / "run"
-    train_classifier(
-        TrainConfig(data="synthetic:120,seed=2", out=run, arch="efficientnet_lite0", img_size=96, mode="head", epochs=10)
-    )
-    records = export_run(
-        run, [FORMATS["tflite"]], ["fp32", "int8"], tmp_path / "export", calib_data="synthetic:40,seed=5", calib_n=40
-    )
+    train_classifier(TrainConfig(data="synthetic:120,seed=2", out=run, arch="efficientnet_lite0", img_size=96, mode="head", epochs=10))
+    records = export_run(run, [FORMATS["tflite"]], ["fp32", "int8"], tmp_path / "export", calib_data="synthetic:40,seed=5", calib_n=40)
     assert all(r.status == "ok" for r in records), records
 
     for record in records:
@@ -131,14 +127,10 @@ def test_mediapipe_image_segmenter_agrees_with_predictor(mediapipe_python: Path,
     run = tmp_path / "run"
     # Unlike the session's 3-epoch segmenter (flat probabilities), 30 epochs (a minute) draw real outlines. At 32 px the
     # attention's softmax over one position lowers to EXP, which ai-edge-quantizer's op table lacks: 64 px.
-    train_segmenter(
-        SegmentConfig(data="synthetic:64,seed=6", out=run, arch="tinyseg", img_size=64, epochs=30, adversarial="off")
-    )
+    train_segmenter(SegmentConfig(data="synthetic:64,seed=6", out=run, arch="tinyseg", img_size=64, epochs=30, adversarial="off"))
     spec = ModelSpec.load(run / "spec.json")
     frames = load_pixels(load_dataset(data), spec.preprocess).pixels
-    records = export_run(
-        run, [FORMATS["tflite"]], ["fp32", "int8"], tmp_path / "export", calib_data="synthetic:40,seed=5", calib_n=40
-    )
+    records = export_run(run, [FORMATS["tflite"]], ["fp32", "int8"], tmp_path / "export", calib_data="synthetic:40,seed=5", calib_n=40)
     assert all(r.status == "ok" for r in records), records
     side = spec.preprocess.input_size
     np.save(tmp_path / "frames.npy", frames)

@@ -26,9 +26,7 @@ def ham_dir() -> Path:
 def test_ham10000_head_training_learns_real_lesions(ham_dir: Path, tmp_path: Path):
     """A linear probe on ImageNet Lite0 features, lesion-disjoint validation: well above chance."""
     result = train_classifier(
-        TrainConfig(
-            data=f"ham10000:{ham_dir}", out=tmp_path / "run", arch="efficientnet_lite0", img_size=128, mode="head", epochs=15
-        )
+        TrainConfig(data=f"ham10000:{ham_dir}", out=tmp_path / "run", arch="efficientnet_lite0", img_size=128, mode="head", epochs=15)
     )
     val = result.metrics["val"]
     assert result.spec.class_names == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]

@@ -51,9 +51,7 @@ def light_venv(tmp_path_factory) -> Path:
 
 def test_runtime_predicts_without_torch(light_venv: Path, tmp_path: Path):
     run = tmp_path / "run"
-    train_classifier(
-        TrainConfig(data="synthetic:40,seed=1", out=run, arch="mobilenetv3_small_100", img_size=64, mode="head", epochs=1)
-    )
+    train_classifier(TrainConfig(data="synthetic:40,seed=1", out=run, arch="mobilenetv3_small_100", img_size=64, mode="head", epochs=1))
     records = export_run(run, [FORMATS["tflite"], FORMATS["onnx"]], ["fp32"], tmp_path / "export")
     assert all(r.status == "ok" for r in records), records
     artifacts = [str(tmp_path / "export" / r.path) for r in records]

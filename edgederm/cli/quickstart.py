@@ -93,9 +93,7 @@ def quickstart(
             calib_n=100,
         )
         _log("verifying every artifact against the PyTorch model on the test lesions")
-        options = VerifyOptions(
-            data=data, split="test", max_drop=max_drop, guards=[parse_guard("mel_sensitivity=0.02")], runs=20
-        )
+        options = VerifyOptions(data=data, split="test", max_drop=max_drop, guards=[parse_guard("mel_sensitivity=0.02")], runs=20)
         result = verify_export(export_dir, options)
         write_json(result, out / "verify" / "verify.json")
         write_report(result, ModelSpec.load(run_dir / "spec.json"), out / "verify")

@@ -96,7 +96,7 @@ class EmulatedProgram:
             raise ModelError(
                 f"the CoreML emulator has no kernel for MIL op {kind!r}",
                 path=self.path,
-                fix="check this model on macOS, or add the op to edgederm/verify/coreml_emulator.py",
+                fix="check this model on macOS, or add the op to edgederm/runtime/coreml_emulator.py",
             )
         else:
             step = _Step(op, KERNELS[kind], self._output_dtypes(op))

@@ -37,21 +37,24 @@ _RUNTIMES = ("tflite_runtime", "ai_edge_litert")
 _BROKEN_RUNTIMES: set[str] = set()
 
 
+def read_tflite_model(path: Path) -> tuple[bytes, ModelSpec]:
+    """The file's bytes and its ModelSpec, after checking its buffers and associated files; one line if it is no edgederm export."""
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read the TFLite model ({exc.strerror})", path=path) from None
+    metadata = read_tflite_metadata(content, path)
+    if SPEC_KEY not in metadata:
+        raise ModelError(f"no edgederm metadata ({SPEC_KEY}) in this TFLite model", path=path, fix="export it with `edgederm export`")
+    if TFLITE_METADATA in metadata:
+        _check_associated_files(content, path)
+    return content, ModelSpec.from_json(metadata[SPEC_KEY].decode("utf-8", "replace"), source=path)
+
+
 class TFLitePredictor(Predictor):
     def __init__(self, path: Path, threads: int | None = None):
         self.path = Path(path)
-        try:
-            content = self.path.read_bytes()
-        except OSError as exc:
-            raise ModelError(f"cannot read the TFLite model ({exc.strerror})", path=self.path) from None
-        metadata = read_tflite_metadata(content, self.path)
-        if SPEC_KEY not in metadata:
-            raise ModelError(
-                f"no edgederm metadata ({SPEC_KEY}) in this TFLite model", path=self.path, fix="export it with `edgederm export`"
-            )
-        if TFLITE_METADATA in metadata:
-            _check_associated_files(content, self.path)
-        self.spec = ModelSpec.from_json(metadata[SPEC_KEY].decode("utf-8", "replace"), source=self.path)
+        content, self.spec = read_tflite_model(self.path)
         self._content = content  # the interpreter reads the model from these bytes for its lifetime
         self.interpreter, self.backend_name = _open_interpreter(content, threads, self.path)
         self.input = self.interpreter.get_input_details()[0]
