@@ -3,7 +3,7 @@
 Both tools want a folder with a ``main.py`` at its top. This copies the app, the edgederm library
 (without ``converters/``, which only the export needs) and the artifacts in ``demo_app/models/``
 into ``build/mobile_src/``, and writes that ``main.py``. Nothing here imports torch at run time; the
-phone only ever imports ``edgederm.core`` and ``edgederm.runtime``.
+phone only ever imports ``edgederm.core``, ``edgederm.runtime``, ``edgederm.data.images`` and ``edgederm.bench``.
 """
 
 from __future__ import annotations

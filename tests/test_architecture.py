@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     {"core"},
     {"runtime", "data"},
-    {"models", "metrics"},
+    {"models", "metrics", "bench"},
     {"training"},
     {"converters"},
     {"export"},

@@ -33,6 +33,7 @@ from demo_app.history import CSV_COLUMNS, HistoryStore
 from demo_app.presentation import NO_REFER_TITLE, REFER_TITLE, result_view
 from demo_app.settings_store import AppSettings, find_artifacts, selected_artifacts
 from demo_app.sources import StillFrames, texture_to_image
+from edgederm.bench import DEVICE_KEYS
 from edgederm.core.errors import EdgedermError, ImageError, ModelError
 from edgederm.core.formats import FORMATS
 from edgederm.core.manifest import read_manifest
@@ -513,8 +514,10 @@ def test_android_tflite_fallback_matches_the_python_runtime(artifacts, lesion, m
 
 
 def _check_benchmark_schema(result: dict, paths: list[Path], threads: list[int], runs: int, warmup: int) -> None:
-    assert set(result) == {"device", "created", "artifacts"}
-    assert set(result["device"]) == {"name", "platform", "machine"} and all(isinstance(v, str) for v in result["device"].values())
+    assert set(result) == {"device", "created", "inputs", "artifacts"} and result["inputs"] is None
+    assert tuple(result["device"]) == DEVICE_KEYS
+    assert all(isinstance(result["device"][k], str) and result["device"][k] for k in ("name", "machine", "cpu", "os", "python"))
+    assert {"numpy", "onnxruntime"} <= set(result["device"]["runtimes"])
     assert "T" in result["created"]
     assert [a["path"] for a in result["artifacts"]] == [str(p) for p in paths]
     for artifact, path in zip(result["artifacts"], paths, strict=True):
@@ -525,6 +528,7 @@ def _check_benchmark_schema(result: dict, paths: list[Path], threads: list[int],
         for row in artifact["latency"]:
             assert tuple(row) == LATENCY_KEYS and row["runs"] == runs and row["warmup"] == warmup
             assert 0 < row["min_ms"] <= row["median_ms"] <= row["p90_ms"]
+            assert row["load_ms"] > 0 and row["peak_rss_mb"] > 0
 
 
 def test_benchmark_json_schema(artifacts, tmp_path):

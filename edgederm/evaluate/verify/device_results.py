@@ -1,8 +1,8 @@
-"""Latency files measured on a phone (the demo app's benchmark screen), merged into a verify report.
+"""Device files (``edgederm-bench`` on a board, or the demo app's benchmark screen), merged into a verify report.
 
-The app writes ``{"device": {...}, "created": ..., "artifacts": [{"name", "sha256", "format",
-"quant", "latency": [{"threads", "median_ms", "p90_ms", ...}]}]}`` with the same latency fields
-as ``verify``; artifacts are matched by sha256, else by file name.
+Both write ``edgederm.bench``'s document: ``{"device": {...}, "created": ..., "artifacts": [{"name",
+"sha256", "format", "quant", "latency": [{"threads", "median_ms", "p90_ms", ...}]}]}`` with the
+same latency fields as ``verify``; artifacts are matched by sha256, else by file name.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from ...core.errors import DataError
 
-_FIX = "give a JSON file written by the demo app's benchmark screen (or `python -m demo_app --benchmark-and-exit FILE`)"
+_FIX = "give a JSON file written by `edgederm-bench` or the demo app's benchmark screen (`python -m demo_app --benchmark-and-exit FILE`)"
 
 
 def read_device_results(path: Path) -> dict[str, Any]:
