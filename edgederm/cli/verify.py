@@ -22,7 +22,12 @@ def add_parser(sub) -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--saliency", type=int, default=64, help="Grad-CAM of the reference on this many images with lesion masks (0: off)")
     p.add_argument("--no-emulate-coreml", action="store_true", help="leave CoreML unverified off Apple platforms instead of emulating it")
-    p.add_argument("--device-results", type=Path, nargs="+", default=[], help="latency files from the demo app on a phone")
+    p.add_argument("--device-results", type=Path, nargs="+", default=[], help="files from edgederm-bench or the demo app on a device")
+    p.add_argument(
+        "--emulate",
+        metavar="arm64[:CPU,...]",
+        help="also run every TFLite/ONNX artifact on emulated ARM64 CPUs (QEMU; default cortex-a53,cortex-a76); a failure there fails the run",
+    )
     p.add_argument("--json", type=Path, help="write the results here (default EXPORT_DIR/verify.json)")
     p.add_argument("--report", type=Path, help="write verify.md + verify.html + plots here (default EXPORT_DIR/verify)")
     p.add_argument("--quiet", action="store_true", help="warnings and errors only: no progress bars")
@@ -42,6 +47,7 @@ def _thread_counts(text: str) -> list[int]:
 def cmd_verify(args: argparse.Namespace) -> int:
     from ..core.spec import ModelSpec
     from ..evaluate.verify.device_results import read_device_results
+    from ..evaluate.verify.emulation import parse_emulate
     from ..evaluate.verify.guards import parse_guard
     from ..evaluate.verify.report import write_json, write_report
     from ..evaluate.verify.runner import VerifyOptions, exit_code, verify_export
@@ -59,10 +65,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         reference=args.reference,
         emulate_coreml=not args.no_emulate_coreml,
         saliency_images=args.saliency,
+        emulate=parse_emulate(args.emulate) if args.emulate else [],
     )
     devices = [read_device_results(p) for p in args.device_results]  # a bad file fails before the long run
+    if options.emulate:
+        from ..evaluate.verify.emulation import setup_arm64
+
+        setup_arm64()  # a missing QEMU fails before the long run too; built once, then reused
     result = verify_export(args.export_dir, options)
-    result["device_results"] = devices
+    result["device_results"] = [*result["device_results"], *devices]
     json_path = args.json or args.export_dir / "verify.json"
     write_json(result, json_path)
     spec = ModelSpec.load(Path(result["reference"]["name"]) / "spec.json")

@@ -69,22 +69,43 @@ def _onnx_fp32(result: dict[str, Any]) -> dict[str, Any] | None:
     return next((a for a in result["artifacts"] if a["format"] == "onnx" and a["quant"] == "fp32" and a.get("latency")), None)
 
 
-def _device_columns(result: dict[str, Any]) -> list[tuple[str, dict[str, list]]]:
-    """(device name, {artifact sha256 or name: latency list}) for each merged phone results file."""
+def _device_columns(result: dict[str, Any], emulated: bool) -> list[tuple[str, dict[str, dict]]]:
+    """(device name, {artifact sha256 or name: its entry}) for each merged device file, or each emulated CPU."""
     columns = []
     for device in result.get("device_results", []):
+        if bool(device.get("emulated")) != emulated:
+            continue
         by_key = {}
         for artifact in device.get("artifacts", []):
             for key in (artifact.get("sha256"), artifact.get("name")):
                 if key:
-                    by_key[key] = artifact.get("latency", [])
-        columns.append((device["device_label"], by_key))
+                    by_key[key] = artifact
+        columns.append((device["device"]["cpu"] if emulated else device["device_label"], by_key))
     return columns
 
 
-def _device_latency(column: dict[str, list], row: dict[str, Any]) -> str:
-    latency = column.get(row.get("sha256") or "") or column.get(row.get("name") or "")
-    return " / ".join(f"{t['median_ms']:.2f} ms @{t['threads']}" for t in latency or [])
+def _device_entry(column: dict[str, dict], row: dict[str, Any]) -> dict[str, Any]:
+    return column.get(row.get("sha256") or "") or column.get(row.get("name") or "") or {}
+
+
+def _device_latency(column: dict[str, dict], row: dict[str, Any]) -> str:
+    return " / ".join(f"{t['median_ms']:.2f} ms @{t['threads']}" for t in _device_entry(column, row).get("latency") or [])
+
+
+def _emulated_cell(column: dict[str, dict], row: dict[str, Any], headline: str) -> str:
+    """An artifact on one emulated CPU: status, agreement with the same artifact on this host, headline delta vs torch."""
+    entry = _device_entry(column, row)
+    if not entry:
+        return ""
+    agree = entry.get("agreement") or {}
+    share = agree.get("top1_vs_host", agree.get("mask_iou_vs_host"))
+    delta = (entry.get("deltas") or {}).get(headline)
+    parts = [entry.get("status", "")]
+    if share is not None:
+        parts.append(f"{share:.1%} vs host, max Δp {agree['max_abs_prob_diff_vs_host']:.1e}")
+    if delta is not None:
+        parts.append(f"Δ {delta:+.3f}")
+    return "; ".join(parts)
 
 
 def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -92,7 +113,7 @@ def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     ref = result["reference"]
     onnx = _onnx_fp32(result)
     op = result.get("operating_point")
-    devices = _device_columns(result)
+    devices, emulated = _device_columns(result, emulated=False), _device_columns(result, emulated=True)
     columns = METRIC_COLUMNS[result["task"]]
     header = ["artifact", "status", "size (MB)", *(f"{title} (Δ)" for title, _ in columns)]
     if op:
@@ -101,6 +122,7 @@ def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     for t in threads:
         header += [f"median / p90 ms @{t}thr", f"vs torch @{t}", f"vs ORT fp32 @{t}"]
     header += [f"{name} (device)" for name, _ in devices]
+    header += [f"{cpu}: on ARM64 (emulated)" for cpu, _ in emulated]
     header.append("note")
 
     def metric(row, key):
@@ -131,6 +153,7 @@ def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             cells.append(_ratio(mine and mine["median_ms"], base and base["median_ms"]) if not is_ref else "1.00x")
             cells.append(_ratio(mine and mine["median_ms"], ort and ort["median_ms"]))
         cells += [_device_latency(column, row) for _, column in devices]
+        cells += ["" if is_ref else _emulated_cell(column, row, result["headline_metric"]) for _, column in emulated]
         note = "; ".join(row.get("checks") or []) or row.get("message") or ""
         aware = (row.get("details") or {}).get("int8_aa")
         if aware:
@@ -229,6 +252,14 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
     if result.get("decision"):
         lines.append(
             f"- Named class (accuracy, balanced accuracy, sensitivities, top-1 agreement): {describe(result['decision'])}. {RULE_EXPLAINED}"
+        )
+    cpus = [d["device"]["cpu"] for d in result.get("device_results", []) if d.get("emulated")]
+    if cpus:
+        lines.append(
+            f"- On ARM64 (emulated): every TFLite and ONNX artifact ran again on the same pixels under QEMU user-mode emulation of "
+            f"{', '.join(cpus)} (Debian arm64, the runtimes' aarch64 wheels), judged by the same pass rule. Each cell: status, "
+            "agreement with the same artifact on this host, and the headline metric's change against torch. Emulated times are "
+            "not a phone's latency and are not shown."
         )
     if any(a.get("emulated") for a in result["artifacts"]):
         lines.append(

@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ... import __version__
 from ...core.errors import BackendUnavailable, DataError, EdgedermError, UsageError
 from ...core.formats import FORMATS, format_for_path
@@ -33,7 +35,7 @@ from ...runtime import Predictor
 from ...runtime.timing import DEFAULT_RUNS, DEFAULT_WARMUP
 from .guards import Guard, check_guard_metrics, headline_metric
 from .measure import Measurement, load_artifact, measure
-from .scoring import Truth, load_truth
+from .scoring import Truth, agreement, load_truth, normalise, score
 
 STATUSES = ("pass", "fail", "error", "unverified")
 
@@ -52,6 +54,7 @@ class VerifyOptions:
     reference: Path | None = None  # default: the manifest's source run directory
     emulate_coreml: bool = True
     saliency_images: int = 64  # Grad-CAM sample when the data has lesion masks (0: off)
+    emulate: list[str] = field(default_factory=list)  # QEMU ARM64 CPU models to run every TFLite/ONNX artifact on again
 
 
 def _log(message: str) -> None:
@@ -195,6 +198,83 @@ def _verify_artifact(
     return row
 
 
+EMULATED_RUNS = 3  # emulated times mean nothing for a phone; a few runs show the bench ran
+
+
+def _device_probs(spec: ModelSpec, outputs: dict[str, Any]) -> np.ndarray:
+    """A bench's outputs as verify's probabilities: class probabilities, or its 0/1 masks (already thresholded)."""
+    if spec.task == "segmentation":
+        from ...bench import unpack_masks
+
+        return unpack_masks(outputs).astype(np.float32)
+    return normalise(spec, np.asarray(outputs["probabilities"], np.float32)).astype(np.float32)
+
+
+def _verify_on_arm64(
+    export_dir: Path,
+    rows: list[dict[str, Any]],
+    cache: PixelCache,
+    truth: Truth,
+    reference: dict[str, Any],
+    spec: ModelSpec,
+    options: VerifyOptions,
+) -> list[dict[str, Any]]:
+    """Every TFLite/ONNX artifact that ran here, again on each emulated ARM64 CPU: one device_results entry per CPU."""
+    from .emulation import run_bench, setup_arm64
+
+    runnable = [r for r in rows if r.get("probs") is not None and not r["emulated"] and format_for_path(r["name"]).runs_on_linux]
+    if not runnable:
+        return []
+    env = setup_arm64()
+    names = [str(i) for i in range(len(cache.pixels))]
+    devices = []
+    for cpu in options.emulate:
+        _log(f"{len(runnable)} artifacts on {len(names)} images on emulated {cpu} (slow: QEMU)")
+        bench = run_bench(
+            env, cpu, [export_dir / r["path"] for r in runnable], cache.pixels, names, threads=options.threads, runs=EMULATED_RUNS, warmup=1
+        )
+        by_name = {a["name"]: a for a in bench["artifacts"]}
+        entries = []
+        for row in runnable:
+            got = by_name[row["name"]]
+            probs = _device_probs(spec, got["outputs"])
+            metrics = score(spec, truth, probs)
+            vs_host = agreement(spec, truth, row["probs"], probs)
+            vs_reference = agreement(spec, truth, reference["probs"], probs)
+            share = "mask_iou" if spec.task == "segmentation" else "top1"
+            entry = {k: got.get(k) for k in ("name", "sha256", "format", "quant", "latency", "peak_rss_per_artifact")}
+            entry.update(
+                emulated=True,
+                metrics=metrics,
+                deltas={
+                    k: v - reference["metrics"][k]
+                    for k, v in metrics.items()
+                    if isinstance(v, int | float) and isinstance(reference["metrics"].get(k), int | float)
+                },
+                agreement={
+                    share: vs_reference[share],
+                    "max_abs_prob_diff": vs_reference["max_abs_prob_diff"],
+                    f"{share}_vs_host": vs_host[share],
+                    "max_abs_prob_diff_vs_host": vs_host["max_abs_prob_diff"],
+                },
+            )
+            _judge(entry, reference, spec.task, options)
+            entries.append(entry)
+            _log(
+                f"{row['name']} on {cpu}: {entry['status']}, {share} vs host {vs_host[share]:.1%}, max |dp| vs host {vs_host['max_abs_prob_diff']:.2g}"
+            )
+        devices.append(
+            {
+                "device": bench["device"],
+                "created": bench["created"],
+                "device_label": bench["device"]["name"],
+                "emulated": True,
+                "artifacts": entries,
+            }
+        )
+    return devices
+
+
 def _machine() -> dict[str, Any]:
     import os
 
@@ -229,6 +309,7 @@ def verify_export(export_dir: Path, options: VerifyOptions) -> dict[str, Any]:
     records = [r for r in manifest["artifacts"] if r.get("status") != "skipped"]  # a mode the format does not have
     for record in progress(records, desc="artifacts", unit="artifact"):
         artifacts.append(_verify_artifact(export_dir, record, cache, truth, reference, ref_out, spec, options))
+    devices = _verify_on_arm64(export_dir, artifacts, cache, truth, reference, spec, options) if options.emulate else []
     saliency = None
     if spec.task == "classification" and options.saliency_images > 0:
         from .saliency import saliency_on_lesions
@@ -257,14 +338,15 @@ def verify_export(export_dir: Path, options: VerifyOptions) -> dict[str, Any]:
         "images": [dataset.samples[i] for i in cache.kept],
         "reference": reference,
         "artifacts": artifacts,
-        "device_results": [],
+        "device_results": devices,
         "saliency": saliency,
     }
 
 
 def exit_code(result: dict[str, Any]) -> int:
-    """1 when any artifact failed its bounds or could not run; unverified artifacts do not fail a run."""
-    return 1 if any(a["status"] in ("fail", "error") for a in result["artifacts"]) else 0
+    """1 when any artifact failed its bounds or could not run, here or on an emulated CPU; unverified artifacts do not fail a run."""
+    emulated = [a for d in result.get("device_results", []) if d.get("emulated") for a in d["artifacts"]]
+    return 1 if any(a["status"] in ("fail", "error") for a in [*result["artifacts"], *emulated]) else 0
 
 
 def to_json(result: dict[str, Any]) -> dict[str, Any]:
