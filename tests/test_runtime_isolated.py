@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO, make_venv
+from PIL import Image
 
 from edgederm.core.formats import FORMATS
 from edgederm.export import export_run
@@ -71,6 +72,39 @@ def test_runtime_predicts_without_torch(light_venv: Path, tmp_path: Path):
     reference = Predictor.load(run).predict_image(Image.open(image).convert("RGB"))
     for path in artifacts:
         np.testing.assert_allclose(out[path]["probs"], reference, atol=1e-4)
+
+
+def test_device_bench_runs_in_the_light_venv(light_venv: Path, trained_run: Path, tmp_path: Path):
+    records = export_run(trained_run, [FORMATS["tflite"], FORMATS["onnx"]], ["fp32"], tmp_path / "export")
+    assert all(r.status == "ok" for r in records), records
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    from edgederm.data.synthetic import plan_synthetic, render_synthetic
+
+    for item in plan_synthetic(3, seed=5):
+        render_synthetic(item)[0].save(photos / f"{item.image_id}.png")
+    bench = Path(light_venv).parent / "edgederm-bench"  # the console script pip installed beside the venv's python
+    out = tmp_path / "device.json"
+    done = subprocess.run(
+        [bench, tmp_path / "export", "--inputs", photos, "--runs", "2", "--warmup", "0", "--out", out],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["device"]["runtimes"]["tflite-runtime"] and result["device"]["runtimes"]["numpy"].startswith("1.")
+    assert "torch" not in result["device"]["runtimes"]
+    for artifact in result["artifacts"]:
+        host = Predictor.load(artifact["path"])
+        pixels = np.stack([host.spec.preprocess.fit(Image.open(photos / n).convert("RGB")) for n in artifact["outputs"]["names"]])
+        np.testing.assert_allclose(artifact["outputs"]["probabilities"], host.predict_pixels(pixels), atol=1e-4)
+    # the script itself says whether torch was imported: it was not installed, so any import would have failed the run
+    missing = subprocess.run(
+        [light_venv, "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"], capture_output=True, text=True
+    )
+    assert missing.stdout.strip() == "True"
 
 
 def test_import_runtime_alone_does_not_import_torch():

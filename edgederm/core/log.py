@@ -43,7 +43,10 @@ def progress(iterable: Iterable[T], desc: str, unit: str = "it", total: int | No
     """``iterable`` with a tqdm bar on stderr when edgederm logs at INFO, else unchanged (``set_postfix`` still works)."""
     if not logger.isEnabledFor(logging.INFO):
         return _Silent(iterable)
-    from tqdm.auto import tqdm  # only where a bar is drawn: the phone-side runtime does without tqdm
+    try:
+        from tqdm.auto import tqdm  # only where a bar is drawn
+    except ImportError:  # a runtime-only install (a board, a phone) has no tqdm: no bar, the messages still print
+        return _Silent(iterable)
 
     return tqdm(iterable, desc=desc, unit=unit, total=total, file=file or sys.stderr, mininterval=2)
 
