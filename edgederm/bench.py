@@ -44,7 +44,7 @@ from .data.images import is_image_file, load_image
 from .runtime import Predictor
 from .runtime.postprocess import postprocess_mask
 from .runtime.readout import lesion_probabilities
-from .runtime.timing import DEFAULT_RUNS, DEFAULT_WARMUP, measure_latency
+from .runtime.timing import DEFAULT_RUNS, DEFAULT_WARMUP, measure_latency, parse_threads_list
 
 logger = get_logger(__name__)
 
@@ -271,16 +271,6 @@ def write_benchmark(result: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_text(path, json.dumps(result, indent=2) + "\n")
     return path
-
-
-def parse_threads_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise UsageError(f"bad thread list {text!r}", fix="give positive integers separated by commas, e.g. 1,2,4")
-    return list(dict.fromkeys(values))
 
 
 def expand_artifacts(paths: Iterable[str | Path]) -> list[Path]:

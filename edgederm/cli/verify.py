@@ -34,16 +34,6 @@ def add_parser(sub) -> None:
     p.set_defaults(handler=cmd_verify)
 
 
-def _thread_counts(text: str) -> list[int]:
-    try:
-        counts = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        counts = []
-    if not counts or min(counts) < 1:
-        raise UsageError(f"--threads {text!r} is not a list of positive integers", fix="e.g. --threads 1,2")
-    return list(dict.fromkeys(counts))
-
-
 def cmd_verify(args: argparse.Namespace) -> int:
     from ..core.spec import ModelSpec
     from ..evaluate.verify.device_results import read_device_results
@@ -51,6 +41,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from ..evaluate.verify.guards import parse_guard
     from ..evaluate.verify.report import write_json, write_report
     from ..evaluate.verify.runner import VerifyOptions, exit_code, verify_export
+    from ..runtime.timing import parse_threads_list
 
     if args.runs < 1 or args.warmup < 0:
         raise UsageError("--runs must be >= 1 and --warmup >= 0")
@@ -59,7 +50,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         split=args.split,
         max_drop=args.max_drop,
         guards=[parse_guard(g) for g in args.guard],
-        threads=_thread_counts(args.threads),
+        threads=parse_threads_list(args.threads),
         runs=args.runs,
         warmup=args.warmup,
         reference=args.reference,

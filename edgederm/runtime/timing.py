@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core.errors import UsageError
+
 DEFAULT_RUNS = 50
 DEFAULT_WARMUP = 5
 
@@ -33,3 +35,14 @@ def measure_latency(run_once: Callable[[], Any], *, runs: int = DEFAULT_RUNS, wa
         "runs": runs,
         "warmup": warmup,
     }
+
+
+def parse_threads_list(text: str) -> list[int]:
+    """``"1, 2,2,4"`` -> ``[1, 2, 4]``: the thread counts of ``--threads`` (verify, edgederm-bench, the app)."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise UsageError(f"bad thread list {text!r}", fix="give positive integers separated by commas, e.g. 1,2,4")
+    return list(dict.fromkeys(values))
