@@ -204,10 +204,10 @@ class _Int8Quantizer:
         """Every float tensor's min and max on each calibration image (onnxruntime's MinMax calibration graph)."""
         with conversion_step("onnxruntime calibration"):
             calibrator = create_calibrator(self.prepared, None, augmented_model_path=self.work_dir / "augmented.onnx")
-            session = calibrator.infer_session
-            names = [output.name for output in session.get_outputs()]
+            graph = calibrator.infer_session
+            names = [output.name for output in graph.get_outputs()]
             per_image = [
-                dict(zip(names, session.run(None, {INPUT_NAME: batch}), strict=True)) for batch in self.calibration.batches(1, "NCHW")
+                dict(zip(names, graph.run(None, {INPUT_NAME: batch}), strict=True)) for batch in self.calibration.batches(1, "NCHW")
             ]
         extremes = {}
         for name in names:  # the calibration graph outputs <tensor>_ReduceMin and <tensor>_ReduceMax

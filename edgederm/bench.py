@@ -63,6 +63,7 @@ class Inputs:
         self.path = None if path is None else Path(path)
         self.pixels: np.ndarray | None = None
         self.files: list[Path] = []
+        self.names: list[str] = []
         if self.path is None:
             return
         if self.path.is_dir():

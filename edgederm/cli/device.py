@@ -16,11 +16,9 @@ def add_parser(sub) -> None:
 
 
 def cmd_device_setup(args: argparse.Namespace) -> int:
-    from ..evaluate.verify.emulation import setup_arm64
+    from ..evaluate.verify.emulation import WHEELS, setup_arm64
 
     env = setup_arm64(rebuild=args.rebuild)
-    versions = ", ".join(
-        f"{k} {v}" for k, v in sorted(env.versions().items()) if k.lower() in ("numpy", "onnxruntime", "ai-edge-litert", "pillow")
-    )
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(env.versions().items()) if k.lower() in WHEELS)
     print(f"arm64 environment ready: {env.root} ({versions})")
     return 0

@@ -108,54 +108,49 @@ def setup_arm64(root: Path | None = None, *, rebuild: bool = False) -> Arm64Envi
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
     staged = Arm64Environment(building)
-    steps = ["Debian arm64 Python", "aarch64 wheels", "check under QEMU"]
-    for step in progress(steps, desc="arm64 environment", unit="step"):
-        logger.info("edgederm device: %s", step)
-        if step == steps[0]:
-            _run(
-                [
-                    mmdebstrap,
-                    "--variant=extract",
-                    "--architectures=arm64",
-                    f"--include={PYTHON},libstdc++6,zlib1g",
-                    SUITE,
-                    str(staged.sysroot),
-                ],
-                "mmdebstrap (the Debian arm64 sysroot)",
-                timeout=1800,
-            )
-            # onnxruntime and LiteRT read the CPU lists at import and crash (signal 11) on the host's x86 ones.
-            cpu = staged.sysroot / "sys" / "devices" / "system" / "cpu"
-            cpu.mkdir(parents=True, exist_ok=True)
-            for name in ("possible", "present"):
-                (cpu / name).write_text("")
-        elif step == steps[1]:
-            platforms = [arg for tag in PLATFORMS for arg in ("--platform", tag)]
-            _run(
-                [sys.executable, "-m", "pip", "install", "-q", "--target", str(staged.site), "--only-binary=:all:"]
-                + ["--python-version", "3.11", "--implementation", "cp", *platforms, *WHEELS],
-                "pip install of the aarch64 wheels",
-                timeout=1800,
-            )
-        else:
-            probe = "import json, platform, numpy, PIL, onnxruntime, ai_edge_litert; print(json.dumps(platform.machine()))"
-            done = _run(
-                _qemu_command(qemu, staged, "cortex-a53", ["-c", probe]), "the emulated Python", env=_child_env(staged, None), timeout=600
-            )
-            machine = json.loads(done.stdout.strip().splitlines()[-1])
-            if machine != "aarch64":
-                raise EdgedermError(
-                    f"the emulated Python reports {machine!r}, not aarch64", fix="sudo apt-get install --reinstall qemu-user-static"
-                )
+    steps = [
+        ("Debian arm64 Python", lambda: _build_sysroot(mmdebstrap, staged)),
+        ("aarch64 wheels", lambda: _install_wheels(staged)),
+        ("check under QEMU", lambda: _check_python(qemu, staged)),
+    ]
+    for title, step in progress(steps, desc="arm64 environment", unit="step"):
+        logger.info("edgederm device: %s", title)
+        step()
     from importlib import metadata
 
-    wheels = {}
-    for dist in metadata.distributions(path=[str(staged.site)]):
-        wheels[dist.metadata["Name"]] = dist.version
+    wheels = {dist.metadata["Name"]: dist.version for dist in metadata.distributions(path=[str(staged.site)])}
     (staged.root / "ready.json").write_text(json.dumps({"suite": SUITE, "python": PYTHON, "wheels": wheels}, indent=2))
     shutil.rmtree(env.root, ignore_errors=True)
     os.replace(building, env.root)
     return env
+
+
+def _build_sysroot(mmdebstrap: str, env: Arm64Environment) -> None:
+    include = f"--include={PYTHON},libstdc++6,zlib1g"
+    command = [mmdebstrap, "--variant=extract", "--architectures=arm64", include, SUITE, str(env.sysroot)]
+    _run(command, "mmdebstrap (the Debian arm64 sysroot)", timeout=1800)
+    # onnxruntime and LiteRT read the CPU lists at import and crash (signal 11) on the host's x86 ones.
+    cpu = env.sysroot / "sys" / "devices" / "system" / "cpu"
+    cpu.mkdir(parents=True, exist_ok=True)
+    for name in ("possible", "present"):
+        (cpu / name).write_text("")
+
+
+def _install_wheels(env: Arm64Environment) -> None:
+    platforms = [arg for tag in PLATFORMS for arg in ("--platform", tag)]
+    command = [sys.executable, "-m", "pip", "install", "-q", "--target", str(env.site), "--only-binary=:all:"]
+    command += ["--python-version", "3.11", "--implementation", "cp", *platforms, *WHEELS]
+    _run(command, "pip install of the aarch64 wheels", timeout=1800)
+
+
+def _check_python(qemu: str, env: Arm64Environment) -> None:
+    probe = "import json, platform, numpy, PIL, onnxruntime, ai_edge_litert; print(json.dumps(platform.machine()))"
+    done = _run(_qemu_command(qemu, env, "cortex-a53", ["-c", probe]), "the emulated Python", env=_child_env(env, None), timeout=600)
+    machine = json.loads(done.stdout.strip().splitlines()[-1])
+    if machine != "aarch64":
+        raise EdgedermError(
+            f"the emulated Python reports {machine!r}, not aarch64", fix="sudo apt-get install --reinstall qemu-user-static"
+        )
 
 
 def _qemu_command(qemu: str, env: Arm64Environment, cpu: str, args: list[str]) -> list[str]:

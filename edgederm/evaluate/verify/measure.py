@@ -52,6 +52,11 @@ def _numbers(a: Any, b: Any) -> bool:
     return isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool)
 
 
+def metric_deltas(metrics: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
+    """Each numeric metric minus the reference's (metrics either lacks, or that are not numbers, are left out)."""
+    return {k: v - reference[k] for k, v in metrics.items() if _numbers(v, reference.get(k))}
+
+
 def measure(
     predictor: Predictor,
     pixels: np.ndarray,
@@ -85,7 +90,7 @@ def measure(
     if reference is not None:
         result.agreement = agreement(spec, truth or Truth(), reference.probs, probs)
         if result.metrics is not None and reference.metrics is not None:
-            result.deltas = {k: v - reference.metrics[k] for k, v in result.metrics.items() if _numbers(v, reference.metrics.get(k))}
+            result.deltas = metric_deltas(result.metrics, reference.metrics)
     one = pixels[:1]
     for count in threads:
         timed = predictor if count == threads[0] else reload(count)

@@ -34,7 +34,7 @@ from ...data.selection import resolve_inputs
 from ...runtime import Predictor
 from ...runtime.timing import DEFAULT_RUNS, DEFAULT_WARMUP
 from .guards import Guard, check_guard_metrics, headline_metric
-from .measure import Measurement, load_artifact, measure
+from .measure import Measurement, load_artifact, measure, metric_deltas
 from .scoring import Truth, agreement, load_truth, normalise, score
 
 STATUSES = ("pass", "fail", "error", "unverified")
@@ -246,11 +246,7 @@ def _verify_on_arm64(
             entry.update(
                 emulated=True,
                 metrics=metrics,
-                deltas={
-                    k: v - reference["metrics"][k]
-                    for k, v in metrics.items()
-                    if isinstance(v, int | float) and isinstance(reference["metrics"].get(k), int | float)
-                },
+                deltas=metric_deltas(metrics, reference["metrics"]),
                 agreement={
                     share: vs_reference[share],
                     "max_abs_prob_diff": vs_reference["max_abs_prob_diff"],
