@@ -12,12 +12,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgederm.core import zoo
 from edgederm.core.errors import EdgedermError, UsageError
 from edgederm.runtime.timing import DEFAULT_RUNS, DEFAULT_WARMUP
 
 from .benchmark import parse_threads_list, run_benchmark, write_benchmark
 from .native_output import native_stderr_silenced
-from .settings_store import selected_artifacts
+from .settings_store import DEFAULT_MODEL, DEFAULT_SEGMENTER, selected_artifacts
 
 DEFAULT_WINDOW = (480, 800)  # a phone held upright
 
@@ -48,8 +49,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m demo_app",
         description="edgederm demo app: an offline skin-lesion screening aid (not a diagnosis).",
     )
-    parser.add_argument("--model", type=Path, help="classifier artifact (.tflite, .onnx; .mlpackage on Apple platforms)")
-    parser.add_argument("--segmenter", type=Path, help="optional segmentation artifact: draws the lesion outline")
+    parser.add_argument(
+        "--model",
+        help=f"classifier artifact (.tflite, .onnx; .mlpackage on Apple platforms) or zoo:NAME (default, with its segmenter: {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--segmenter",
+        help=f"optional segmentation artifact or zoo:NAME: draws the lesion outline (default with the default model: {DEFAULT_SEGMENTER})",
+    )
     parser.add_argument("--threads", type=int, help="inference threads (default: the runtime's choice)")
     parser.add_argument("--source", default="camera", help="camera (default), an image file, or a folder of images replayed as frames")
     parser.add_argument("--data-dir", type=Path, help="where history and settings live (default: the app's user data folder)")
@@ -77,11 +84,9 @@ def launch_options(args: argparse.Namespace) -> LaunchOptions:
         raise UsageError("--capture-and-exit and --benchmark-and-exit are separate runs", fix="give one of them")
     if args.screenshot and not (args.capture_and_exit or args.benchmark_and_exit):
         raise UsageError("--screenshot goes with --capture-and-exit or --benchmark-and-exit")
-    if args.capture_and_exit and args.model is None:
-        raise UsageError("--capture-and-exit needs --model", fix="give the classifier artifact with --model")
     return LaunchOptions(
-        model=args.model,
-        segmenter=args.segmenter,
+        model=None if args.model is None else zoo.phone_artifact(args.model),
+        segmenter=None if args.segmenter is None else zoo.phone_artifact(args.segmenter),
         threads=args.threads,
         source=args.source,
         data_dir=args.data_dir,

@@ -7,6 +7,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from edgederm.core import zoo
 from edgederm.core.formats import FORMATS
 
 ARTIFACT_SUFFIXES = tuple(f.suffix for f in FORMATS.values())
@@ -43,6 +44,17 @@ def find_artifacts(*folders: str | Path | None) -> list[Path]:
         if folder and Path(folder).is_dir():
             found += sorted(p for p in Path(folder).iterdir() if p.name.endswith(ARTIFACT_SUFFIXES) and not p.name.startswith("."))
     return found
+
+
+# With no model chosen, the app screens with the zoo's phone artifacts (int8 TFLite), so a fresh install works offline.
+DEFAULT_MODEL = "zoo:lite0-ham10000"
+DEFAULT_SEGMENTER = "zoo:tinyseg-isic2017"
+
+
+def zoo_default() -> tuple[Path, Path | None]:
+    """The shipped classifier and segmenter (their int8 TFLite files), checksums checked."""
+    segmenter = zoo.phone_artifact(DEFAULT_SEGMENTER) if DEFAULT_SEGMENTER.removeprefix(zoo.PREFIX) in zoo.entries() else None
+    return zoo.phone_artifact(DEFAULT_MODEL), segmenter
 
 
 def selected_artifacts(classifier: str | Path | None, segmenter: str | Path | None, *folders: str | Path | None) -> list[Path]:

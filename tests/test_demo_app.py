@@ -789,6 +789,21 @@ def test_capture_and_exit_end_to_end(artifacts, lesion, tmp_path, kivy_env, fmt)
     assert seconds < 60
 
 
+def test_capture_and_exit_uses_the_zoo_default(lesion, tmp_path, kivy_env):
+    """A fresh install screens with the shipped int8 TFLite classifier and segmenter: nothing to train or choose."""
+    from demo_app.settings_store import DEFAULT_MODEL, DEFAULT_SEGMENTER
+    from edgederm.core import zoo
+
+    done = _run_app(["--source", lesion[0], "--capture-and-exit", "--data-dir", tmp_path / "data"], kivy_env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = json.loads(done.stdout.splitlines()[-1])
+    classifier, segmenter = zoo.phone_artifact(DEFAULT_MODEL), zoo.phone_artifact(DEFAULT_SEGMENTER)
+    assert shown["model"] == classifier.name and shown["segmenter"] == segmenter.name
+    assert shown["lesion_area_fraction"] is not None and 0 < shown["lesion_area_fraction"] < 1
+    same = CapturePipeline.load(classifier, segmenter).run(Image.open(lesion[0]))
+    assert shown["predicted"] == same.screening.predicted
+
+
 def test_capture_and_exit_from_a_folder(artifacts, lesion, tmp_path, kivy_env):
     folder = tmp_path / "stills"
     folder.mkdir()
@@ -1020,7 +1035,7 @@ def test_history_survives_a_restart(artifacts, lesion, tmp_path, kivy_env):
         (lambda a, img, tmp: ["--model", a["tflite"], "--source", tmp / "missing.jpg"], "no such image or folder"),
         (lambda a, img, tmp: ["--model", a["tflite"], "--source", corrupt_jpeg(tmp / "cut.jpg")], "truncated"),
         (lambda a, img, tmp: ["--model", a["tflite"], "--source", img, "--threads", "0"], "--threads must be >= 1"),
-        (lambda a, img, tmp: ["--source", img], "--capture-and-exit needs --model"),
+        (lambda a, img, tmp: ["--model", "zoo:no-such-entry", "--source", img], "no zoo entry 'no-such-entry'"),
     ],
     ids=[
         "missing-model",
@@ -1030,7 +1045,7 @@ def test_history_survives_a_restart(artifacts, lesion, tmp_path, kivy_env):
         "missing-image",
         "truncated-jpeg",
         "zero-threads",
-        "no-model",
+        "unknown-zoo-entry",
     ],
 )
 def test_bad_input_fails_with_one_line(artifacts, lesion, tmp_path, make_args, message):

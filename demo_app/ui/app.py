@@ -23,7 +23,7 @@ from ..capture import CapturePipeline
 from ..contours import draw_contour
 from ..history import HistoryStore
 from ..presentation import ResultView, json_line, result_view
-from ..settings_store import AppSettings, find_artifacts, selected_artifacts
+from ..settings_store import AppSettings, find_artifacts, selected_artifacts, zoo_default
 from ..sources import CAMERA, StillFrames, texture_to_image
 from .screens import BenchmarkScreen, CameraScreen, HistoryScreen, NoticeScreen, ResultScreen, SettingsScreen
 from .widgets import BACKGROUND
@@ -64,8 +64,14 @@ class EdgedermScreeningApp(App):
             self.settings.segmenter = str(options.segmenter)
         if options.threads:
             self.settings.threads = options.threads
-        if not self.settings.classifier and not options.headless:
-            self.settings.classifier = self._bundled_classifier()
+        if not self.settings.classifier:
+            bundled = None if options.headless else self._bundled_classifier()
+            if bundled:
+                self.settings.classifier = bundled
+            else:
+                classifier, segmenter = zoo_default()
+                self.settings.classifier = str(classifier)
+                self.settings.segmenter = self.settings.segmenter or (None if segmenter is None else str(segmenter))
         self.history = HistoryStore(self.data_dir / "history")
         if options.capture_and_exit:
             self.pipeline = self._load_pipeline()

@@ -13,10 +13,10 @@ import sys
 from .. import __version__
 from ..core.errors import EdgedermError
 from ..core.log import configure
-from . import device, export, models, predict, quickstart, train, tuning, verify
+from . import device, export, models, predict, quickstart, train, tuning, verify, zoo
 from .parser import Parser
 
-COMMANDS = (models, train, predict, export, verify, device, tuning, quickstart)
+COMMANDS = (models, zoo, train, predict, export, verify, device, tuning, quickstart)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,13 +6,14 @@ import argparse
 from pathlib import Path
 
 from ..core.errors import UsageError
+from .parser import model_path
 
 
 def add_parser(sub) -> None:
     from ..core.formats import FORMATS, QUANT_MODES
 
     p = sub.add_parser("export", help="export a run to TFLite / ONNX / CoreML artifacts + manifest.json")
-    p.add_argument("run_dir", type=Path, help="a run directory (model.safetensors + spec.json)")
+    p.add_argument("run_dir", type=model_path, help="a run directory (model.safetensors + spec.json) or zoo:NAME")
     p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated, from {', '.join(FORMATS)}")
     p.add_argument("--quant", default="fp32,fp16,int8", help=f"comma-separated, from {', '.join(QUANT_MODES)}")
     p.add_argument("--calib-data", help="representative images for int8 (default: the train split of the run's training data)")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..core.errors import UsageError
+from .parser import model_path
 
 
 def add_parser(sub) -> None:
@@ -16,10 +17,15 @@ def add_parser(sub) -> None:
     ):
         p = sub.add_parser(name, help=help_text)
         if name == "predict":
-            p.add_argument("model", type=Path, nargs="?", help="a run directory or exported artifact (or --segmenter with --classifier)")
+            p.add_argument(
+                "model",
+                type=model_path,
+                nargs="?",
+                help="a run directory, zoo:NAME or exported artifact (or --segmenter with --classifier)",
+            )
             _add_segment_classify(p)
         else:
-            p.add_argument("model", type=Path, help="a run directory or checkpoint")
+            p.add_argument("model", type=model_path, help="a run directory, checkpoint or zoo:NAME")
         p.add_argument("images", nargs="*", help="image files or folders (instead of --data)")
         p.add_argument("--data", help="a dataset spec instead of image paths")
         p.add_argument("--split", choices=["train", "val", "test"], help="only this split of the model's splits.csv")
@@ -31,8 +37,10 @@ def add_parser(sub) -> None:
 
 
 def _add_segment_classify(p) -> None:
-    p.add_argument("--segmenter", type=Path, help="segment first: crop each image around this segmenter's lesion (needs --classifier)")
-    p.add_argument("--classifier", type=Path, help="classify the lesion crops with this classifier (needs --segmenter)")
+    p.add_argument(
+        "--segmenter", type=model_path, help="segment first: crop each image around this segmenter's lesion (needs --classifier)"
+    )
+    p.add_argument("--classifier", type=model_path, help="classify the lesion crops with this classifier (needs --segmenter)")
     p.add_argument(
         "--crop-margin", type=float, help="with --segmenter: grow the lesion box by this share of its side on each side (default 0.2)"
     )

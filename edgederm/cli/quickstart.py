@@ -12,10 +12,13 @@ import argparse
 import time
 from pathlib import Path
 
+from ..core import zoo
 from ..core.formats import FORMATS
 from ..core.log import get_logger
 
 logger = get_logger(__name__)
+
+ZOO_CLASSIFIER = "zoo:lite0-ham10000"
 
 
 def _log(message: str) -> None:
@@ -111,6 +114,8 @@ def quickstart(
         appendix_lines=extra,
     )
     _log(f"done in {time.time() - started:.0f} s; report: {report}")
+    if zoo.entries():
+        _log(f"a model trained on real dermoscopy ships with edgederm: edgederm predict {ZOO_CLASSIFIER} PHOTO.jpg --out runs/zoo_predict")
     if verdict:
         _log("an artifact FAILED verification: see the table in the report")
     return report, verdict

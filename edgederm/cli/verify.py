@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..core.errors import UsageError
+from .parser import model_path
 
 
 def add_parser(sub) -> None:
@@ -14,7 +15,9 @@ def add_parser(sub) -> None:
     p.add_argument("export_dir", type=Path, help="an export directory with manifest.json")
     p.add_argument("--data", required=True, help="labelled images to verify on (a dataset spec)")
     p.add_argument("--split", choices=["train", "val", "test"], help="only this split of the source run's splits.csv")
-    p.add_argument("--reference", type=Path, help="the run directory the export came from (default: the manifest's source)")
+    p.add_argument(
+        "--reference", type=model_path, help="the run directory (or zoo:NAME) the export came from (default: the manifest's source)"
+    )
     p.add_argument("--max-drop", type=float, default=0.01, help="largest allowed drop of the headline metric (balanced accuracy)")
     p.add_argument("--guard", action="append", default=[], metavar="METRIC=MAX_DROP", help="e.g. mel_sensitivity=0.02 (repeatable)")
     p.add_argument("--threads", default="1", help="comma-separated thread counts for latency, e.g. 1,2")

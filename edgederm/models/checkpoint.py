@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..core import atomic
+from ..core import atomic, zoo
 from ..core.errors import ModelError
 from ..core.spec import ModelSpec
 from . import create_model, pruning
@@ -54,8 +54,8 @@ def save_model(model: nn.Module, spec: ModelSpec, run_dir: Path) -> Path:
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
-    """A run dir, its spec.json or its model.safetensors -> (weights, spec) paths."""
-    path = Path(path)
+    """A run dir, ``zoo:NAME``, its spec.json or its model.safetensors -> (weights, spec) paths."""
+    path = zoo.resolve(path)
     if path.is_dir():
         weights, spec = path / MODEL_FILE, path / SPEC_FILE
     elif path.name == SPEC_FILE:
@@ -63,7 +63,11 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     elif path.suffix == ".safetensors":
         weights, spec = path, path.with_name(SPEC_FILE)
     else:
-        raise ModelError("not an edgederm checkpoint", path=path, fix="give a run directory, its spec.json or model.safetensors")
+        raise ModelError(
+            "not an edgederm checkpoint",
+            path=path,
+            fix="give a run directory, zoo:NAME (see `edgederm zoo list`), its spec.json or model.safetensors",
+        )
     for needed in (weights, spec):
         if not needed.is_file():
             raise ModelError(

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..core import zoo
 from ..core.errors import BackendUnavailable, ModelError
 from ..core.formats import FORMATS, TORCH_BACKEND, format_for_path
 from ..core.manifest import verify_against_manifest
@@ -27,13 +28,13 @@ class Predictor(ABC):
 
     @staticmethod
     def load(path: str | Path, *, device: str = "cpu", threads: int | None = None, emulate: bool = False) -> Predictor:
-        """The backend is the FORMATS table's for the suffix; a run directory or checkpoint is the torch reference.
+        """The backend is the FORMATS table's for the suffix; a run directory, checkpoint or ``zoo:NAME`` is the torch reference.
 
         An artifact listed in a manifest.json beside it is checked against its sha256 first. A format
         whose native runtime does not exist on this platform (CoreML off Apple) raises a one-line
         ModelError, or with ``emulate`` runs on the format's emulated backend (numerics only).
         """
-        path = Path(path)
+        path = zoo.resolve(path)
         if not path.exists():
             raise ModelError("no such model file or run directory", path=path)
         fmt = format_for_path(path.name)

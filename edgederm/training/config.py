@@ -14,6 +14,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..core import zoo
 from ..core.errors import UsageError
 
 MODES = ("head", "full")
@@ -82,7 +83,7 @@ class TrainConfig:
     init_from: str | None = option(
         None,
         metavar="RUN_DIR",
-        help="start from a trained run's weights (same arch, size, classes and split), e.g. to fine-tune it with --qat",
+        help="start from a trained run's weights or zoo:NAME (same arch, size, classes and split), e.g. to fine-tune it with --qat",
     )
     qat: bool = option(
         False,
@@ -97,7 +98,7 @@ class TrainConfig:
     distill_from: str | None = option(
         None,
         metavar="RUN_DIR",
-        help="--mode full: a teacher run whose softened probabilities join the loss (knowledge distillation)",
+        help="--mode full: a teacher run (or zoo:NAME) whose softened probabilities join the loss (knowledge distillation)",
     )
     distill_weight: float = option(0.5, help="share of the loss given to the teacher's soft labels")
     distill_temperature: float = option(2.0, help="softening temperature of the distillation loss")
@@ -119,6 +120,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        # zoo:NAME becomes the entry's checkpoint folder here, so the split checks read its splits.csv
+        self.init_from = None if self.init_from is None else str(zoo.resolve(self.init_from))
+        self.distill_from = None if self.distill_from is None else str(zoo.resolve(self.distill_from))
         if self.mode not in MODES:
             raise UsageError(f"--mode must be one of {MODES}, got {self.mode!r}")
         if self.balance not in BALANCE:
