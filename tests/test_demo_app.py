@@ -798,7 +798,7 @@ def test_capture_and_exit_uses_the_zoo_default(lesion, tmp_path, kivy_env):
     assert done.returncode == 0, done.stderr[-2000:]
     shown = json.loads(done.stdout.splitlines()[-1])
     classifier, segmenter = zoo.phone_artifact(DEFAULT_MODEL), zoo.phone_artifact(DEFAULT_SEGMENTER)
-    assert shown["model"] == classifier.name and shown["segmenter"] == segmenter.name
+    assert shown["model"] == str(classifier) and shown["segmenter"] == str(segmenter)
     assert shown["lesion_area_fraction"] is not None and 0 < shown["lesion_area_fraction"] < 1
     same = CapturePipeline.load(classifier, segmenter).run(Image.open(lesion[0]))
     assert shown["predicted"] == same.screening.predicted
