@@ -4,8 +4,9 @@
     python benchmarks/zoo.py build NAME [NAME ...]     # pack runs/zoo/NAME into edgederm/zoo/NAME and measure it
     python benchmarks/zoo.py table                     # rewrite benchmarks/results/zoo.{json,md} from the entries
 
-``build`` stores the weights in float16, or float32 where float16 changed a prediction (the check,
-top-1 agreement or mask IoU with the float32 run on the test images, is in numerics.json), the
+``build`` stores the weights in float16, or float32 where float16 changed a classifier's named class
+on a test image or put a segmenter's mean mask IoU with the float32 run below 0.999 (the check is in
+numerics.json), the
 run's lesion-disjoint splits.csv, the int8 TFLite artifact that the demo app embeds, and after
 Qualcomm AI Hub's model cards:
 
@@ -61,7 +62,7 @@ class Recipe:
     external: str  # dataset spec from another source, scored whole
     external_note: str
     needs: tuple[str, ...] = ()  # entries whose runs this recipe starts from
-    storage: str = "float16"  # how the weights are stored; float32 where float16 changed a test prediction
+    storage: str = "float16"  # float32 where float16 changed a named class (or mask IoU < 0.999) on the test images
 
 
 HAM = "ham10000:{shared}/ham10000"
