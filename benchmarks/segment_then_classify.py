@@ -21,6 +21,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _machine import training_machine, where  # noqa: E402
+
+from edgederm.core import zoo  # noqa: E402
 from edgederm.core.log import configure, get_logger  # noqa: E402
 from edgederm.data.selection import resolve_inputs  # noqa: E402
 from edgederm.evaluate.predict import labelled_rows, run_predictor  # noqa: E402
@@ -70,9 +73,9 @@ def summarise(predictions) -> dict:
 def main() -> int:
     configure()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--classifier", default="runs/reference")
-    parser.add_argument("--segmenter", default="runs/seg_mobilegan_plain")
-    parser.add_argument("--data", default="ham10000:/work/shared/data/ham10000")
+    parser.add_argument("--classifier", default="zoo:lite0-ham10000", help="a run directory (relative to the repository) or zoo:NAME")
+    parser.add_argument("--segmenter", default="zoo:mobilegan-isic2017")
+    parser.add_argument("--data", default=f"ham10000:{ROOT.parent / 'shared' / 'data' / 'ham10000'}")
     parser.add_argument("--split", default="test")
     parser.add_argument("--crop-margin", type=float, default=0.2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -83,8 +86,9 @@ def main() -> int:
         (args.out / "segment_then_classify.md").write_text(markdown(result))
         return 0
 
-    classifier, segmenter = Predictor.load(ROOT / args.classifier), Predictor.load(ROOT / args.segmenter)
-    dataset = resolve_inputs(args.data, [], args.split, ROOT / args.classifier / "splits.csv")
+    classifier_dir, segmenter_dir = (ROOT / zoo.resolve(name) for name in (args.classifier, args.segmenter))
+    classifier, segmenter = Predictor.load(classifier_dir), Predictor.load(segmenter_dir)
+    dataset = resolve_inputs(args.data, [], args.split, classifier_dir / "splits.csv")
     started = time.time()
     full = run_predictor(classifier, dataset)
     full_seconds = time.time() - started
@@ -122,6 +126,8 @@ def main() -> int:
         f"--split {args.split} --crop-margin {args.crop_margin:g} --out OUT"
     )
     result = {
+        "created": time.strftime("%Y-%m-%d"),
+        "machine": training_machine(),
         "command": command,
         "cli_equivalent_of_crop_arm": cli_equivalent,
         "classifier": args.classifier,
@@ -236,7 +242,7 @@ What this does and does not show:
 - One split and one seed per model. Balanced accuracy weighs each class equally, so the small classes move it a
   lot: one df image is 1/{full["per_class_support"]["df"]} of df's sensitivity. The bootstrap interval covers the
   image sample only, not retraining.
-- Times (CPU, `nice 19`, while another benchmark ran): full image {r["seconds"]["full_image"]} s, segment then
+- Run on {r["created"]}, {where(r["machine"])}. Times (`nice 19`): full image {r["seconds"]["full_image"]} s, segment then
   classify {r["seconds"]["segment_then_classify"]} s.
 """
 
