@@ -22,6 +22,7 @@ from pathlib import Path
 
 from _machine import where
 
+from edgederm.core.formats import FORMATS
 from edgederm.core.log import configure, get_logger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +32,7 @@ DATA = "isic2017:/work/shared/data/isic2017/val"
 OUT = ROOT / "runs" / "segparity"
 RESULTS = ROOT / "benchmarks" / "results"
 EDGEDERM = str(ROOT / ".venv" / "bin" / "edgederm")
+QUANTS = ("fp32", "fp16", "int8", "w8a16")
 logger = get_logger("benchmarks.segmenter_parity")
 
 
@@ -40,9 +42,9 @@ def export_command(name: str) -> list[str]:
         "export",
         f"runs/{name}",
         "--formats",
-        "tflite,onnx,coreml",
+        ",".join(FORMATS),
         "--quant",
-        "fp32,fp16,int8",
+        ",".join(QUANTS),  # a mode a format lacks is a skipped row, which verify leaves out
         "--out",
         f"runs/segparity/{name}",
     ]
@@ -189,10 +191,11 @@ def write_markdown(result: dict, path: Path) -> None:
         "# Segmenters on ISIC 2017: training, export and parity on the official val set (150 images)",
         "",
         *_training_lines(result.get("training")),
-        "Every segmenter artifact (TFLite, ONNX, CoreML at fp32, fp16, int8) against the torch fp32 run directory on the",
-        "official ISIC 2017 validation images. Jaccard/Dice per image at the image's size after the spec's post-processing,",
-        "averaged; \"mask IoU vs torch\" is the mean per-image IoU between the artifact's and torch's masks. int8 is calibrated",
-        "on the run's own train split (the export default, 300 images). CoreML runs in the MIL emulator on Linux (no latency).",
+        f"Every segmenter artifact (every format at {', '.join(QUANTS)} where the format has the mode) against the torch fp32",
+        "run directory on the official ISIC 2017 validation images. Jaccard/Dice per image at the image's size after the spec's",
+        "post-processing, averaged; \"mask IoU vs torch\" is the mean per-image IoU between the artifact's and torch's masks.",
+        "int8 and w8a16 are calibrated on the run's own train split (the export default, 300 images). CoreML runs in the MIL",
+        "emulator on Linux (no latency).",
         "",
         "Command (`benchmarks/segmenter_parity.py` runs these for both runs, then builds this file):",
         "",

@@ -305,12 +305,14 @@ _REMEDY = (
 
 
 def for_job(quantizer: Int8Quantizer[Model], job: ExportJob) -> Model:
-    """int8 (all layers) or int8-aa (the search) for an ExportJob; the quantizer's choices go to ``job.details``."""
+    """int8 or w8a16 (all layers quantized) or int8-aa (the search) for an ExportJob; the quantizer's choices go to
+    ``job.details``."""
+    tag = job.quant.removesuffix("-aa")
     job.details["activation_ranges"] = quantizer.range_choice.to_dict()
-    log(quantizer.range_choice.summary(), tag="int8")
+    log(quantizer.range_choice.summary(), tag=tag)
     job.details["bias_correction"] = quantizer.bias_correction.to_dict()
-    log(quantizer.bias_correction.summary(), tag="int8")
-    if job.quant == "int8":
+    log(quantizer.bias_correction.summary(), tag=tag)
+    if job.quant != "int8-aa":
         return quantizer.full_int8
     model, result = search(
         quantizer.candidates(),

@@ -40,6 +40,11 @@ class ConversionError(RuntimeError):
     """A converter's readable failure (unsupported op, tool error): becomes a status row, not a crash."""
 
 
+class ConversionSkipped(ConversionError):
+    """The format cannot make this mode of this model as the mode promises (e.g. ops its backend does not run at that
+    precision): a ``skipped`` status row with the reason, and no artifact."""
+
+
 def check_job(job: ExportJob, fmt: Format) -> None:
     """The job's quant mode is one of ``fmt``'s, with calibration images where the mode needs them."""
     if job.quant not in fmt.quant_modes:

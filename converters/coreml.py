@@ -17,6 +17,10 @@ Quantization modes (edgederm.core.formats):
   activation calibration runs CoreML predictions, which only macOS can do. Affine (asymmetric)
   ranges unless ``job.options["coreml_int8_scheme"] == "symmetric"``.
 
+There is no ``w8a16``: coremltools 9 quantizes activations to 8 bits only (``LinearQuantizer``
+accepts ``quint8`` or float activations, and the MIL ``quantize`` op int8 or uint8), so the formats
+table lists no 16-bit activation mode for CoreML.
+
 Everything here runs on Linux; running the artifact does not (coremltools predicts only on macOS).
 """
 

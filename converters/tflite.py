@@ -14,6 +14,10 @@ int8          ai-edge-quantizer ``static_wi8_ai8`` calibrated on ``job.calibrati
               MediaPipe and every app feed the same normalised floats as to fp32.
               ``options["int8_io"]`` keeps int8 input/output instead; their scale and zero point
               are in the embedded spec and the interpreter's tensor details.
+w8a16         the same calibration, ranges and bias-correction decision with ai-edge-quantizer's
+              ``static_wi8_ai16``: int8 weights, int16 activations (TFLite's 16x8 kernels), float32
+              input/output and a float softmax as in int8. Bias correction moves int32 biases only,
+              and 16x8 convs keep int64 ones, so it finds nothing to correct there.
 
 Why ai-edge-quantizer, measured on an EfficientNet-Lite0 trained on HAM10000 (head mode, 192 px;
 100 calibration images, top-1 agreement with the fp32 model on 300 other images): ai-edge-quantizer
@@ -121,7 +125,7 @@ def _file_preprocess(preprocess: Preprocess, nhwc: bool) -> Preprocess:
 def _quantized_model(job: ExportJob, fp32: bytes) -> bytes:
     if job.quant == "fp32":
         return fp32
-    if QUANT_MODES[job.quant].needs_calibration:  # static int8: all layers, or accuracy-aware
+    if QUANT_MODES[job.quant].needs_calibration:  # static int8 (all layers, or accuracy-aware) or w8a16
         return _static_int8(fp32, job)
     return _quantize(fp32, _RECIPES[job.quant]())
 
@@ -155,7 +159,8 @@ def _static_int8(fp32: bytes, job: ExportJob) -> bytes:
 
 
 class _StaticInt8:
-    """ai-edge-quantizer ``static_wi8_ai8`` calibrated once; ``build`` can keep any layers in float (an ``Int8Quantizer``)."""
+    """ai-edge-quantizer ``static_wi8_ai8`` (``static_wi8_ai16`` for w8a16) calibrated once; ``build`` can keep any layers
+    in float (an ``Int8Quantizer``)."""
 
     LAYER_OPS = (
         *("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "MEAN", "AVERAGE_POOL_2D", "RESHAPE"),
@@ -169,7 +174,7 @@ class _StaticInt8:
         from ai_edge_quantizer import calibrator, recipe, recipe_manager
 
         self.fp32, self.layout = fp32, "NHWC" if job.options.get("nhwc", True) else "NCHW"
-        self.rules = recipe.static_wi8_ai8()
+        self.rules = recipe.static_wi8_ai16() if job.quant == "w8a16" else recipe.static_wi8_ai8()
         if not job.options.get("int8_io", False):
             self.rules += [{"regex": ".*", "operation": op, "algorithm_key": "no_quantize", "op_config": {}} for op in ("INPUT", "OUTPUT")]
             # An int8 softmax gives probabilities in steps of 1/256, so a referral threshold above 255/256 (a

@@ -10,7 +10,8 @@ from pathlib import Path
 from edgederm.core import zoo
 from edgederm.core.formats import FORMATS
 
-ARTIFACT_SUFFIXES = tuple(f.suffix for f in FORMATS.values())
+# The app never imports torch: formats whose Python runtime needs it (ExecuTorch) are left out.
+ARTIFACT_SUFFIXES = tuple(f.suffix for f in FORMATS.values() if f.torch_free)
 
 
 @dataclass

@@ -275,7 +275,8 @@ def write_benchmark(result: dict[str, Any], path: str | Path) -> Path:
 
 
 def expand_artifacts(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given; an export directory becomes its manifest's ``ok`` artifacts whose runtime exists here."""
+    """Files as given; an export directory becomes its manifest's ``ok`` artifacts whose runtime exists here and needs no
+    torch (an ExecuTorch ``.pte`` is benchmarked when named, where executorch is installed)."""
     found: list[Path] = []
     for path in map(Path, paths):
         if not path.is_dir() or format_for_path(path.name) is not None:
@@ -284,11 +285,11 @@ def expand_artifacts(paths: Iterable[str | Path]) -> list[Path]:
             found.append(path)
             continue
         entries = [a for a in read_manifest(path)["artifacts"] if a.get("status") == "ok" and a.get("path")]
-        runnable = [path / a["path"] for a in entries if (f := format_for_path(a["path"])) is not None and f.runs_here()]
+        runnable = [path / a["path"] for a in entries if (f := format_for_path(a["path"])) is not None and f.runs_here() and f.torch_free]
         if not runnable:
             raise UsageError(
                 f"no artifact in {path} runs on this platform",
-                fix=f"export {', '.join(f.suffix for f in FORMATS.values() if f.runs_here())} files",
+                fix=f"export {', '.join(f.suffix for f in FORMATS.values() if f.runs_here() and f.torch_free)} files",
             )
         found.extend(runnable)
     return found

@@ -3,7 +3,8 @@
 Each artifact is written under a temporary name and renamed into place only when complete, and
 the manifest is rewritten after every artifact, so an interrupted export (or a full disk) leaves
 the earlier artifacts intact and listed. A format that fails becomes a status row with a readable
-message; the other formats still export.
+message (``failed``, or ``skipped`` for a mode the format lacks or cannot make of this model, with
+the reason); the other formats still export.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def export_run(
     calib_n: int = 300,
     options: dict | None = None,
 ) -> list[ArtifactRecord]:
-    from .converters._job import ExportJob, tool_output_hidden
+    from .converters._job import ConversionSkipped, ExportJob, tool_output_hidden
     from .models.checkpoint import load_checkpoint
 
     model, spec = load_checkpoint(run_dir)
@@ -158,6 +159,7 @@ def export_run(
                         fmt.name, quant, None, "skipped", f"{fmt.name} has no {quant} mode (it has {', '.join(fmt.quant_modes)})"
                     )
                 )
+                write_manifest(out_dir, run_dir, kept + records, spec.source_sha256)
                 continue
             final = out_dir / artifact_name(spec.arch, fmt, quant)
             tmp_dir = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
@@ -192,6 +194,8 @@ def export_run(
                         "no space left on the device", path=out_dir, fix="free disk space; the artifacts listed in manifest.json are intact"
                     ) from None
                 record = ArtifactRecord(fmt.name, quant, None, "failed", _one_line(error), seconds=round(time.time() - started, 2))
+            except ConversionSkipped as error:
+                record = ArtifactRecord(fmt.name, quant, None, "skipped", _one_line(error), seconds=round(time.time() - started, 2))
             except Exception as error:  # noqa: BLE001 - a failing format is a status row, not a crash
                 record = ArtifactRecord(
                     fmt.name, quant, None, "failed", f"{type(error).__name__}: {_one_line(error)}", seconds=round(time.time() - started, 2)

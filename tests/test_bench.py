@@ -132,3 +132,14 @@ def test_an_export_dir_gives_the_artifacts_that_run_here(export_dir: Path):
         coreml_only.mkdir(exist_ok=True)
         (coreml_only / "manifest.json").write_text(json.dumps({"artifacts": [{"path": "m.mlpackage", "status": "ok"}]}))
         expand_artifacts([coreml_only])
+
+
+def test_an_export_dir_leaves_out_executorch_programs(tmp_path: Path):
+    """The bench runs without torch, and ExecuTorch's Python runtime loads libtorch: a .pte is benchmarked only when named."""
+    rows = [{"path": "m_fp32.pte", "status": "ok"}, {"path": "m_fp32.onnx", "status": "ok"}]
+    (tmp_path / "manifest.json").write_text(json.dumps({"artifacts": rows}))
+    assert [p.name for p in expand_artifacts([tmp_path])] == ["m_fp32.onnx"]
+    (tmp_path / "manifest.json").write_text(json.dumps({"artifacts": rows[:1]}))
+    with pytest.raises(EdgedermError, match=r"no artifact .* runs on this platform") as caught:
+        expand_artifacts([tmp_path])
+    assert ".pte" not in str(caught.value) and ".onnx" in str(caught.value)

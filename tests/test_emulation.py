@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import cli_env
 
@@ -90,3 +91,29 @@ def test_a_failure_on_an_emulated_cpu_fails_the_run():
     assert exit_code(result) == 1
     result["device_results"][0]["artifacts"][0]["status"] = "pass"
     assert exit_code(result) == 0, "a phone's latency file carries no status; only emulated entries are judged"
+
+
+def test_only_torch_free_artifacts_go_to_the_emulated_cpus(tmp_path: Path, monkeypatch):
+    """The ARM64 environment holds the runtimes' wheels and no torch: ExecuTorch programs stay on the host."""
+    from types import SimpleNamespace
+
+    from edgederm.evaluate.verify import emulation
+    from edgederm.evaluate.verify.runner import VerifyOptions, _verify_on_arm64
+
+    class Benched(Exception):
+        pass
+
+    def run_bench(env, cpu, artifacts, pixels, names, **kwargs):
+        raise Benched([Path(a).name for a in artifacts])
+
+    monkeypatch.setattr(emulation, "setup_arm64", lambda: None)
+    monkeypatch.setattr(emulation, "run_bench", run_bench)
+    probs = np.zeros((2, 4), np.float32)
+    rows = [
+        {"name": name, "path": name, "probs": probs, "emulated": False}
+        for name in ("m_fp32.tflite", "m_fp32.onnx", "m_fp32.pte", "m_int8.pte")
+    ]
+    options = VerifyOptions(data="synthetic:2", emulate=["cortex-a53"])
+    with pytest.raises(Benched) as benched:
+        _verify_on_arm64(tmp_path, rows, SimpleNamespace(pixels=np.zeros((2, 8, 8, 3), np.uint8)), None, None, None, options)
+    assert benched.value.args[0] == ["m_fp32.tflite", "m_fp32.onnx"]

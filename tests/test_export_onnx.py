@@ -1,4 +1,4 @@
-"""ONNX export (fp32, fp16, static int8) of a tiny trained run, read back with onnxruntime."""
+"""ONNX export (fp32, fp16, static int8, w8a16) of a tiny trained run, read back with onnxruntime."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from edgederm.export import export_run
 from edgederm.runtime import Predictor
 from edgederm.runtime.onnx_backend import OnnxPredictor
 
-MODES = ("fp32", "fp16", "int8")
+MODES = ("fp32", "fp16", "int8", "w8a16")
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,7 @@ def test_quantized_files_are_smaller(exported: dict[str, Path]):
     size = {mode: path.stat().st_size for mode, path in exported.items()}
     assert size["fp16"] < 0.6 * size["fp32"]
     assert size["int8"] < 0.35 * size["fp32"]
+    assert size["w8a16"] < 0.35 * size["fp32"]  # int8 weights; the activations' 16 bits cost no file size
 
 
 def test_manifest_hashes_match_the_files(exported: dict[str, Path]):
@@ -106,6 +107,34 @@ def test_int8_graph_is_qdq_with_uint8_activations_and_per_channel_weights(export
         assert len(initializers[node.input[1]].dims) == 1 and initializers[node.input[1]].dims[0] > 1  # one scale per channel
     (last,) = [n for n in graph.node if graph.output[0].name in n.output]
     assert last.op_type == "Softmax"  # the probabilities are not quantized
+
+
+def test_w8a16_graph_is_qdq_with_int16_activations_and_per_channel_int8_weights(exported: dict[str, Path]):
+    model = onnx.load(exported["w8a16"])
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    activation_zero_points = [initializers[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert activation_zero_points and all(z.data_type == onnx.TensorProto.INT16 for z in activation_zero_points)
+    conv_weights = {n.input[1] for n in graph.node if n.op_type == "Conv"}
+    weight_dequantizers = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] in conv_weights]
+    assert weight_dequantizers and all(initializers[n.input[0]].data_type == onnx.TensorProto.INT8 for n in weight_dequantizers)
+    assert all(initializers[n.input[1]].dims[0] > 1 for n in weight_dequantizers)  # one scale per output channel
+    (last,) = [n for n in graph.node if graph.output[0].name in n.output]
+    assert last.op_type == "Softmax"
+    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    assert opset >= 21 and Predictor.load(exported["w8a16"]).spec.artifact["opset"] == opset  # int16 QDQ is standard from 21
+    details = {row["quant"]: row["details"] for row in read_manifest(exported["w8a16"].parent)["artifacts"]}["w8a16"]
+    assert details["calibration"]["images"] == 40 and "activation_ranges" in details and "bias_correction" in details
+
+
+def test_w8a16_model_is_closer_to_torch_than_int8(exported: dict[str, Path], pixels: np.ndarray, reference: np.ndarray):
+    """Same int8 weights, 256x finer activations: the probabilities move less from fp32's."""
+    gaps = {}
+    for mode in ("int8", "w8a16"):
+        probabilities = Predictor.load(exported[mode], threads=1).predict_pixels(pixels)
+        assert (probabilities.argmax(1) == reference.argmax(1)).mean() >= 0.9
+        gaps[mode] = float(np.abs(probabilities - reference).mean())
+    assert 0 < gaps["w8a16"] < gaps["int8"], gaps
 
 
 def test_fp16_model_has_fp16_weights_and_float32_io(exported: dict[str, Path]):

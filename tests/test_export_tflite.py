@@ -31,7 +31,7 @@ from edgederm.runtime import Predictor
 from edgederm.runtime.tflite_backend import TFLITE_METADATA, TFLitePredictor, read_tflite_metadata
 from edgederm.training.classification import TrainConfig, train_classifier
 
-MODES = ["fp32", "fp16", "int8-dynamic", "int8"]
+MODES = ["fp32", "fp16", "int8-dynamic", "int8", "w8a16"]
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,7 @@ def test_quantized_files_are_smaller(exported):
     assert records["fp16"].size < 0.6 * fp32
     assert records["int8-dynamic"].size < 0.35 * fp32
     assert records["int8"].size < 0.35 * fp32
+    assert records["w8a16"].size < 0.35 * fp32
 
 
 def test_manifest_sha256_matches_the_files(exported):
@@ -219,6 +220,22 @@ def test_tflite_predictor_matches_torch(exported, pixels: np.ndarray, reference:
         elif quant == "fp16":
             assert np.abs(probabilities - reference).max() < 1e-2
         assert agreement >= 0.9, (quant, agreement)
+
+
+def test_w8a16_has_int16_activations_and_int8_weights(exported):
+    from ai_edge_litert.interpreter import Interpreter
+
+    out, records = exported
+    interpreter = Interpreter(model_path=str(out / records["w8a16"].path))
+    interpreter.allocate_tensors()
+    tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
+    convs = [op for op in interpreter._get_ops_details() if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    assert convs
+    for op in convs:  # TFLite's 16x8 kernels: int16 input and output, int8 weights, int64 bias
+        data, weights = (np.dtype(tensors[i]["dtype"]) for i in op["inputs"][:2])
+        assert data == np.int16 and weights == np.int8 and np.dtype(tensors[op["outputs"][0]]["dtype"]) == np.int16
+    details = records["w8a16"].details
+    assert details["calibration"]["images"] == 40 and details["bias_correction"]["convs"] == 0  # it moves int32 biases only
 
 
 def test_int8_input_output_are_quantized_on_request(run_dir: Path, tmp_path: Path, pixels: np.ndarray, reference: np.ndarray):

@@ -1,4 +1,4 @@
-"""``edgederm export``: a run to TFLite / ONNX / CoreML artifacts and manifest.json."""
+"""``edgederm export``: a run to TFLite / ONNX / CoreML / ExecuTorch artifacts and manifest.json."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .parser import model_path
 def add_parser(sub) -> None:
     from ..core.formats import FORMATS, QUANT_MODES
 
-    p = sub.add_parser("export", help="export a run to TFLite / ONNX / CoreML artifacts + manifest.json")
+    p = sub.add_parser("export", help="export a run to TFLite / ONNX / CoreML / ExecuTorch artifacts + manifest.json")
     p.add_argument("run_dir", type=model_path, help="a run directory (model.safetensors + spec.json) or zoo:NAME")
     p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated, from {', '.join(FORMATS)}")
     p.add_argument("--quant", default="fp32,fp16,int8", help=f"comma-separated, from {', '.join(QUANT_MODES)}")

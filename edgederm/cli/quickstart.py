@@ -1,7 +1,7 @@
 """``edgederm quickstart``: the embedded default, offline, in a few minutes on two CPU cores.
 
 Synthetic dermoscopy-like images -> grouped split -> head training on ImageNet EfficientNet-Lite0
-features -> calibrated model with a referral threshold -> TFLite / ONNX / CoreML export at fp32 and
+features -> calibrated model with a referral threshold -> TFLite / ONNX / CoreML / ExecuTorch export at fp32 and
 int8 -> ``edgederm verify`` of every artifact against torch on the held-out lesions -> report. The
 command exits 1 when an artifact fails verification, after writing the report that says which.
 """
@@ -85,7 +85,7 @@ def quickstart(
     extra: list[str] = []
     verdict = 0
     if export:
-        _log("exporting to TFLite, ONNX and CoreML at fp32 and int8")
+        _log(f"exporting to {', '.join(f.title for f in FORMATS.values())} at fp32 and int8")
         export_dir = out / "export"  # calibration images are fresh lesions, never the test ones
         export_run(
             run_dir,

@@ -78,7 +78,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         headline = (a.get("metrics") or {}).get(result["headline_metric"])
         score = "" if headline is None else f"{result['headline_metric']} {headline:.3f}"
         print(
-            f"{a['status']:10} {a['format'] or '':7} {a['quant'] or '':13} {share:16} {score:26} {'; '.join(a['checks']) or a['message']}"
+            f"{a['status']:10} {a['format'] or '':10} {a['quant'] or '':13} {share:16} {score:26} {'; '.join(a['checks']) or a['message']}"
         )
 
     print(f"wrote {json_path}, {markdown}, {html}", file=sys.stderr)

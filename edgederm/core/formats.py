@@ -32,6 +32,12 @@ QUANT_MODES: dict[str, QuantMode] = {
             "with fp32 on the calibration images within --max-drop",
             True,
         ),
+        QuantMode(
+            "w8a16",
+            "int8 weights and int16 activations, calibrated on --calib-data, for runtimes with 16-bit integer kernels "
+            "(TFLite 16x8; onnxruntime's CPU provider computes it in float between QDQ pairs)",
+            True,
+        ),
         QuantMode("int8-dynamic", "int8 weights, float activations quantized on the fly (no calibration)", False),
         QuantMode("int8-weights", "int8 weights, float compute (CoreML linear_quantize_weights)", False),
         QuantMode("palettize4", "4-bit palettized weights (CoreML)", False),
@@ -55,6 +61,7 @@ class Format:
     title: str  # how messages name it: "TFLite"
     platforms: tuple[str, ...] = ()  # sys.platform values the native runtime exists on; () = everywhere
     emulated_backend: str | None = None  # "module:Class" that computes its numerics where it cannot run natively
+    torch_free: bool = True  # its backend runs without torch: edgederm-bench and `verify --emulate arm64` run it
 
     @property
     def runs_on_linux(self) -> bool:
@@ -73,13 +80,13 @@ FORMATS: dict[str, Format] = {
         Format(
             "tflite",
             ".tflite",
-            ("fp32", "fp16", "int8-dynamic", "int8", "int8-aa"),
+            ("fp32", "fp16", "int8-dynamic", "int8", "int8-aa", "w8a16"),
             "tflite_runtime or ai_edge_litert",
             "tflite",
             "tflite_backend:TFLitePredictor",
             "TFLite",
         ),
-        Format("onnx", ".onnx", ("fp32", "fp16", "int8", "int8-aa"), "onnxruntime", "onnx", "onnx_backend:OnnxPredictor", "ONNX"),
+        Format("onnx", ".onnx", ("fp32", "fp16", "int8", "int8-aa", "w8a16"), "onnxruntime", "onnx", "onnx_backend:OnnxPredictor", "ONNX"),
         Format(
             "coreml",
             ".mlpackage",
@@ -90,6 +97,17 @@ FORMATS: dict[str, Format] = {
             "CoreML",
             platforms=("darwin",),
             emulated_backend="coreml_emulator:EmulatedCoreMLPredictor",
+        ),
+        # XNNPACK has no 16-bit activation quantizer (w8a16), and int8-aa's search is not offered (converters/executorch.py).
+        Format(
+            "executorch",
+            ".pte",
+            ("fp32", "fp16", "int8"),
+            "executorch (XNNPACK delegate)",
+            "executorch",
+            "executorch_backend:ExecuTorchPredictor",
+            "ExecuTorch",
+            torch_free=False,  # its Python runtime loads libtorch; on a phone the C++ runtime runs the same .pte
         ),
     )
 }

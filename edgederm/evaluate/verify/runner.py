@@ -219,10 +219,15 @@ def _verify_on_arm64(
     spec: ModelSpec,
     options: VerifyOptions,
 ) -> list[dict[str, Any]]:
-    """Every TFLite/ONNX artifact that ran here, again on each emulated ARM64 CPU: one device_results entry per CPU."""
+    """Every torch-free artifact (TFLite, ONNX) that ran here, again on each emulated ARM64 CPU: one device_results entry per
+    CPU. The emulated environment holds the runtime's wheels and no torch, which ExecuTorch's Python runtime needs."""
     from .emulation import run_bench, setup_arm64
 
-    runnable = [r for r in rows if r.get("probs") is not None and not r["emulated"] and format_for_path(r["name"]).runs_on_linux]
+    def emulated(row: dict[str, Any]) -> bool:
+        fmt = format_for_path(row["name"])
+        return row.get("probs") is not None and not row["emulated"] and fmt.runs_on_linux and fmt.torch_free
+
+    runnable = [r for r in rows if emulated(r)]
     if not runnable:
         return []
     env = setup_arm64()

@@ -1,0 +1,194 @@
+"""ExecuTorch export: ``torch.export`` -> XNNPACK-lowered program -> one ``.pte`` file per quantization mode.
+
+Every mode exports the Deployable (softmax or sigmoid in the graph) at batch 1, lowers it with
+``executorch.exir.to_edge_transform_and_lower(..., partitioner=[XnnpackPartitioner()])`` and
+serializes it with ``to_executorch()``: method ``forward`` takes the normalised NCHW float32 image
+(1, 3, S, S) and returns the probabilities (1, C), or a segmenter's lesion probabilities (1, 1, S, S).
+
+fp32  the float graph; every compute op runs in XNNPACK delegates.
+fp16  the network in float16 between a cast of the float32 input and a cast of the output back, so
+      callers feed the same array as to fp32; XNNPACK computes in fp16. XNNPACK's lowering keeps
+      conv weights and biases as float32 in the program and packs them to fp16 when the method
+      loads, so the file is about as large as fp32 (6.11 MB against 6.09 MB for the tests'
+      MobileNetV3-Small at 64 px). Where XNNPACK leaves any op of the fp16 graph other than dtype
+      conversions to ExecuTorch's portable kernels (GELU, for one, which XNNPACK has no fp16 kernel
+      for), the mode is not exported: the row is ``skipped`` with those ops named, since the file
+      would not be the XNNPACK fp16 program it claims to be. (The tests' MobileNetV3-Small lowers to
+      19 XNNPACK delegates joined by dtype casts around its squeeze-excitation gates; the manifest
+      row counts delegates and casts.)
+int8  PT2E static quantization: ``XNNPACKQuantizer`` with ``get_symmetric_quantization_config(
+      is_per_channel=True)`` (per-channel symmetric int8 weights, per-tensor int8 activations with
+      torchao's HistogramObserver ranges), torchao ``prepare_pt2e``, one forward pass per
+      calibration image (``job.calibration``: the same images TFLite and ONNX int8 calibrate on),
+      ``convert_pt2e``, then the same lowering; XNNPACK runs the quantized ops as int8 kernels. The
+      final softmax/sigmoid is not annotated by the quantizer and stays float.
+
+Bias correction and int8-aa do not join ExecuTorch's int8, and the formats table lists no int8-aa
+for it: the shared search (``_ranges``, ``_bias_correction``, ``_accuracy_aware``) scores models a
+format's quantizer rebuilds from one calibration with other activation ranges, corrected biases or
+some layers in float, and PT2E fixes the ranges in its observers and the int32 biases inside
+XNNPACK's serialized delegate, so each candidate would be a new prepare/calibrate/convert/lower.
+w8a16 is not offered either: XNNPACK's quantizer has no 16-bit activation configuration.
+
+The artifact's ModelSpec travels inside the program as the constant method ``edgederm_spec``
+(``constant_methods``), returning the spec's JSON string, which ``edgederm.runtime.executorch_backend``
+reads. The finished program runs once in the ExecuTorch runtime before it is written: its outputs
+must be finite and, in fp32, within 1e-4 of torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgederm.core import atomic
+from edgederm.core.formats import FORMATS
+from edgederm.core.metadata import SPEC_KEY, artifact_spec
+
+from ._job import ConversionError, ConversionSkipped, ExportJob, check_job, conversion_step
+from ._wrap import deployable, example_input
+
+INPUT_NAME = "image"
+METHOD = "forward"
+FP32_ATOL = 1e-4  # the ExecuTorch fp32 program vs torch on the same input
+# Ops that may stay outside XNNPACK in an fp16 program: dtype and memory-layout copies between its delegates.
+_CASTS = ("dim_order_ops._to_dim_order_copy", "aten._to_copy", "aten.clone")
+
+
+def export(job: ExportJob) -> None:
+    check_job(job, FORMATS["executorch"])
+    with conversion_step(f"ExecuTorch {job.quant} conversion", needs="executorch (pip install executorch==1.5.1)"), _quiet():
+        graph = _graph(job)
+        example = (example_input(job.spec),)
+        with torch.no_grad():
+            program = torch.export.export(graph, example)
+        spec_json = artifact_spec(job.spec, "executorch", job.quant, _io(job)).to_json()
+        edge = _lower(program, spec_json)
+        job.details["xnnpack"] = _delegation(edge)
+        if job.quant == "fp16" and job.details["xnnpack"]["outside"]:
+            outside = ", ".join(f"{op} x{n}" for op, n in job.details["xnnpack"]["outside"].items())
+            raise ConversionSkipped(f"XNNPACK does not run every op of this model in fp16 ({outside} would fall back to portable kernels)")
+        buffer = edge.to_executorch().buffer
+    _check_runs(buffer, job, spec_json)
+    atomic.write_bytes(job.target, buffer)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    # executorch warns that its runtime API is experimental on import; that is no news about this artifact.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _graph(job: ExportJob) -> nn.Module:
+    if job.quant == "fp16":
+        return _Float16(deployable(copy.deepcopy(job.model), job.spec)).eval()
+    if job.quant == "int8":
+        return _int8(job)
+    return deployable(job.model, job.spec)
+
+
+class _Float16(nn.Module):
+    """float32 in and out, float16 everywhere between."""
+
+    def __init__(self, graph: nn.Module):
+        super().__init__()
+        self.network = graph.half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x.half()).float()
+
+
+def _int8(job: ExportJob) -> nn.Module:
+    """The Deployable quantized by PT2E for XNNPACK, calibrated on ``job.calibration`` one image at a time."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    example = (example_input(job.spec),)
+    with torch.no_grad():
+        captured = torch.export.export(deployable(job.model, job.spec), example).module()
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    with conversion_step("PT2E prepare"):
+        prepared = prepare_pt2e(captured, quantizer)
+    with conversion_step("PT2E calibration"), torch.no_grad():
+        for batch in job.calibration.batches(1, "NCHW"):
+            prepared(torch.from_numpy(batch))
+    job.details["quantizer"] = {
+        "name": "XNNPACKQuantizer",
+        "weights": "int8 per-channel symmetric (PerChannelMinMaxObserver)",
+        "activations": "int8 per-tensor (HistogramObserver)",
+    }
+    with conversion_step("PT2E convert"):
+        return convert_pt2e(prepared)
+
+
+def _lower(program: torch.export.ExportedProgram, spec_json: str) -> Any:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    with conversion_step("XNNPACK lowering"):
+        return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()], constant_methods={SPEC_KEY: spec_json})
+
+
+def _delegation(edge: Any) -> dict[str, Any]:
+    """How much of the program XNNPACK runs: its delegate calls, and the ops left to portable kernels (casts apart)."""
+    delegates, outside, casts = 0, Counter(), 0
+    for node in edge.exported_program().graph_module.graph.nodes:
+        if node.op != "call_function" or node.target is operator.getitem:
+            continue
+        name = getattr(node.target, "__name__", str(node.target))
+        if name == "executorch_call_delegate":
+            delegates += 1
+        elif name.removesuffix(".default") in _CASTS:
+            casts += 1
+        else:
+            outside[name] += 1
+    return {"delegates": delegates, "casts_outside": casts, "outside": dict(outside)}
+
+
+def _io(job: ExportJob) -> dict[str, Any]:
+    side = job.spec.preprocess.input_size
+    if job.spec.task == "classification":
+        output = {"name": "probabilities", "dtype": "float32", "shape": [1, job.spec.num_classes]}
+    else:
+        output = {"name": "mask_probabilities", "dtype": "float32", "shape": [1, 1, side, side]}
+    return {
+        "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [1, 3, side, side], "layout": "NCHW"},
+        "output": output,
+        "method": METHOD,
+        "delegate": "XnnpackBackend",
+        "compute": {"fp16": "float16", "int8": "int8"}.get(job.quant, "float32"),
+    }
+
+
+def _check_runs(buffer: bytes, job: ExportJob, spec_json: str) -> None:
+    """The ExecuTorch runtime loads the program, reads its spec back and gives finite outputs of the stated shape."""
+    side = job.spec.preprocess.input_size
+    example = np.random.default_rng(0).standard_normal((1, 3, side, side)).astype(np.float32)
+    with conversion_step(f"ExecuTorch runtime check of the {job.quant} program"), _quiet():
+        from executorch.runtime import Runtime
+
+        program = Runtime.get().load_program(buffer)
+        (stored,) = program.load_method(SPEC_KEY).execute([])
+        (output,) = program.load_method(METHOD).execute([torch.from_numpy(example)])
+    output = output.numpy()
+    if stored != spec_json:
+        raise ConversionError(f"the {job.quant} ExecuTorch program does not give back the spec stored in it")
+    if list(output.shape) != _io(job)["output"]["shape"] or not np.all(np.isfinite(output)):
+        raise ConversionError(f"the {job.quant} ExecuTorch program outputs {list(output.shape)} or non-finite values")
+    if job.quant == "fp32":
+        with torch.no_grad():
+            reference = deployable(job.model, job.spec)(torch.from_numpy(example)).numpy()
+        gap = float(np.abs(reference - output).max())
+        if gap > FP32_ATOL:
+            raise ConversionError(f"the fp32 ExecuTorch program differs from torch by {gap:.2g} (limit {FP32_ATOL})")
