@@ -15,6 +15,8 @@ from torch import nn
 
 from edgederm.core.spec import ModelSpec
 
+from ._job import ConversionError
+
 
 class Deployable(nn.Module):
     def __init__(self, model: nn.Module, spec: ModelSpec, nhwc: bool = False, input_normalization: tuple | None = None):
@@ -50,3 +52,15 @@ def example_input(spec: ModelSpec, nhwc: bool = False, batch: int = 1) -> torch.
     side = spec.preprocess.input_size
     shape = (batch, side, side, 3) if nhwc else (batch, 3, side, side)
     return torch.zeros(shape)
+
+
+FP32_ATOL = 1e-4  # an fp32 artifact's output vs torch's on the same input
+
+
+def check_fp32_matches_torch(job, example, output, what: str) -> None:
+    """An fp32 artifact must give torch's outputs on ``example`` (NCHW float32) within FP32_ATOL."""
+    with torch.no_grad():
+        reference = deployable(job.model, job.spec)(torch.from_numpy(example)).numpy()
+    gap = float(abs(reference - output).max())
+    if gap > FP32_ATOL:
+        raise ConversionError(f"the fp32 {what} differs from torch by {gap:.2g} (limit {FP32_ATOL})")

@@ -55,11 +55,10 @@ from edgederm.core.formats import FORMATS
 from edgederm.core.metadata import SPEC_KEY, artifact_spec
 
 from ._job import ConversionError, ConversionSkipped, ExportJob, check_job, conversion_step
-from ._wrap import deployable, example_input
+from ._wrap import check_fp32_matches_torch, deployable, example_input
 
 INPUT_NAME = "image"
 METHOD = "forward"
-FP32_ATOL = 1e-4  # the ExecuTorch fp32 program vs torch on the same input
 # Ops that may stay outside XNNPACK in an fp16 program: dtype and memory-layout copies between its delegates.
 _CASTS = ("dim_order_ops._to_dim_order_copy", "aten._to_copy", "aten.clone")
 
@@ -187,8 +186,4 @@ def _check_runs(buffer: bytes, job: ExportJob, spec_json: str) -> None:
     if list(output.shape) != _io(job)["output"]["shape"] or not np.all(np.isfinite(output)):
         raise ConversionError(f"the {job.quant} ExecuTorch program outputs {list(output.shape)} or non-finite values")
     if job.quant == "fp32":
-        with torch.no_grad():
-            reference = deployable(job.model, job.spec)(torch.from_numpy(example)).numpy()
-        gap = float(np.abs(reference - output).max())
-        if gap > FP32_ATOL:
-            raise ConversionError(f"the fp32 ExecuTorch program differs from torch by {gap:.2g} (limit {FP32_ATOL})")
+        check_fp32_matches_torch(job, example, output, "ExecuTorch program")

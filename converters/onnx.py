@@ -43,14 +43,13 @@ from edgederm.runtime.timing import measure_latency
 from . import _accuracy_aware, _bias_correction, _onnx_bias, _ranges
 from ._calibration import Calibration
 from ._job import ConversionError, ExportJob, check_job, conversion_step, one_line
-from ._wrap import deployable, example_input
+from ._wrap import check_fp32_matches_torch, deployable, example_input
 
 logger = get_logger(__name__)
 
 OPSET = 18
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
-FP32_ATOL = 1e-4  # onnxruntime fp32 vs torch on the same input
 
 
 def export(job: ExportJob) -> None:
@@ -340,11 +339,7 @@ def _check_runs(data: bytes, job: ExportJob) -> None:
     if not np.all(np.isfinite(probabilities)):
         raise ConversionError(f"the {job.quant} ONNX model outputs non-finite values")
     if job.quant == "fp32":
-        with torch.no_grad():
-            reference = deployable(job.model, job.spec)(torch.from_numpy(example)).numpy()
-        gap = float(np.abs(reference - probabilities).max())
-        if gap > FP32_ATOL:
-            raise ConversionError(f"the fp32 ONNX model differs from torch by {gap:.2g} (limit {FP32_ATOL})")
+        check_fp32_matches_torch(job, example, probabilities, "ONNX model")
 
 
 def _note(message: str) -> None:
