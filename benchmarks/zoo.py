@@ -67,125 +67,70 @@ class Recipe:
 
 HAM = "ham10000:{shared}/ham10000"
 ISIC_TRAIN, ISIC_VAL = "isic2017:{shared}/isic2017/train", "isic2017:{shared}/isic2017/val"
-SEGMENT = (
-    "-m",
-    "edgederm",
-    "train",
-    "segment",
-    "--data",
-    ISIC_TRAIN,
-    "--val-data",
-    ISIC_VAL,
-    "--test-fraction",
-    "0.15",
-    "--adversarial",
-    "off",
-)
+HAM_CLASSIFIER = {
+    "task": "classification",
+    "data": "HAM10000 lesion-disjoint train split (70%)",
+    "license": HAM_LICENSE,
+    "test": HAM,
+    "external": ISIC_VAL,
+    "external_note": "ISIC 2017 val (another source): melanoma, seborrheic keratosis (bkl) and naevus only",
+}
+ISIC_SEGMENTER = {
+    "task": "segmentation",
+    "data": "ISIC 2017 train (85%; official val for model selection)",
+    "license": ISIC_LICENSE,
+    "test": ISIC_TRAIN,
+    "external": HAM,
+    "external_note": "HAM10000 lesion masks (another source): the images of lite0-ham10000's test split",
+}
+CLASSIFY = f"-m edgederm train classify --data {HAM} --mode full --augment affine"
+SEGMENT = f"-m edgederm train segment --data {ISIC_TRAIN} --val-data {ISIC_VAL} --test-fraction 0.15 --adversarial off"
+
+
+def command(text: str) -> tuple[str, ...]:
+    """A training command's arguments; the {placeholders} are filled per argument, so paths may hold spaces."""
+    return tuple(text.split())
+
 
 RECIPES = {
     r.name: r
     for r in (
         Recipe(
             "lite0-ham10000",
-            "classification",
-            "EfficientNet-Lite0 reference classifier, 7 HAM10000 classes, balanced decision rule and a referral operating point",
-            "HAM10000 lesion-disjoint train split (70%)",
-            HAM_LICENSE,
-            ("benchmarks/train_reference.py", "--preset", "cpu", "--out", "{out}", "--results-name", "classifier_ham10000_cpu"),
-            HAM,
-            ISIC_VAL,
-            "ISIC 2017 val (another source): melanoma, seborrheic keratosis (bkl) and naevus only",
+            description="EfficientNet-Lite0 reference classifier, 7 HAM10000 classes, balanced decision rule and a referral operating point",
+            train=command("benchmarks/train_reference.py --preset cpu --out {out} --results-name classifier_ham10000_cpu"),
             storage="float32",  # float16 storage changed the named class of 2 of 1275 test images
+            **HAM_CLASSIFIER,
         ),
         Recipe(
             "lite0-ham10000-p50",
-            "classification",
-            "lite0-ham10000 with half of every block's expansion channels pruned, then fine-tuned with distillation from it",
-            "HAM10000 lesion-disjoint train split (70%)",
-            HAM_LICENSE,
-            (
-                "-m",
-                "edgederm",
-                "train",
-                "classify",
-                "--data",
-                HAM,
-                "--init-from",
-                "{runs}/lite0-ham10000",
-                "--prune",
-                "0.5",
-                "--distill-from",
-                "{runs}/lite0-ham10000",
-                "--mode",
-                "full",
-                "--epochs",
-                "6",
-                "--augment",
-                "affine",
-                "--out",
-                "{out}",
+            description="lite0-ham10000 with half of every block's expansion channels pruned, then fine-tuned with distillation from it",
+            train=command(
+                f"{CLASSIFY} --init-from {{runs}}/lite0-ham10000 --prune 0.5 --distill-from {{runs}}/lite0-ham10000 --epochs 6 --out {{out}}"
             ),
-            HAM,
-            ISIC_VAL,
-            "ISIC 2017 val (another source): melanoma, seborrheic keratosis (bkl) and naevus only",
             needs=("lite0-ham10000",),
-        ),  # fmt: skip
+            **HAM_CLASSIFIER,
+        ),
         Recipe(
             "lite0-ham10000-s64",
-            "classification",
-            "EfficientNet-Lite0 at 64 px distilled from lite0-ham10000: the student for slow phones",
-            "HAM10000 lesion-disjoint train split (70%)",
-            HAM_LICENSE,
-            (
-                "-m",
-                "edgederm",
-                "train",
-                "classify",
-                "--data",
-                HAM,
-                "--arch",
-                "efficientnet_lite0",
-                "--img-size",
-                "64",
-                "--distill-from",
-                "{runs}/lite0-ham10000",
-                "--mode",
-                "full",
-                "--epochs",
-                "20",
-                "--augment",
-                "affine",
-                "--ema",
-                "0.998",
-                "--out",
-                "{out}",
+            description="EfficientNet-Lite0 at 64 px distilled from lite0-ham10000: the student for slow phones",
+            train=command(
+                f"{CLASSIFY} --arch efficientnet_lite0 --img-size 64 --distill-from {{runs}}/lite0-ham10000 --epochs 20 --ema 0.998 --out {{out}}"
             ),
-            HAM,
-            ISIC_VAL,
-            "ISIC 2017 val (another source): melanoma, seborrheic keratosis (bkl) and naevus only",
             needs=("lite0-ham10000",),
-        ),  # fmt: skip
+            **HAM_CLASSIFIER,
+        ),
         Recipe(
             "tinyseg-isic2017",
-            "segmentation",
-            "tinyseg lesion segmenter (42k parameters) at 128 px",
-            "ISIC 2017 train (85%; official val for model selection)",
-            ISIC_LICENSE,
-            (*SEGMENT, "--arch", "tinyseg", "--img-size", "128", "--epochs", "20", "--out", "{out}"),
-            ISIC_TRAIN,
-            HAM,
-            "HAM10000 lesion masks (another source): the images of lite0-ham10000's test split",
+            description="tinyseg lesion segmenter (42k parameters) at 128 px",
+            train=command(f"{SEGMENT} --arch tinyseg --img-size 128 --epochs 20 --out {{out}}"),
+            **ISIC_SEGMENTER,
         ),
         Recipe(
             "mobilegan-isic2017",
-            "segmentation",
-            "MobileGAN-style U-Net segmenter (MobileNetV2 encoder) at 128 px",
-            "ISIC 2017 train (85%; official val for model selection)",
-            ISIC_LICENSE,
-            (*SEGMENT, "--arch", "mobilegan", "--img-size", "128", "--epochs", "8", "--out", "{out}"),
-            ISIC_TRAIN,
-            HAM,
-            "HAM10000 lesion masks (another source): the images of lite0-ham10000's test split",
+            description="MobileGAN-style U-Net segmenter (MobileNetV2 encoder) at 128 px",
+            train=command(f"{SEGMENT} --arch mobilegan --img-size 128 --epochs 8 --out {{out}}"),
+            **ISIC_SEGMENTER,
         ),
     )
 }
@@ -219,8 +164,8 @@ def pack(run: Path, entry: Path, storage: str) -> None:
     from safetensors.torch import load_file, save_file
 
     from edgederm.core import atomic
+    from edgederm.core.manifest import artifact_sha256
     from edgederm.core.spec import ModelSpec
-    from edgederm.models.checkpoint import sha256_file
 
     entry.mkdir(parents=True, exist_ok=True)
     state = load_file(str(run / "model.safetensors"))
@@ -228,7 +173,7 @@ def pack(run: Path, entry: Path, storage: str) -> None:
     stored = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     atomic.write_with(entry / "model.safetensors", lambda tmp: save_file(stored, str(tmp), metadata={"edgederm_storage": storage}))
     spec = ModelSpec.load(run / "spec.json")
-    spec.source_sha256 = sha256_file(entry / "model.safetensors")
+    spec.source_sha256 = artifact_sha256(entry / "model.safetensors")
     atomic.write_text(entry / "spec.json", spec.to_json())
     shutil.copyfile(run / "splits.csv", entry / "splits.csv")
 
@@ -329,16 +274,15 @@ def numerics(entry: Path, recipe: Recipe, shared: Path, predictors: dict, run: P
             if spec.task == "classification":
                 rows[name]["confusion_matrix"] = metrics.get("confusion_matrix")
             logger.info(f"{recipe.name} {key} {name}: {_headline_text(spec.task, rows[name]['metrics'])}")
+        relative = data.replace(str(shared), "../shared/data")
         result["sets"][key] = {
-            "data": data.replace(str(shared), "../shared/data"),
+            "data": relative,
             "note": note,
             "n_images": len(cache.kept),
             "artifacts": rows,
         }
         if key == "test":
-            result["check_subset"] = _check_subset(
-                spec, dataset, cache, truth, data.replace(str(shared), "../shared/data"), {n: predictors[n] for n in CHECKED}
-            )
+            result["check_subset"] = _check_subset(spec, dataset, cache, truth, relative, {n: predictors[n] for n in CHECKED})
             float32 = measure(Predictor.load(run), cache.pixels, truth)
             result["storage"] = {
                 "dtype": recipe.storage,
@@ -355,6 +299,7 @@ CHECK_IMAGES = 64
 def _check_subset(spec, dataset, cache, truth, data: str, predictors: dict) -> dict:
     """The first 64 test images (by image id) and what torch fp32 and the phone artifact score on them: the
     test suite re-scores exactly these where the data is present, so the shipped files cannot drift from this file."""
+    from edgederm.evaluate.verify.measure import measure
     from edgederm.evaluate.verify.scoring import Truth, score
 
     order = sorted(range(len(cache.kept)), key=lambda i: dataset.samples[cache.kept[i]].image_id)[:CHECK_IMAGES]
@@ -364,15 +309,9 @@ def _check_subset(spec, dataset, cache, truth, data: str, predictors: dict) -> d
         sub = Truth(labels=truth.labels[order])
     out = {"data": data, "split": "test", "image_ids": [dataset.samples[cache.kept[i]].image_id for i in order], "metrics": {}}
     for name, predictor in predictors.items():
-        probs = measure_probs(predictor, cache.pixels[order], spec)
+        probs = measure(predictor, cache.pixels[order], None, spec).probs
         out["metrics"][name] = {k: v for k, v in score(spec, sub, probs).items() if isinstance(v, int | float) or v is None}
     return out
-
-
-def measure_probs(predictor, pixels: np.ndarray, spec) -> np.ndarray:
-    from edgederm.evaluate.verify.measure import measure
-
-    return measure(predictor, pixels, None, spec).probs
 
 
 def _headline_text(task: str, metrics: dict) -> str:
@@ -409,7 +348,8 @@ def perf(artifacts: dict[str, Path], work: Path, spec, shared: Path, recipe: Rec
 def build(recipe: Recipe, runs: Path, shared: Path, keep_work: Path | None) -> None:
     """With ``keep_work``, a second build reuses its exports and numerics and measures perf again (on an idle machine)."""
     from edgederm.core.formats import FORMATS
-    from edgederm.core.zoo import CARD, _sha256
+    from edgederm.core.manifest import artifact_sha256
+    from edgederm.core.zoo import CARD
     from edgederm.export import export_run
     from edgederm.runtime import Predictor
 
@@ -460,7 +400,7 @@ def build(recipe: Recipe, runs: Path, shared: Path, keep_work: Path | None) -> N
         "data": recipe.data,
         "license": recipe.license,
         "phone_artifact": phone,
-        "files": {name: _sha256(staging / name) for name in files},
+        "files": {name: artifact_sha256(staging / name) for name in files},
         "headline": headline,
     }
     (staging / CARD).write_text(json.dumps(card, indent=2) + "\n")

@@ -14,6 +14,7 @@ from PIL import Image
 
 from edgederm.core import zoo
 from edgederm.core.errors import ModelError, UsageError
+from edgederm.core.manifest import artifact_sha256
 from edgederm.runtime import Predictor
 
 SHIPPED = ("lite0-ham10000", "tinyseg-isic2017", "mobilegan-isic2017")
@@ -120,7 +121,7 @@ def scratch_zoo(tmp_path, monkeypatch, trained_run):
     folder.mkdir(parents=True)
     for name in ("model.safetensors", "spec.json", "splits.csv"):
         shutil.copyfile(trained_run / name, folder / name)
-    files = {name: zoo._sha256(folder / name) for name in ("model.safetensors", "spec.json", "splits.csv")}
+    files = {name: artifact_sha256(folder / name) for name in ("model.safetensors", "spec.json", "splits.csv")}
     card = {
         "name": "tiny",
         "task": "classification",

@@ -12,13 +12,13 @@ after checking the weights against the card. Torch-free: the runtime resolves na
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ModelError, UsageError
+from .manifest import artifact_sha256
 
 PREFIX = "zoo:"
 ZOO_DIR = Path(__file__).resolve().parents[1] / "zoo"
@@ -53,7 +53,7 @@ class ZooEntry:
             raise ModelError(f"zoo entry {self.name} has no file {name}", path=self.path, fix=f"choose from {', '.join(self.files)}")
         if not path.is_file():
             raise ModelError(f"zoo:{self.name} is missing {name}", path=path, fix="reinstall edgederm or rebuild with benchmarks/zoo.py")
-        if check and _sha256(path) != self.files[name]:
+        if check and artifact_sha256(path) != self.files[name]:
             raise ModelError(
                 f"zoo:{self.name} checksum mismatch for {name}",
                 path=path,
@@ -74,14 +74,6 @@ class ZooEntry:
             "files": self.files,
             "headline": self.headline,
         }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_card(folder: Path) -> ZooEntry:
