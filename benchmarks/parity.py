@@ -1,8 +1,9 @@
 """The reference recipe end to end: export every format x quant, verify on the lesion-disjoint test split, and time by input size.
 
-    python benchmarks/parity.py --run runs/reference [--data ham10000:../shared/data/ham10000]
+    python benchmarks/parity.py [--run zoo:lite0-ham10000] [--data ham10000:../shared/data/ham10000]
 
-Reuses RUN (made by ``benchmarks/train_reference.py --out RUN``; trained first when RUN is missing),
+Reuses RUN, a zoo entry or a run directory (made by ``benchmarks/train_reference.py --out RUN``;
+trained first when a run directory is missing),
 exports it to every row of the formats table at every quantization mode it has (int8 calibrated on
 the run's own train split; int8-aa within a top-1 disagreement of --max-drop), runs ``edgederm
 verify`` on the run's test split (same images, same machine, one process: latency at 1 and 2
@@ -39,11 +40,17 @@ def _log(message: str) -> None:
     logger.info(f"parity: {message}")
 
 
-def _ensure_run(run: Path) -> None:
+def _ensure_run(run: str) -> Path:
+    from edgederm.core.zoo import is_reference, resolve
+
+    if is_reference(run):
+        return resolve(run)
+    run = Path(run)
     if (run / "spec.json").is_file():
-        return
+        return run
     _log(f"{run} does not exist: training the reference recipe first (about an hour on 2 CPU cores)")
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_reference.py"), "--out", str(run)], check=True)
+    return run
 
 
 def sized_run(run: Path, size: int, work: Path) -> Path:
@@ -202,7 +209,7 @@ def _rewrite_markdown(path: Path, note: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     configure()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, default=REPO / "runs" / "reference")
+    parser.add_argument("--run", default="zoo:lite0-ham10000", help="a zoo entry (zoo:NAME) or a run directory")
     parser.add_argument("--data", default=f"ham10000:{SHARED / 'ham10000'}")
     parser.add_argument("--split", default="test")
     parser.add_argument("--max-drop", type=float, default=0.01, help="int8-aa's bound on top-1 disagreement with fp32")
@@ -221,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     from edgederm.export import export_run
 
     if args.markdown_only:
-        return _rewrite_markdown(args.results / f"parity_{ModelSpec.load(args.run / 'spec.json').arch}.json", args.note)
-    _ensure_run(args.run)
+        return _rewrite_markdown(args.results / f"parity_{ModelSpec.load(_ensure_run(args.run) / 'spec.json').arch}.json", args.note)
+    args.run = _ensure_run(args.run)
     spec = ModelSpec.load(args.run / "spec.json")
     export_dir = args.out / "export"
     started = time.time()

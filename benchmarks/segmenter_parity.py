@@ -1,14 +1,13 @@
-"""Segmenter export parity on real data: export each ISIC 2017 segmenter to every format and quant mode,
-verify every artifact against torch fp32 on the official ISIC 2017 val images, and collect one table.
+"""Segmenter export parity on real data: export each of the zoo's ISIC 2017 segmenters to every format and
+quant mode, verify every artifact against torch fp32 on the official ISIC 2017 val images, and collect one table.
 
-    python benchmarks/train_segmenters.py --parallel          # first: the runs (see its docstring)
     .venv/bin/python benchmarks/segmenter_parity.py            # export + verify + collect
     .venv/bin/python benchmarks/segmenter_parity.py --collect  # only rebuild the json/md
 
-RUNS are the best run of each arch by validation Jaccard in segmenter_training_isic2017.json.
-Writes benchmarks/results/segmenter_isic2017.{json,md} (training table, params and GFLOPs at the
-run's input size, every artifact's Jaccard/Dice and latency at 1 and 2 threads); artifacts and
-verify reports go to runs/segparity/.
+MODELS are the zoo's segmenters (``benchmarks/zoo.py`` holds their training recipes). Writes
+benchmarks/results/segmenter_isic2017.{json,md} (params and GFLOPs at the model's input size, every
+artifact's Jaccard/Dice and latency at 1 and 2 threads); artifacts and verify reports go to
+runs/segparity/.
 """
 
 from __future__ import annotations
@@ -20,15 +19,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _machine import where
-
 from edgederm.core.formats import FORMATS
 from edgederm.core.log import configure, get_logger
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = ["seg256_mobilegan_plain", "seg256_tinyseg_plain"]
+MODELS = ["zoo:mobilegan-isic2017", "zoo:tinyseg-isic2017"]
 RESULT_NAME = "segmenter_isic2017"
-DATA = "isic2017:/work/shared/data/isic2017/val"
+SHARED = "../shared/data"  # relative to the repository root, where the commands run
+DATA = f"isic2017:{SHARED}/isic2017/val"
+CALIB = f"isic2017:{SHARED}/isic2017/train"
 OUT = ROOT / "runs" / "segparity"
 RESULTS = ROOT / "benchmarks" / "results"
 EDGEDERM = str(ROOT / ".venv" / "bin" / "edgederm")
@@ -36,22 +35,28 @@ QUANTS = ("fp32", "fp16", "int8", "w8a16")
 logger = get_logger("benchmarks.segmenter_parity")
 
 
-def export_command(name: str) -> list[str]:
+def folder(model: str) -> str:
+    return model.removeprefix("zoo:")
+
+
+def export_command(model: str) -> list[str]:
     return [
         EDGEDERM,
         "export",
-        f"runs/{name}",
+        model,
         "--formats",
         ",".join(FORMATS),
         "--quant",
         ",".join(QUANTS),  # a mode a format lacks is a skipped row, which verify leaves out
+        "--calib-data",
+        CALIB,  # the model's own train split is what calibration takes
         "--out",
-        f"runs/segparity/{name}",
+        f"runs/segparity/{folder(model)}",
     ]
 
 
-def verify_command(name: str) -> list[str]:
-    export_dir = f"runs/segparity/{name}"
+def verify_command(model: str) -> list[str]:
+    export_dir = f"runs/segparity/{folder(model)}"
     return [
         EDGEDERM, "verify", export_dir, "--data", DATA, "--threads", "1,2", "--runs", "50",
         "--json", f"{export_dir}/verify.json", "--report", f"{export_dir}/verify",
@@ -114,9 +119,11 @@ def _latency_ms(row: dict, threads: int = 1) -> float | None:
 
 
 def collect() -> dict:
+    from edgederm.core.zoo import resolve
+
     models = []
-    for name in RUNS:
-        export_dir = OUT / name
+    for name in MODELS:
+        export_dir = OUT / folder(name)
         verify = json.loads((export_dir / "verify.json").read_text())
         ref = verify["reference"]
         rows = []
@@ -149,7 +156,7 @@ def collect() -> dict:
         tflite_int8 = next((r for r in rows if r["format"] == "tflite" and r["quant"] == "int8" and r["path"]), None)
         models.append(
             {
-                "run": f"runs/{name}",
+                "run": name,
                 "n_images": verify["n_images"],
                 "reference": {
                     "jaccard": ref["metrics"]["jaccard"],
@@ -157,18 +164,16 @@ def collect() -> dict:
                     "latency_ms_1thread": _latency_ms(ref),
                     "latency_ms_2threads": _latency_ms(ref, 2),
                 },
-                **_complexity(ROOT / "runs" / name),
+                **_complexity(resolve(name)),
                 "artifacts": rows,
                 "onnx_int8_attention": onnx_int8_attention_ops(export_dir / onnx_int8["path"]) if onnx_int8 else None,
                 "tflite_int8_attention": tflite_int8_attention_ops(export_dir / tflite_int8["path"]) if tflite_int8 else None,
                 "machine": verify["machine"],
             }
         )
-    training_file = RESULTS / "segmenter_training_isic2017.json"
     return {
         "data": DATA,
-        "commands": [shlex.join(c(n)) for n in RUNS for c in (export_command, verify_command)],
-        "training": json.loads(training_file.read_text()) if training_file.is_file() else None,
+        "commands": [shlex.join(c(n)).replace(EDGEDERM, "edgederm") for n in MODELS for c in (export_command, verify_command)],
         "models": models,
     }
 
@@ -188,13 +193,13 @@ def _f(value, fmt: str) -> str:
 
 def write_markdown(result: dict, path: Path) -> None:
     lines = [
-        "# Segmenters on ISIC 2017: training, export and parity on the official val set (150 images)",
+        "# Segmenters on ISIC 2017: export and parity on the official val set (150 images)",
         "",
-        *_training_lines(result.get("training")),
+        "The models are the zoo's segmenters, trained on ISIC 2017 train by the recipes in `benchmarks/zoo.py`. "
         f"Every segmenter artifact (every format at {', '.join(QUANTS)} where the format has the mode) against the torch fp32",
         "run directory on the official ISIC 2017 validation images. Jaccard/Dice per image at the image's size after the spec's",
         "post-processing, averaged; \"mask IoU vs torch\" is the mean per-image IoU between the artifact's and torch's masks.",
-        "int8 and w8a16 are calibrated on the run's own train split (the export default, 300 images). CoreML runs in the MIL",
+        "int8 and w8a16 are calibrated on the model's own train split (300 images). CoreML runs in the MIL",
         "emulator on Linux (no latency).",
         "",
         "Command (`benchmarks/segmenter_parity.py` runs these for both runs, then builds this file):",
@@ -262,24 +267,6 @@ def write_markdown(result: dict, path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
-def _training_lines(training: dict | None) -> list[str]:
-    if not training:
-        return []
-    lines = [
-        f"Training (`{training['command']}`, on {where(training['machine'])}; details in segmenter_training_isic2017.md). The runs below are the",
-        "best of each arch by validation Jaccard; the targets are mobilegan int8 Jaccard >= 0.80 and tinyseg >= 0.75 on val.",
-        "",
-        "| run | params | adversarial | px | epochs | val Jaccard | val Dice | test Jaccard |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in training["runs"]:
-        lines.append(
-            f"| {r['run']} | {r['params'] / 1e6:.3f}M | {r['adversarial']} | {r['img_size']} | {r['epochs']} | {r['val']['jaccard']:.3f} "
-            f"| {r['val']['dice']:.3f} | {(r['test'] or {}).get('jaccard', float('nan')):.3f} |"
-        )
-    return [*lines, ""]
-
-
 def summary(result: dict) -> list[str]:
     rows = [(m["run"], r) for m in result["models"] for r in m["artifacts"]]
     int8 = [(run, r) for run, r in rows if r["quant"] == "int8" and r["delta_jaccard"] is not None]
@@ -330,8 +317,8 @@ def main() -> int:
     args = parser.parse_args()
     if not args.collect:
         OUT.mkdir(parents=True, exist_ok=True)
-        for name in RUNS:
-            log = OUT / f"{name}.log"
+        for name in MODELS:
+            log = OUT / f"{folder(name)}.log"
             run_logged(export_command(name), log)  # a failed format is a failed row, verify still runs the rest
             run_logged(verify_command(name), log)
     result = collect()

@@ -83,7 +83,8 @@ ISIC_SEGMENTER = {
     "external": HAM,
     "external_note": "HAM10000 lesion masks (another source): the images of lite0-ham10000's test split",
 }
-CLASSIFY = f"-m edgederm train classify --data {HAM} --mode full --augment affine"
+# the reference's split (seed 0, 15% val, 15% test lesions) and regularisation, so its students share its test split
+CLASSIFY = f"-m edgederm train classify --data {HAM} --mode full --augment affine --test-fraction 0.15 --weight-decay 0.01"
 SEGMENT = f"-m edgederm train segment --data {ISIC_TRAIN} --val-data {ISIC_VAL} --test-fraction 0.15 --adversarial off"
 
 
@@ -106,7 +107,7 @@ RECIPES = {
             "lite0-ham10000-p50",
             description="lite0-ham10000 with half of every block's expansion channels pruned, then fine-tuned with distillation from it",
             train=command(
-                f"{CLASSIFY} --init-from {{runs}}/lite0-ham10000 --prune 0.5 --distill-from {{runs}}/lite0-ham10000 --epochs 6 --out {{out}}"
+                f"{CLASSIFY} --img-size 160 --batch-size 32 --lr 3e-4 --init-from {{runs}}/lite0-ham10000 --prune 0.5 --distill-from {{runs}}/lite0-ham10000 --epochs 6 --out {{out}}"
             ),
             needs=("lite0-ham10000",),
             **HAM_CLASSIFIER,
@@ -115,7 +116,7 @@ RECIPES = {
             "lite0-ham10000-s64",
             description="EfficientNet-Lite0 at 64 px distilled from lite0-ham10000: the student for slow phones",
             train=command(
-                f"{CLASSIFY} --arch efficientnet_lite0 --img-size 64 --distill-from {{runs}}/lite0-ham10000 --epochs 20 --ema 0.998 --out {{out}}"
+                f"{CLASSIFY} --arch efficientnet_lite0 --img-size 64 --batch-size 64 --distill-from {{runs}}/lite0-ham10000 --epochs 20 --ema 0.998 --out {{out}}"
             ),
             needs=("lite0-ham10000",),
             **HAM_CLASSIFIER,

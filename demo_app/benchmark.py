@@ -2,9 +2,10 @@
 
 The app's benchmark screen and ``--benchmark-and-exit`` write the same device-results file as
 ``edgederm-bench`` on a board: one preprocessed photo-like input at batch 1 per artifact and thread
-count, load time and peak memory, in the format ``edgederm verify --device-results`` merges. The
-app adds only its own loader (Google's Java TFLite interpreter where an Android build has no
-Python TFLite runtime) and the phone's name.
+count, load time and peak memory, and, given inputs (``--inputs``), each artifact's outputs on them,
+in the format ``edgederm verify --device-results`` merges. The app adds only its own loader
+(Google's Java TFLite interpreter where an Android build has no Python TFLite runtime) and the
+phone's name.
 """
 
 from __future__ import annotations
@@ -32,12 +33,23 @@ def device_info() -> dict[str, Any]:
 def run_benchmark(
     paths: Iterable[str | Path],
     threads_list: Iterable[int] = (1,),
+    inputs: str | Path | None = None,
     *,
     runs: int = DEFAULT_RUNS,
     warmup: int = DEFAULT_WARMUP,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    return bench.run_benchmark(paths, threads_list, runs=runs, warmup=warmup, load=load_predictor, on_result=progress, device=device_info())
+    """``edgederm.bench.run_benchmark`` with the app's loader and device name; ``inputs`` is what ``edgederm-bench --inputs`` takes."""
+    return bench.run_benchmark(
+        paths,
+        threads_list,
+        bench.Inputs(inputs) if inputs else None,
+        runs=runs,
+        warmup=warmup,
+        load=load_predictor,
+        on_result=progress,
+        device=device_info(),
+    )
 
 
 def _device_name() -> str:

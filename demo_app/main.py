@@ -34,6 +34,7 @@ class LaunchOptions:
     capture_and_exit: bool
     screenshot: Path | None
     benchmark_out: Path | None
+    inputs: Path | None  # with benchmark_out: an .npz or a folder of images, as edgederm-bench --inputs takes
     runs: int
     warmup: int
     threads_list: list[int]
@@ -68,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     headless.add_argument("--screenshot", type=Path, help="with a headless hook: save the rendered screen to this PNG")
     headless.add_argument("--benchmark-and-exit", type=Path, metavar="OUT.json", help="benchmark the artifacts, write the JSON file, exit")
+    headless.add_argument(
+        "--inputs",
+        type=Path,
+        metavar="NPZ|IMAGE_DIR",
+        help="with --benchmark-and-exit: also record each artifact's outputs on these inputs, as edgederm-bench --inputs does",
+    )
     headless.add_argument("--runs", type=int, default=DEFAULT_RUNS, help="timed runs per thread count (default %(default)s)")
     headless.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="untimed warm-up runs (default %(default)s)")
     headless.add_argument("--threads-list", default="1", help="thread counts to benchmark, e.g. 1,2,4 (default %(default)s)")
@@ -84,6 +91,8 @@ def launch_options(args: argparse.Namespace) -> LaunchOptions:
         raise UsageError("--capture-and-exit and --benchmark-and-exit are separate runs", fix="give one of them")
     if args.screenshot and not (args.capture_and_exit or args.benchmark_and_exit):
         raise UsageError("--screenshot goes with --capture-and-exit or --benchmark-and-exit")
+    if args.inputs and not args.benchmark_and_exit:
+        raise UsageError("--inputs goes with --benchmark-and-exit", fix="add --benchmark-and-exit OUT.json")
     return LaunchOptions(
         model=None if args.model is None else zoo.phone_artifact(args.model),
         segmenter=None if args.segmenter is None else zoo.phone_artifact(args.segmenter),
@@ -94,6 +103,7 @@ def launch_options(args: argparse.Namespace) -> LaunchOptions:
         capture_and_exit=args.capture_and_exit,
         screenshot=args.screenshot,
         benchmark_out=args.benchmark_and_exit,
+        inputs=args.inputs,
         runs=args.runs,
         warmup=args.warmup,
         threads_list=parse_threads_list(args.threads_list),
@@ -125,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 def benchmark_and_exit(options: LaunchOptions) -> int:
     paths = selected_artifacts(options.model, options.segmenter, options.models_dir)
     with native_stderr_silenced():
-        result = run_benchmark(paths, options.threads_list, runs=options.runs, warmup=options.warmup)
+        result = run_benchmark(paths, options.threads_list, options.inputs, runs=options.runs, warmup=options.warmup)
     write_benchmark(result, options.benchmark_out)
     return 0
 

@@ -27,6 +27,7 @@ import logging
 import platform
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from importlib import metadata
@@ -78,7 +79,7 @@ class Inputs:
                 names = [str(n) for n in data["names"]] if "names" in data else [str(i) for i in range(len(pixels))]
         except FileNotFoundError:
             raise DataError("no such inputs file or folder", path=self.path, fix=_INPUTS_FIX) from None
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # empty, truncated or not an .npz
             raise DataError(f"not an inputs .npz ({exc})", path=self.path, fix=_INPUTS_FIX) from None
         if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3 or pixels.shape[1] != pixels.shape[2]:
             raise DataError(f"'pixels' is {pixels.dtype} {tuple(pixels.shape)}, not uint8 (N, S, S, 3)", path=self.path, fix=_INPUTS_FIX)

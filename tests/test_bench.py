@@ -101,6 +101,8 @@ def test_bad_inputs_are_one_line_errors(export_dir: Path, photos: Path, tmp_path
     np.savez(wrong, pixels=np.zeros((2, 8, 8, 3), np.float32))
     small = tmp_path / "small.npz"
     np.savez(small, pixels=np.zeros((2, 8, 8, 3), np.uint8))
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(small.read_bytes()[:100])
     broken = tmp_path / "photos"
     broken.mkdir()
     corrupt_jpeg(broken / "bad.jpg")
@@ -109,6 +111,7 @@ def test_bad_inputs_are_one_line_errors(export_dir: Path, photos: Path, tmp_path
     cases = {
         (export_dir, "--inputs", wrong): "not uint8 (N, S, S, 3)",
         (export_dir, "--inputs", small): "the inputs are 8 px",
+        (export_dir, "--inputs", cut): "not an inputs .npz",
         (export_dir, "--inputs", broken): "bad.jpg",
         (export_dir, "--inputs", tmp_path / "none.npz"): "no such inputs file",
         (tmp_path / "missing.tflite",): "no such artifact",

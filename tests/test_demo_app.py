@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, cli_env, corrupt_jpeg
+from conftest import REPO, cli_env, corrupt_jpeg, write_images
 from PIL import Image
 
 sys.path.insert(0, str(REPO))  # demo_app runs from the repository root; it is not part of the installed package
@@ -33,7 +33,7 @@ from demo_app.history import CSV_COLUMNS, HistoryStore
 from demo_app.presentation import NO_REFER_TITLE, REFER_TITLE, result_view
 from demo_app.settings_store import AppSettings, find_artifacts, selected_artifacts
 from demo_app.sources import StillFrames, texture_to_image
-from edgederm.bench import DEVICE_KEYS
+from edgederm.bench import DEVICE_KEYS, unpack_masks
 from edgederm.core.errors import EdgedermError, ImageError, ModelError
 from edgederm.core.formats import FORMATS
 from edgederm.core.manifest import read_manifest
@@ -572,6 +572,58 @@ def test_benchmark_and_exit_needs_no_display(artifacts, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == "" and done.stderr == ""
     _check_benchmark_schema(json.loads(out.read_text()), [artifacts["tflite"], artifacts["onnx"]], [1, 2], 3, 1)
+
+
+def _edgederm_bench(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "edgederm.bench", *map(str, args)], env=cli_env(), capture_output=True, text=True, timeout=300
+    )
+
+
+def test_benchmark_and_exit_records_the_outputs_edgederm_bench_records(artifacts, segmenter_artifact, tmp_path):
+    write_images(tmp_path, 3, seed=5)
+    photos, from_app, from_bench = tmp_path / "images", tmp_path / "app.json", tmp_path / "bench.json"
+    env = {k: v for k, v in cli_env().items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    done = _run_app(
+        ["--model", artifacts["tflite"], "--segmenter", segmenter_artifact, "--benchmark-and-exit", from_app, "--inputs", photos]
+        + ["--runs", "2", "--warmup", "0"],
+        env,
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]
+    done = _edgederm_bench(artifacts["tflite"], segmenter_artifact, "--inputs", photos, "--runs", "2", "--warmup", "0", "--out", from_bench)
+    assert done.returncode == 0, done.stderr[-2000:]
+    app, bench = json.loads(from_app.read_text()), json.loads(from_bench.read_text())
+    assert app["inputs"] == bench["inputs"] == {"path": str(photos), "n": 3}
+    assert [a["sha256"] for a in app["artifacts"]] == [a["sha256"] for a in bench["artifacts"]]
+    (app_probs, app_masks), (bench_probs, bench_masks) = ([a["outputs"] for a in doc["artifacts"]] for doc in (app, bench))
+    assert app_probs["names"] == bench_probs["names"] == sorted(p.name for p in photos.iterdir())
+    assert app_probs["class_names"] == bench_probs["class_names"]
+    np.testing.assert_allclose(app_probs["probabilities"], bench_probs["probabilities"], atol=1e-6)
+    assert app_masks["names"] == bench_masks["names"] and app_masks["mask_shape"] == bench_masks["mask_shape"]
+    np.testing.assert_array_equal(unpack_masks(app_masks), unpack_masks(bench_masks))
+
+
+def test_inputs_without_the_benchmark_is_a_usage_error(artifacts, tmp_path):
+    done = _run_app(["--model", artifacts["tflite"], "--inputs", tmp_path], cli_env())
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "demo_app: --inputs goes with --benchmark-and-exit (fix: add --benchmark-and-exit OUT.json)"
+    ]
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt"])
+def test_bad_benchmark_inputs_give_edgederm_bench_s_error(artifacts, tmp_path, case):
+    inputs = tmp_path / "inputs.npz"
+    if case == "corrupt":
+        np.savez(inputs, pixels=np.zeros((2, 8, 8, 3), np.uint8))
+        inputs.write_bytes(inputs.read_bytes()[:100])
+    app = _run_app(["--model", artifacts["tflite"], "--benchmark-and-exit", tmp_path / "app.json", "--inputs", inputs], cli_env())
+    bench = _edgederm_bench(artifacts["tflite"], "--inputs", inputs, "--out", tmp_path / "bench.json")
+    assert app.returncode == bench.returncode != 0 and app.stdout == ""
+    (app_line,) = app.stderr.strip().splitlines()
+    (bench_line,) = [line for line in bench.stderr.strip().splitlines() if not line.startswith("INFO: ")]
+    assert app_line.removeprefix("demo_app: ") == bench_line.removeprefix("edgederm-bench: error: ")
+    assert app_line.startswith(f"demo_app: {inputs}: ") and not (tmp_path / "app.json").exists()
 
 
 def _markdown_table(text: str) -> tuple[list[str], list[list[str]]]:

@@ -60,13 +60,13 @@ def test_verify_on_emulated_arm64_cpus(trained_run: Path, tmp_path_factory):
     assert all(r.status == "ok" for r in records), [(r.path, r.message) for r in records]
     data = "synthetic:60,seed=4"  # the run's own data; its test split is what verify reads
     done = _edgederm(
-        "verify", out, "--data", data, "--split", "test", "--runs", "2", "--warmup", "0", "--saliency", "0", "--emulate", "arm64", env=env
-    )
+        "verify", out, "--data", data, "--split", "test", "--runs", "2", "--warmup", "0", "--saliency", "0", "--emulate", "arm64",
+        "--emulate-images", "5", env=env,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((out / "verify.json").read_text())
     emulated = [d for d in result["device_results"] if d.get("emulated")]
     assert [d["device"]["cpu"] for d in emulated] == ["cortex-a53", "cortex-a76"]
-    host = {a["name"]: a for a in result["artifacts"]}
     for device in emulated:
         assert device["device"]["machine"] == "aarch64" and device["device"]["emulated"] is True
         assert sorted(a["name"] for a in device["artifacts"]) == sorted(r.path for r in records)
@@ -75,10 +75,27 @@ def test_verify_on_emulated_arm64_cpus(trained_run: Path, tmp_path_factory):
             agree = artifact["agreement"]
             # fp32 on ARM64 kernels: the same named class on every image, probabilities within float rounding
             assert agree["top1_vs_host"] == 1.0 and agree["max_abs_prob_diff_vs_host"] < 1e-4
-            assert agree["top1"] == host[artifact["name"]]["agreement"]["top1"]
-            assert abs(artifact["metrics"]["balanced_accuracy"] - host[artifact["name"]]["metrics"]["balanced_accuracy"]) < 1e-9
+            assert abs(artifact["deltas_vs_host"]["balanced_accuracy"]) < 1e-9
+        # the emulated images: 5 evenly spaced ones of the test split, and torch's metrics on the same 5
+        assert device["n_images"] == 5 < device["of_images"] == result["n_images"]
+        assert device["image_indices"] == sorted(set(device["image_indices"])) and device["image_indices"][0] == 0
+        assert set(device["reference_metrics"]) >= {"balanced_accuracy", "accuracy"}
     report = (out / "verify" / "verify.md").read_text()
     assert "on ARM64 (emulated)" in report and "cortex-a53" in report and "not a phone's latency" in report
+
+
+def test_the_emulated_images_are_evenly_spaced_and_the_same_every_time():
+    from edgederm.evaluate.verify.runner import emulation_subset
+
+    assert emulation_subset(1275, 300).tolist() == emulation_subset(1275, 300).tolist()
+    chosen = emulation_subset(1275, 300)
+    assert len(chosen) == 300 and chosen[0] == 0 and chosen[-1] == 1274 and np.all(np.diff(chosen) > 0)
+    assert emulation_subset(10, None).tolist() == emulation_subset(10, 50).tolist() == list(range(10))
+
+
+def test_emulate_images_needs_emulate(tmp_path: Path):
+    done = _edgederm("verify", tmp_path, "--data", "synthetic:8", "--emulate-images", "5")
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "--emulate-images" in done.stderr, done.stderr
 
 
 def test_a_failure_on_an_emulated_cpu_fails_the_run():

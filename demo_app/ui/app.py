@@ -79,7 +79,7 @@ class EdgedermScreeningApp(App):
                 StillFrames(self.source).current()
         elif options.benchmark_out is not None:
             paths = selected_artifacts(options.model, options.segmenter, options.models_dir)
-            self.benchmark_result = run_benchmark(paths, options.threads_list, runs=options.runs, warmup=options.warmup)
+            self.benchmark_result = run_benchmark(paths, options.threads_list, options.inputs, runs=options.runs, warmup=options.warmup)
             write_benchmark(self.benchmark_result, options.benchmark_out)
         else:
             self.reload_pipeline()

@@ -31,6 +31,13 @@ def add_parser(sub) -> None:
         metavar="arm64[:CPU,...]",
         help="also run every TFLite/ONNX artifact on emulated ARM64 CPUs (QEMU; default cortex-a53,cortex-a76); a failure there fails the run",
     )
+    p.add_argument(
+        "--emulate-images",
+        type=int,
+        metavar="N",
+        help="with --emulate: run the emulated CPUs on N evenly spaced images (QEMU takes about a second per image for a 224 px "
+        "fp32 classifier); the deltas compare torch on the same N",
+    )
     p.add_argument("--json", type=Path, help="write the results here (default EXPORT_DIR/verify.json)")
     p.add_argument("--report", type=Path, help="write verify.md + verify.html + plots here (default EXPORT_DIR/verify)")
     p.add_argument("--quiet", action="store_true", help="warnings and errors only: no progress bars")
@@ -48,6 +55,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     if args.runs < 1 or args.warmup < 0:
         raise UsageError("--runs must be >= 1 and --warmup >= 0")
+    if args.emulate_images is not None and (args.emulate_images < 1 or not args.emulate):
+        raise UsageError(
+            "--emulate-images takes a positive number and goes with --emulate", fix="e.g. --emulate arm64 --emulate-images 100"
+        )
     options = VerifyOptions(
         data=args.data,
         split=args.split,
@@ -60,6 +71,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         emulate_coreml=not args.no_emulate_coreml,
         saliency_images=args.saliency,
         emulate=parse_emulate(args.emulate) if args.emulate else [],
+        emulate_images=args.emulate_images,
     )
     devices = [read_device_results(p) for p in args.device_results]  # a bad file fails before the long run
     if options.emulate:

@@ -40,6 +40,9 @@ SUITE = "bookworm"
 WHEELS = ("numpy", "pillow", "onnxruntime", "ai-edge-litert")
 # All three tags: manylinux2014 alone resolves onnxruntime 1.16 and finds no ai-edge-litert.
 PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux2014_aarch64")
+# The older TFLite interpreter many apps still ship: it needs numpy<2, so it gets its own site folder.
+TFLITE_RUNTIME_WHEELS = ("numpy<2", "pillow", "tflite-runtime")
+TFLITE_RUNTIME_PLATFORMS = ("manylinux_2_34_aarch64", *PLATFORMS)
 TOOLS = {"qemu-aarch64-static": "qemu-user-static", "mmdebstrap": "mmdebstrap"}
 BENCH_TIMEOUT_S = 3600
 
@@ -70,6 +73,14 @@ class Arm64Environment:
     @property
     def site(self) -> Path:
         return self.root / "site"
+
+    @property
+    def tflite_runtime_site(self) -> Path:
+        return self.root / "site-tflite-runtime"
+
+    def site_of(self, runtime: str) -> Path:
+        """``litert``: numpy 2, ONNX Runtime and ai-edge-litert; ``tflite-runtime``: numpy<2 and tflite-runtime."""
+        return {"litert": self.site, "tflite-runtime": self.tflite_runtime_site}[runtime]
 
     @property
     def python(self) -> Path:
@@ -136,11 +147,28 @@ def _build_sysroot(mmdebstrap: str, env: Arm64Environment) -> None:
         (cpu / name).write_text("")
 
 
-def _install_wheels(env: Arm64Environment) -> None:
-    platforms = [arg for tag in PLATFORMS for arg in ("--platform", tag)]
-    command = [sys.executable, "-m", "pip", "install", "-q", "--target", str(env.site), "--only-binary=:all:"]
-    command += ["--python-version", "3.11", "--implementation", "cp", *platforms, *WHEELS]
+def _install_wheels(env: Arm64Environment, site: Path | None = None, wheels=WHEELS, tags=PLATFORMS) -> None:
+    platforms = [arg for tag in tags for arg in ("--platform", tag)]
+    command = [sys.executable, "-m", "pip", "install", "-q", "--target", str(site or env.site), "--only-binary=:all:"]
+    command += ["--python-version", "3.11", "--implementation", "cp", *platforms, *wheels]
     _run(command, "pip install of the aarch64 wheels", timeout=1800)
+
+
+def add_tflite_runtime(env: Arm64Environment) -> dict[str, str]:
+    """tflite-runtime (with numpy<2) beside the environment's LiteRT, built once; returns its wheel versions."""
+    from importlib import metadata
+
+    site = env.tflite_runtime_site
+    marker = site / "ready.json"
+    if not marker.is_file():
+        building = site.with_name(site.name + ".building")
+        shutil.rmtree(building, ignore_errors=True)
+        _install_wheels(env, building, TFLITE_RUNTIME_WHEELS, TFLITE_RUNTIME_PLATFORMS)
+        wheels = {dist.metadata["Name"]: dist.version for dist in metadata.distributions(path=[str(building)])}
+        (building / "ready.json").write_text(json.dumps({"wheels": wheels}, indent=2))
+        shutil.rmtree(site, ignore_errors=True)
+        os.replace(building, site)
+    return json.loads(marker.read_text())["wheels"]
 
 
 def _check_python(qemu: str, env: Arm64Environment) -> None:
@@ -157,8 +185,8 @@ def _qemu_command(qemu: str, env: Arm64Environment, cpu: str, args: list[str]) -
     return [qemu, "-cpu", cpu, "-L", str(env.sysroot), str(env.python), *args]
 
 
-def _child_env(env: Arm64Environment, source: Path | None) -> dict[str, str]:
-    paths = [str(env.site)] + ([str(source)] if source else [])
+def _child_env(env: Arm64Environment, source: Path | None, runtime: str = "litert") -> dict[str, str]:
+    paths = [str(env.site_of(runtime))] + ([str(source)] if source else [])
     return {"PYTHONPATH": os.pathsep.join(paths), "HOME": str(env.root), "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
@@ -179,8 +207,10 @@ def run_bench(
     threads: list[int],
     runs: int,
     warmup: int,
+    runtime: str = "litert",
 ) -> dict[str, Any]:
-    """``edgederm-bench`` on ``artifacts`` under QEMU's ``cpu``, on ``pixels``: its device-results document."""
+    """``edgederm-bench`` on ``artifacts`` under QEMU's ``cpu``, on ``pixels``: its device-results document.
+    ``runtime`` picks the Python packages beside it (``Arm64Environment.site_of``)."""
     qemu = _tool("qemu-aarch64-static")
     with tempfile.TemporaryDirectory(prefix="edgederm-arm64-") as tmp:
         work = Path(tmp)
@@ -191,7 +221,11 @@ def run_bench(
         args = ["-m", "edgederm.bench", *map(str, artifacts), "--inputs", str(inputs), "--out", str(out), "--quiet"]
         args += ["--threads", ",".join(map(str, threads)), "--runs", str(runs), "--warmup", str(warmup)]
         done = subprocess.run(
-            _qemu_command(qemu, env, cpu, args), capture_output=True, text=True, env=_child_env(env, source), timeout=BENCH_TIMEOUT_S
+            _qemu_command(qemu, env, cpu, args),
+            capture_output=True,
+            text=True,
+            env=_child_env(env, source, runtime),
+            timeout=BENCH_TIMEOUT_S,
         )
         if done.returncode != 0 or not out.is_file():
             lines = [line for line in done.stderr.strip().splitlines() if line.strip()] or [f"exit status {done.returncode}"]
@@ -201,7 +235,7 @@ def run_bench(
         result = json.loads(out.read_text())
     result["device"] = {
         **result["device"],
-        "name": f"arm64 {cpu} (emulated)",
+        "name": f"arm64 {cpu} (emulated)" + ("" if runtime == "litert" else f", {runtime}"),
         "machine": "aarch64",
         "cpu": cpu,
         "emulated": True,

@@ -101,7 +101,9 @@ def _emulated_cell(column: dict[str, dict], row: dict[str, Any], headline: str) 
     share = agree.get("top1_vs_host", agree.get("mask_iou_vs_host"))
     delta = (entry.get("deltas") or {}).get(headline)
     parts = [entry.get("status", "")]
-    if share is not None:
+    if share is not None and "pixels_differing_vs_host" in agree:
+        parts.append(f"{share:.1%} vs host, {agree['pixels_differing_vs_host']:.2%} of pixels differ")
+    elif share is not None:
         parts.append(f"{share:.1%} vs host, max Δp {agree['max_abs_prob_diff_vs_host']:.1e}")
     if delta is not None:
         parts.append(f"Δ {delta:+.3f}")
@@ -253,13 +255,15 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"- Named class (accuracy, balanced accuracy, sensitivities, top-1 agreement): {describe(result['decision'])}. {RULE_EXPLAINED}"
         )
-    cpus = [d["device"]["cpu"] for d in result.get("device_results", []) if d.get("emulated")]
-    if cpus:
+    emulated = [d for d in result.get("device_results", []) if d.get("emulated")]
+    if emulated:
+        n, of = emulated[0].get("n_images", result["n_images"]), emulated[0].get("of_images", result["n_images"])
+        images = "the same pixels" if n == of else f"{n} of the {of} images (evenly spaced; torch scored on the same {n})"
         lines.append(
-            f"- On ARM64 (emulated): every TFLite and ONNX artifact ran again on the same pixels under QEMU user-mode emulation of "
-            f"{', '.join(cpus)} (Debian arm64, the runtimes' aarch64 wheels), judged by the same pass rule. Each cell: status, "
-            "agreement with the same artifact on this host, and the headline metric's change against torch. Emulated times are "
-            "not a phone's latency and are not shown."
+            f"- On ARM64 (emulated): every TFLite and ONNX artifact ran again on {images} under QEMU user-mode emulation of "
+            f"{', '.join(d['device']['cpu'] for d in emulated)} (Debian arm64, the runtimes' aarch64 wheels), judged by the same "
+            "pass rule. Each cell: status, agreement with the same artifact on this host, and the headline metric's change against "
+            "torch. Emulated times are not a phone's latency and are not shown."
         )
     if any(a.get("emulated") for a in result["artifacts"]):
         lines.append(

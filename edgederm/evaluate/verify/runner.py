@@ -13,9 +13,11 @@ agreement, the largest probability difference, latency at each thread count, siz
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,6 +57,7 @@ class VerifyOptions:
     emulate_coreml: bool = True
     saliency_images: int = 64  # Grad-CAM sample when the data has lesion masks (0: off)
     emulate: list[str] = field(default_factory=list)  # QEMU ARM64 CPU models to run every TFLite/ONNX artifact on again
+    emulate_images: int | None = None  # emulate on this many of the images (evenly spaced); None: all
 
 
 def _log(message: str) -> None:
@@ -201,13 +204,69 @@ def _verify_artifact(
 EMULATED_RUNS = 3  # emulated times mean nothing for a phone; a few runs show the bench ran
 
 
-def _device_probs(spec: ModelSpec, outputs: dict[str, Any]) -> np.ndarray:
+def device_probs(spec: ModelSpec, outputs: dict[str, Any]) -> np.ndarray:
     """A bench's outputs as verify's probabilities: class probabilities, or its 0/1 masks (already thresholded)."""
     if spec.task == "segmentation":
         from ...bench import unpack_masks
 
         return unpack_masks(outputs).astype(np.float32)
     return normalise(spec, np.asarray(outputs["probabilities"], np.float32)).astype(np.float32)
+
+
+def as_device_output(spec: ModelSpec, probs: np.ndarray) -> np.ndarray:
+    """Host outputs as edgederm-bench sends them: probabilities, or a segmenter's post-processed 0/1 masks."""
+    if spec.task != "segmentation":
+        return probs
+    from ...runtime.postprocess import postprocess_mask
+
+    return np.stack([postprocess_mask(p, spec.postprocess) for p in probs]).astype(np.float32)
+
+
+def emulation_subset(n: int, limit: int | None) -> np.ndarray:
+    """The images emulated: all of them, or ``limit`` evenly spaced ones (the same ones on every CPU and run)."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, limit).round().astype(int))
+
+
+def _emulated_entry(
+    row: dict[str, Any],
+    got: dict[str, Any],
+    truth: Truth,
+    chosen: np.ndarray,
+    ref_probs: np.ndarray,
+    ref_metrics: dict[str, Any],
+    spec: ModelSpec,
+    options: VerifyOptions,
+) -> dict[str, Any]:
+    """One artifact's bench outputs on an emulated CPU, scored against torch and against the same artifact on this host,
+    both on the emulated images."""
+    probs = device_probs(spec, got["outputs"])
+    host_probs = row["probs"][chosen]
+    metrics = score(spec, truth, probs)
+    # a segmenter's bench sends its post-processed 1-bit masks: compare them with the host's masks, pixel for pixel
+    vs_host = agreement(spec, truth, as_device_output(spec, host_probs), probs)
+    vs_reference = agreement(spec, truth, as_device_output(spec, ref_probs), probs)
+    share = "mask_iou" if spec.task == "segmentation" else "top1"
+    entry = {k: got.get(k) for k in ("name", "sha256", "format", "quant", "latency", "peak_rss_per_artifact")}
+    entry.update(
+        emulated=True,
+        probs=probs,
+        metrics=metrics,
+        deltas=metric_deltas(metrics, ref_metrics),
+        deltas_vs_host=metric_deltas(metrics, score(spec, truth, host_probs)),
+        agreement={
+            share: vs_reference[share],
+            f"{share}_vs_host": vs_host[share],
+            **(
+                {"pixels_differing": vs_reference["mean_abs_prob_diff"], "pixels_differing_vs_host": vs_host["mean_abs_prob_diff"]}
+                if spec.task == "segmentation"
+                else {"max_abs_prob_diff": vs_reference["max_abs_prob_diff"], "max_abs_prob_diff_vs_host": vs_host["max_abs_prob_diff"]}
+            ),
+        },
+    )
+    _judge(entry, {"metrics": ref_metrics}, spec.task, options)
+    return entry
 
 
 def _verify_on_arm64(
@@ -231,54 +290,42 @@ def _verify_on_arm64(
     if not runnable:
         return []
     env = setup_arm64()
-    names = [str(i) for i in range(len(cache.pixels))]
-    devices = []
-    for cpu in options.emulate:
-        _log(f"{len(runnable)} artifacts on {len(names)} images on emulated {cpu} (slow: QEMU)")
-        bench = run_bench(
-            env, cpu, [export_dir / r["path"] for r in runnable], cache.pixels, names, threads=options.threads, runs=EMULATED_RUNS, warmup=1
-        )
+    chosen = emulation_subset(len(cache.pixels), options.emulate_images)
+    names = [str(i) for i in chosen]
+    paths = [export_dir / r["path"] for r in runnable]
+
+    def on_cpu(cpu: str) -> dict[str, Any]:
+        _log(f"{len(runnable)} artifacts on {len(names)} of {len(cache.pixels)} images on emulated {cpu} (slow: QEMU)")
+        bench = run_bench(env, cpu, paths, cache.pixels[chosen], names, threads=options.threads, runs=EMULATED_RUNS, warmup=1)
         by_name = {a["name"]: a for a in bench["artifacts"]}
-        entries = []
-        for row in runnable:
-            got = by_name[row["name"]]
-            probs = _device_probs(spec, got["outputs"])
-            metrics = score(spec, truth, probs)
-            vs_host = agreement(spec, truth, row["probs"], probs)
-            vs_reference = agreement(spec, truth, reference["probs"], probs)
-            share = "mask_iou" if spec.task == "segmentation" else "top1"
-            entry = {k: got.get(k) for k in ("name", "sha256", "format", "quant", "latency", "peak_rss_per_artifact")}
-            entry.update(
-                emulated=True,
-                metrics=metrics,
-                deltas=metric_deltas(metrics, reference["metrics"]),
-                agreement={
-                    share: vs_reference[share],
-                    "max_abs_prob_diff": vs_reference["max_abs_prob_diff"],
-                    f"{share}_vs_host": vs_host[share],
-                    "max_abs_prob_diff_vs_host": vs_host["max_abs_prob_diff"],
-                },
-            )
-            _judge(entry, reference, spec.task, options)
-            entries.append(entry)
-            _log(
-                f"{row['name']} on {cpu}: {entry['status']}, {share} vs host {vs_host[share]:.1%}, max |dp| vs host {vs_host['max_abs_prob_diff']:.2g}"
-            )
-        devices.append(
-            {
-                "device": bench["device"],
-                "created": bench["created"],
-                "device_label": bench["device"]["name"],
-                "emulated": True,
-                "artifacts": entries,
-            }
-        )
+        on_subset, ref_probs = truth.subset(chosen), reference["probs"][chosen]
+        ref_metrics = score(spec, on_subset, ref_probs)
+        entries = [_emulated_entry(row, by_name[row["name"]], on_subset, chosen, ref_probs, ref_metrics, spec, options) for row in runnable]
+        share = "mask_iou" if spec.task == "segmentation" else "top1"
+        for entry in entries:
+            agree = entry["agreement"]
+            diff = agree.get("max_abs_prob_diff_vs_host", agree.get("pixels_differing_vs_host"))
+            what = "max |dp|" if "max_abs_prob_diff_vs_host" in agree else "pixels differing"
+            _log(f"{entry['name']} on {cpu}: {entry['status']}, {share} vs host {agree[share + '_vs_host']:.1%}, {what} vs host {diff:.2g}")
+        return {
+            "device": bench["device"],
+            "created": bench["created"],
+            "device_label": bench["device"]["name"],
+            "emulated": True,
+            "n_images": len(chosen),
+            "of_images": len(cache.pixels),
+            "image_indices": [int(i) for i in chosen],
+            "reference_metrics": ref_metrics,
+            "artifacts": entries,
+        }
+
+    # One QEMU process per CPU model, side by side: each is single-threaded at its first thread count.
+    with ThreadPoolExecutor(max_workers=max(1, min(len(options.emulate), os.cpu_count() or 1))) as pool:
+        devices = list(pool.map(on_cpu, options.emulate))
     return devices
 
 
 def _machine() -> dict[str, Any]:
-    import os
-
     return {"platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count()}
 
 
@@ -356,6 +403,10 @@ def to_json(result: dict[str, Any]) -> dict[str, Any]:
     clean = {k: v for k, v in result.items() if k not in drop}
     clean["reference"] = {k: v for k, v in result["reference"].items() if k not in drop}
     clean["artifacts"] = [{k: v for k, v in a.items() if k not in drop} for a in result["artifacts"]]
+    clean["device_results"] = [
+        {**d, "artifacts": [{k: v for k, v in a.items() if k not in drop} for a in d.get("artifacts", [])]}
+        for d in result.get("device_results", [])
+    ]
     if result.get("saliency"):
         clean["saliency"] = {k: v for k, v in result["saliency"].items() if k != "items"}
     return clean

@@ -26,6 +26,11 @@ class Truth:
     masks: list[np.ndarray] | None = None  # segmentation: bool (h, w) at each image's own size
     sizes: list[tuple[int, int]] | None = None  # segmentation: (w, h) of each image
 
+    def subset(self, indices: np.ndarray) -> Truth:
+        if self.labels is not None:
+            return Truth(labels=self.labels[indices])
+        return Truth(masks=[self.masks[i] for i in indices], sizes=[self.sizes[i] for i in indices])
+
 
 def load_truth(spec: ModelSpec, dataset: SampleSet, cache: PixelCache) -> Truth:
     samples = [dataset.samples[i] for i in cache.kept]
