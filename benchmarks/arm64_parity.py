@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -101,7 +100,7 @@ def pixels_of(result: dict, name: str, indices: list[int]) -> np.ndarray:
     return cache.pixels[indices]
 
 
-def tflite_runtime_rows(name: str, result: dict, export_dir: Path, cpus: list[str]) -> tuple[list[dict], dict]:
+def tflite_runtime_rows(name: str, result: dict, export_dir: Path, cpus: list[str]) -> list[dict]:
     """Each TFLite artifact with tflite-runtime on each CPU, against LiteRT on the same CPU and against this host."""
     from edgederm.core.spec import ModelSpec
     from edgederm.evaluate.verify.emulation import add_tflite_runtime, run_bench, setup_arm64
@@ -109,7 +108,7 @@ def tflite_runtime_rows(name: str, result: dict, export_dir: Path, cpus: list[st
     from edgederm.evaluate.verify.scoring import agreement, score
 
     env = setup_arm64()
-    versions = add_tflite_runtime(env)
+    add_tflite_runtime(env)
     spec = ModelSpec.load(Path(result["reference"]["name"]) / "spec.json")
     devices = {d["device"]["cpu"]: d for d in result["device_results"] if d.get("emulated")}
     indices = devices[cpus[0]]["image_indices"]
@@ -158,8 +157,7 @@ def tflite_runtime_rows(name: str, result: dict, export_dir: Path, cpus: list[st
         return rows
 
     with ThreadPoolExecutor(max_workers=len(cpus)) as pool:
-        rows = [row for cpu_rows in pool.map(on_cpu, cpus) for row in cpu_rows]
-    return rows, versions
+        return [row for cpu_rows in pool.map(on_cpu, cpus) for row in cpu_rows]
 
 
 def summarise(name: str, result: dict) -> dict:
@@ -265,8 +263,7 @@ def markdown(payload: dict) -> str:
         f"Date: {payload['date']}. Host: `{payload['machine']['platform']}`, {payload['machine']['cpus']} CPUs; the emulated "
         f"environment: Debian {payload['environment']['suite']} arm64, {payload['environment']['python']}, wheels "
         + ", ".join(f"{k} {v}" for k, v in sorted(payload["environment"]["wheels"].items()))
-        + f". tflite-runtime lane: {', '.join(f'{k} {v}' for k, v in sorted(payload['tflite_runtime_wheels'].items()))}. "
-        f"Took {payload['seconds'] / 60:.0f} min.",
+        + f". tflite-runtime lane: {', '.join(f'{k} {v}' for k, v in sorted(payload['tflite_runtime_wheels'].items()))}.",
         "",
         "Every artifact ran on the x86 host on the whole set, then on each emulated CPU on a fixed subset: evenly spaced "
         "images of the same preprocessed pixels; torch fp32 was scored on the same subset for the deltas. cortex-a53 has no "
@@ -336,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "arm64_parity")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--resume", action="store_true", help="keep the entries an earlier run already measured (WORK/NAME/summary.json)")
     parser.add_argument("--findings", type=Path, help="a Markdown file of what explains the differences, kept with the results")
     add_results_options(parser, "arm64_parity")
     args = parser.parse_args(argv)
@@ -352,20 +350,24 @@ def main(argv: list[str] | None = None) -> int:
     import os
     from datetime import date
 
-    from edgederm.evaluate.verify.emulation import setup_arm64
+    from edgederm.evaluate.verify.emulation import add_tflite_runtime, setup_arm64
 
-    started = time.time()
     env = setup_arm64()
+    tflite_runtime_wheels = add_tflite_runtime(env)
     cpus = [c.strip() for c in args.cpus.split(",") if c.strip()]
-    entries, tflite_runtime_wheels = [], {}
+    entries = []
     for name in [n.strip() for n in args.entries.split(",") if n.strip()]:
+        done = args.work / name / "summary.json"
+        if args.resume and done.is_file():  # an entry measured by an earlier, interrupted run of the same command
+            logger.info(f"{name}: reusing {done}")
+            entries.append(json.loads(done.read_text()))
+            continue
         export_dir = export(name, args.work, args.shared)
         result = verify(name, export_dir, args.shared, cpus, args.images)
         summary = plain(summarise(name, result))
-        rows, tflite_runtime_wheels = tflite_runtime_rows(name, result, export_dir, cpus)
-        summary["tflite_runtime"] = plain(rows)
+        summary["tflite_runtime"] = plain(tflite_runtime_rows(name, result, export_dir, cpus))
         entries.append(summary)
-        (args.work / name / "summary.json").write_text(json.dumps(summary, indent=2))
+        done.write_text(json.dumps(summary, indent=2))
     payload = {
         "command": command_line("arm64_parity", argv),
         "date": date.today().isoformat(),
@@ -373,7 +375,6 @@ def main(argv: list[str] | None = None) -> int:
         "environment": json.loads((env.root / "ready.json").read_text()),
         "tflite_runtime_wheels": tflite_runtime_wheels,
         "targets": TARGETS,
-        "seconds": round(time.time() - started),
         "entries": entries,
         "note": args.note,
         "findings": args.findings.read_text().strip().splitlines() if args.findings else [],

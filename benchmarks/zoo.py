@@ -110,6 +110,7 @@ RECIPES = {
                 f"{CLASSIFY} --img-size 160 --batch-size 32 --lr 3e-4 --init-from {{runs}}/lite0-ham10000 --prune 0.5 --distill-from {{runs}}/lite0-ham10000 --epochs 6 --out {{out}}"
             ),
             needs=("lite0-ham10000",),
+            storage="float32",  # float16 storage changed the named class of 4 of 1275 test images
             **HAM_CLASSIFIER,
         ),
         Recipe(
@@ -301,13 +302,10 @@ def _check_subset(spec, dataset, cache, truth, data: str, predictors: dict) -> d
     """The first 64 test images (by image id) and what torch fp32 and the phone artifact score on them: the
     test suite re-scores exactly these where the data is present, so the shipped files cannot drift from this file."""
     from edgederm.evaluate.verify.measure import measure
-    from edgederm.evaluate.verify.scoring import Truth, score
+    from edgederm.evaluate.verify.scoring import score
 
     order = sorted(range(len(cache.kept)), key=lambda i: dataset.samples[cache.kept[i]].image_id)[:CHECK_IMAGES]
-    if spec.task == "segmentation":
-        sub = Truth(masks=[truth.masks[i] for i in order], sizes=[truth.sizes[i] for i in order])
-    else:
-        sub = Truth(labels=truth.labels[order])
+    sub = truth.subset(order)
     out = {"data": data, "split": "test", "image_ids": [dataset.samples[cache.kept[i]].image_id for i in order], "metrics": {}}
     for name, predictor in predictors.items():
         probs = measure(predictor, cache.pixels[order], None, spec).probs
