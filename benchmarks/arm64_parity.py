@@ -87,7 +87,7 @@ def verify(name: str, export_dir: Path, shared: Path, cpus: list[str], images: i
     return verify_export(export_dir, options)
 
 
-def pixels_of(result: dict, name: str, indices: list[int]) -> np.ndarray:
+def pixels_of(result: dict, name: str, indices: list[int], shared: Path) -> np.ndarray:
     """verify's preprocessed pixels of the emulated images, loaded again the same way."""
     from edgederm.core.spec import ModelSpec
     from edgederm.data.pixels import load_pixels
@@ -95,12 +95,13 @@ def pixels_of(result: dict, name: str, indices: list[int]) -> np.ndarray:
 
     reference = Path(result["reference"]["name"])
     spec = ModelSpec.load(reference / "spec.json")
-    dataset = resolve_inputs(result["data"], [], DATA[name][1], reference / "splits.csv")
+    data, split = DATA[name]
+    dataset = resolve_inputs(data.format(shared=shared), [], split, reference / "splits.csv")
     cache = load_pixels(dataset, spec.preprocess, desc=None)
     return cache.pixels[indices]
 
 
-def tflite_runtime_rows(name: str, result: dict, export_dir: Path, cpus: list[str]) -> list[dict]:
+def tflite_runtime_rows(name: str, result: dict, export_dir: Path, cpus: list[str], shared: Path) -> list[dict]:
     """Each TFLite artifact with tflite-runtime on each CPU, against LiteRT on the same CPU and against this host."""
     from edgederm.core.spec import ModelSpec
     from edgederm.evaluate.verify.emulation import add_tflite_runtime, run_bench, setup_arm64
@@ -112,7 +113,7 @@ def tflite_runtime_rows(name: str, result: dict, export_dir: Path, cpus: list[st
     spec = ModelSpec.load(Path(result["reference"]["name"]) / "spec.json")
     devices = {d["device"]["cpu"]: d for d in result["device_results"] if d.get("emulated")}
     indices = devices[cpus[0]]["image_indices"]
-    pixels = pixels_of(result, name, indices)
+    pixels = pixels_of(result, name, indices, shared)
     truth = result["truth"].subset(np.array(indices))
     host = {a["name"]: a for a in result["artifacts"]}
     tflite = [a["name"] for a in devices[cpus[0]]["artifacts"] if a["name"].endswith(".tflite")]
@@ -365,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         export_dir = export(name, args.work, args.shared)
         result = verify(name, export_dir, args.shared, cpus, args.images)
         summary = plain(summarise(name, result))
-        summary["tflite_runtime"] = plain(tflite_runtime_rows(name, result, export_dir, cpus))
+        done.with_name("verify_summary.json").write_text(json.dumps(summary, indent=2))  # kept if the lane below fails
+        summary["tflite_runtime"] = plain(tflite_runtime_rows(name, result, export_dir, cpus, args.shared))
         entries.append(summary)
         done.write_text(json.dumps(summary, indent=2))
     payload = {
