@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -249,7 +250,7 @@ def test_qat_fine_tunes_a_run_through_simulated_int8(tmp_path: Path):
 
 def test_init_from_refuses_another_model_or_split(tmp_path: Path):
     source = train_classifier(TrainConfig(data="synthetic:32,seed=1", out=tmp_path / "src", mode="head", epochs=1, weights="none", **TINY))
-    with pytest.raises(UsageError, match="px for classes"):
+    with pytest.raises(UsageError, match="for classes"):
         train_classifier(
             TrainConfig(
                 data="synthetic:32,seed=1",
@@ -257,7 +258,7 @@ def test_init_from_refuses_another_model_or_split(tmp_path: Path):
                 mode="full",
                 epochs=1,
                 init_from=str(source.run_dir),
-                **{**TINY, "img_size": 96},
+                **{**TINY, "arch": "efficientnet_lite0"},
             )
         )
     with pytest.raises(UsageError, match="another train/val/test split"):
@@ -268,6 +269,22 @@ def test_init_from_refuses_another_model_or_split(tmp_path: Path):
         )
     with pytest.raises(UsageError, match="--mode full"):
         TrainConfig(data="synthetic:32", out=tmp_path / "c", mode="head", qat=True)
+
+
+def test_init_from_another_input_size_keeps_the_source_preprocessing(tmp_path: Path):
+    source = train_classifier(TrainConfig(data="synthetic:32,seed=1", out=tmp_path / "src", mode="head", epochs=1, weights="none", **TINY))
+    tuned = train_classifier(
+        TrainConfig(
+            data="synthetic:32,seed=1",
+            out=tmp_path / "at96",
+            mode="full",
+            epochs=1,
+            init_from=str(source.run_dir),
+            **{**TINY, "img_size": 96},
+        )
+    )
+    assert tuned.spec.preprocess == replace(source.spec.preprocess, input_size=96)
+    assert tuned.spec.training["init_from_sha256"] == source.spec.source_sha256
 
 
 def test_distillation_trains_a_smaller_student_at_another_size(trained_run: Path, tmp_path: Path):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -144,16 +144,20 @@ def _init_source(config: TrainConfig, class_names: list[str], dataset: SampleSet
 
     The split check keeps fine-tuning (QAT, a second schedule) lesion-disjoint: a run that starts
     from weights trained with other val/test lesions would have trained on this run's test images.
+
+    Another ``--img-size`` is allowed (a student at a lower resolution): the convolutions and the
+    global pool do not depend on it, and the source's preprocessing is kept at the new size.
     """
     source_model, source_spec = checkpoint.load_checkpoint(config.init_from)
-    given = (config.arch, config.img_size, class_names)
-    theirs = (source_spec.arch, source_spec.preprocess.input_size, source_spec.class_names)
+    given = (config.arch, class_names)
+    theirs = (source_spec.arch, source_spec.class_names)
     if source_spec.task != "classification" or given != theirs:
         raise UsageError(
-            f"--init-from {config.init_from} is a {theirs[0]} at {theirs[1]} px for classes {theirs[2]}; "
-            f"this run is a {given[0]} at {given[1]} px for {given[2]}",
-            fix=f"pass --arch {theirs[0]} --img-size {theirs[1]} and the data it was trained on",
+            f"--init-from {config.init_from} is a {theirs[0]} for classes {theirs[1]}; this run is a {given[0]} for {given[1]}",
+            fix=f"pass --arch {theirs[0]} and the data it was trained on",
         )
+    if source_spec.preprocess.input_size != config.img_size:
+        source_spec.preprocess = replace(source_spec.preprocess, input_size=config.img_size)
     if split_rows(Path(config.init_from) / "splits.csv") != split_rows(None, dataset, external_val):
         raise UsageError(
             f"--init-from {config.init_from} was trained on another train/val/test split (its splits.csv)",
