@@ -248,7 +248,7 @@ def test_qat_fine_tunes_a_run_through_simulated_int8(tmp_path: Path):
     assert 0 < gap < 5, "the QAT graph must round like int8, and stay close to the float model"
 
 
-def test_init_from_refuses_another_model_or_split(tmp_path: Path):
+def test_init_from_refuses_another_model_or_split_and_takes_another_size(tmp_path: Path):
     source = train_classifier(TrainConfig(data="synthetic:32,seed=1", out=tmp_path / "src", mode="head", epochs=1, weights="none", **TINY))
     with pytest.raises(UsageError, match="for classes"):
         train_classifier(
@@ -269,20 +269,9 @@ def test_init_from_refuses_another_model_or_split(tmp_path: Path):
         )
     with pytest.raises(UsageError, match="--mode full"):
         TrainConfig(data="synthetic:32", out=tmp_path / "c", mode="head", qat=True)
-
-
-def test_init_from_another_input_size_keeps_the_source_preprocessing(tmp_path: Path):
-    source = train_classifier(TrainConfig(data="synthetic:32,seed=1", out=tmp_path / "src", mode="head", epochs=1, weights="none", **TINY))
-    tuned = train_classifier(
-        TrainConfig(
-            data="synthetic:32,seed=1",
-            out=tmp_path / "at96",
-            mode="full",
-            epochs=1,
-            init_from=str(source.run_dir),
-            **{**TINY, "img_size": 96},
-        )
-    )
+    # another input size is a student at a lower resolution: the source's preprocessing, resized
+    common = {"data": "synthetic:32,seed=1", "mode": "full", "epochs": 1, "init_from": str(source.run_dir)}
+    tuned = train_classifier(TrainConfig(out=tmp_path / "at96", **common, **{**TINY, "img_size": 96}))
     assert tuned.spec.preprocess == replace(source.spec.preprocess, input_size=96)
     assert tuned.spec.training["init_from_sha256"] == source.spec.source_sha256
 
