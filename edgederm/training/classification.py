@@ -146,7 +146,7 @@ def _init_source(config: TrainConfig, class_names: list[str], dataset: SampleSet
     from weights trained with other val/test lesions would have trained on this run's test images.
 
     Another ``--img-size`` is allowed (a student at a lower resolution): the convolutions and the
-    global pool do not depend on it, and the source's preprocessing is kept at the new size.
+    global pool do not depend on it.
     """
     source_model, source_spec = checkpoint.load_checkpoint(config.init_from)
     given = (config.arch, class_names)
@@ -156,8 +156,6 @@ def _init_source(config: TrainConfig, class_names: list[str], dataset: SampleSet
             f"--init-from {config.init_from} is a {theirs[0]} for classes {theirs[1]}; this run is a {given[0]} for {given[1]}",
             fix=f"pass --arch {theirs[0]} and the data it was trained on",
         )
-    if source_spec.preprocess.input_size != config.img_size:
-        source_spec.preprocess = replace(source_spec.preprocess, input_size=config.img_size)
     if split_rows(Path(config.init_from) / "splits.csv") != split_rows(None, dataset, external_val):
         raise UsageError(
             f"--init-from {config.init_from} was trained on another train/val/test split (its splits.csv)",
@@ -370,7 +368,8 @@ class _Trainer:
         if config.distill_from:  # before any image is read: a leaking teacher fails fast
             check_teacher_split(config.distill_from, split_rows(None, dataset, external_val))
         if source is not None:
-            preprocess, weights = source[1].preprocess, f"run:{config.init_from}"
+            # the source's preprocessing, at this run's input size
+            preprocess, weights = replace(source[1].preprocess, input_size=config.img_size), f"run:{config.init_from}"
         logger.info(
             f"edgederm: {config.mode} training {config.arch} at {config.img_size}px on {dataset.spec} "
             f"({len(dataset)} images, {len(set(dataset.groups))} groups, classes {class_names}), "
