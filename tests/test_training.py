@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 import subprocess
@@ -261,7 +262,7 @@ def test_init_from_refuses_another_model_or_split_and_takes_another_size(tmp_pat
                 **{**TINY, "arch": "efficientnet_lite0"},
             )
         )
-    with pytest.raises(UsageError, match="another train/val/test split"):
+    with pytest.raises(UsageError, match="validated and tested on other images"):
         train_classifier(
             TrainConfig(
                 data="synthetic:32,seed=1", out=tmp_path / "b", mode="full", epochs=1, seed=7, init_from=str(source.run_dir), **TINY
@@ -269,11 +270,28 @@ def test_init_from_refuses_another_model_or_split_and_takes_another_size(tmp_pat
         )
     with pytest.raises(UsageError, match="--mode full"):
         TrainConfig(data="synthetic:32", out=tmp_path / "c", mode="head", qat=True)
+    with pytest.raises(UsageError, match="--mode full"):
+        TrainConfig(data="synthetic:32", out=tmp_path / "c", mode="head", ema=0.99)
     # another input size is a student at a lower resolution: the source's preprocessing, resized
     common = {"data": "synthetic:32,seed=1", "mode": "full", "epochs": 1, "init_from": str(source.run_dir)}
     tuned = train_classifier(TrainConfig(out=tmp_path / "at96", **common, **{**TINY, "img_size": 96}))
     assert tuned.spec.preprocess == replace(source.spec.preprocess, input_size=96)
     assert tuned.spec.training["init_from_sha256"] == source.spec.source_sha256
+
+
+def test_extra_train_joins_the_train_split_only_and_a_fine_tune_may_add_it(tmp_path: Path):
+    source = train_classifier(TrainConfig(data="synthetic:32,seed=1", out=tmp_path / "src", mode="head", epochs=1, weights="none", **TINY))
+    common = {"data": "synthetic:32,seed=1", "mode": "full", "epochs": 1, "init_from": str(source.run_dir), **TINY}
+    tuned = train_classifier(TrainConfig(out=tmp_path / "more", extra_train="synthetic:16,seed=9", **common))
+    rows = list(csv.DictReader(open(tuned.run_dir / "splits.csv")))
+    extra = [r for r in rows if r["source"] == "synthetic:16,seed=9"]
+    assert len(rows) == 48 and len(extra) == 16 and {r["split"] for r in extra} == {"train"}
+    assert [r for r in rows if r["split"] != "train"] == [
+        r for r in csv.DictReader(open(source.run_dir / "splits.csv")) if r["split"] != "train"
+    ]
+    assert tuned.spec.training["data"]["images"] == 48
+    with pytest.raises(DataError, match="leakage: .* of --extra-train are in a val/test split"):
+        train_classifier(TrainConfig(out=tmp_path / "leak", extra_train="synthetic:32,seed=1", **common))
 
 
 def test_distillation_trains_a_smaller_student_at_another_size(trained_run: Path, tmp_path: Path):

@@ -29,6 +29,7 @@ class Sample:
     mask_path: Path | None = None
     split: str | None = None
     synthetic: SyntheticItem | None = None
+    source: str | None = None  # the data spec it came from, where a run joins several (--extra-train)
 
     @property
     def has_mask(self) -> bool:

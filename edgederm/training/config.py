@@ -30,6 +30,7 @@ DEFAULT_SEGMENT_LR = {"tinyseg": 1e-2}  # a 0.04M-parameter net tolerates (and n
 
 RESUME_HELP = "continue an interrupted run from its last checkpoint"
 DEVICE_HELP = "auto, cpu or cuda"
+EXTRA_TRAIN_HELP = "more images that join the train split only, e.g. isic2017:DIR/train; val and test stay those of --data"
 TEST_FRACTION_HELP = "hold out this share of lesions as a test split, evaluated at the end"
 
 
@@ -52,6 +53,7 @@ class TrainConfig:
 
     data: str = option(help="training data: ham10000:DIR, isic2017:DIR, manifest:CSV, folder:DIR or synthetic:N[,seed=S]")
     val_data: str | None = option(None, help="a separate validation set (otherwise a grouped split of --data)")
+    extra_train: str | None = option(None, metavar="SPEC", help=EXTRA_TRAIN_HELP)
     arch: str = option("efficientnet_lite0")
     img_size: int = option(224)
     epochs: int | None = option(None, help="default 30 for --mode head, 10 for full")
@@ -146,8 +148,8 @@ class TrainConfig:
             raise UsageError(f"--augment must be one of {AUGMENT_POLICIES}, got {self.augment!r}")
         if self.amp not in AMP:
             raise UsageError("--amp must be auto, on or off")
-        if (self.qat or self.distill_from) and self.mode != "full":
-            raise UsageError("--qat and --distill-from train the whole network", fix="add --mode full")
+        if (self.qat or self.distill_from or self.ema) and self.mode != "full":
+            raise UsageError("--qat, --distill-from and --ema train the whole network", fix="add --mode full")
         if self.qat and self.ema:
             raise UsageError("--qat keeps the fake-quantized weights it validates; it does not combine with --ema", fix="drop --ema")
         if self.prune:
@@ -170,6 +172,7 @@ class SegmentConfig:
 
     data: str = option(help="training data with masks: ham10000:DIR, isic2017:DIR, manifest:CSV (mask column) or synthetic:N")
     val_data: str | None = option(None, help="a separate validation set with masks (otherwise a grouped split of --data)")
+    extra_train: str | None = option(None, metavar="SPEC", help=EXTRA_TRAIN_HELP)
     arch: str = option("mobilegan", help="mobilegan or tinyseg (see `edgederm models --task segmentation`)")
     img_size: int = option(128, help="input side; a multiple of 8 (mobilegan) or 32 (tinyseg)")
     epochs: int = option(30)
