@@ -131,6 +131,7 @@ def main() -> int:
         "command": command,
         "cli_equivalent_of_crop_arm": cli_equivalent,
         "classifier": args.classifier,
+        "classifier_input_px": classifier.spec.preprocess.input_size,
         "segmenter": args.segmenter,
         "data": dataset.spec,
         "n_images": len(dataset),
@@ -238,7 +239,7 @@ What this does and does not show:
   gone. A fair test of Wan 2017's claim needs a classifier trained on crops made the same way; this measures only
   whether cropping helps the existing full-image classifier as is.
 - HAM10000 images here are 200x150; the predicted lesion covers a median {area["median"]:.0%} of the frame, so the
-  crop (lesion + margin) is upsampled to the classifier's 160 px input and is blurrier than the full image's pixels.
+  crop (lesion + margin) is upsampled to the classifier's {r["classifier_input_px"]} px input and is blurrier than the full image's pixels.
 - One split and one seed per model. Balanced accuracy weighs each class equally, so the small classes move it a
   lot: one df image is 1/{full["per_class_support"]["df"]} of df's sensitivity. The bootstrap interval covers the
   image sample only, not retraining.
