@@ -28,7 +28,14 @@ def test_models_json_lists_task_params_and_macs(capsys):
     assert main(["models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     classifiers = [r for r in rows if r["task"] == "classification"]
-    assert [r["name"] for r in classifiers] == ["efficientnet_lite0", "mobilenetv2_100", "mobilenetv3_large_100", "mobilenetv3_small_100"]
+    assert [r["name"] for r in classifiers] == [
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
+        "mobilenetv2_100",
+        "mobilenetv3_large_100",
+        "mobilenetv3_small_100",
+    ]
     for row in classifiers:
         assert row["params"] > 1e6 and row["macs"] > 5e7 and row["input_size"] == 224
     assert {r["name"] for r in rows if r["task"] == "segmentation"} == {"mobilegan", "tinyseg"}
