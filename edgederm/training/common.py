@@ -11,10 +11,13 @@ from typing import Any, Protocol
 
 from ..core import atomic
 from ..core.errors import DataError
+from ..core.log import get_logger
 from ..core.spec import ModelSpec
 from ..data.layouts import load_dataset
 from ..data.samples import SampleSet
 from ..data.splits import check_no_leakage, grouped_stratified_split
+
+logger = get_logger(__name__)
 
 
 class SplitOptions(Protocol):
@@ -74,9 +77,9 @@ def _join_extra_train(dataset: SampleSet, external_val: SampleSet | None, spec: 
     extra = load_dataset(spec)
     if require_labels:
         extra.require_labels()
-    held_out = [s for s in dataset.samples if s.split != "train"] + (external_val.samples if external_val else [])
+    evaluated = [s for s in dataset.samples if s.split != "train"] + (external_val.samples if external_val else [])
     for key in ("image_id", "group"):
-        shared = {getattr(s, key) for s in held_out} & {getattr(s, key) for s in extra.samples}
+        shared = {getattr(s, key) for s in evaluated} & {getattr(s, key) for s in extra.samples}
         if shared:
             raise DataError(
                 f"leakage: {len(shared)} {key}(s) of --extra-train are in a val/test split, e.g. {sorted(shared)[0]!r}",
@@ -86,7 +89,9 @@ def _join_extra_train(dataset: SampleSet, external_val: SampleSet | None, spec: 
     samples = [replace(s, source=dataset.spec) for s in dataset.samples] + [
         replace(s, split="train", source=extra.spec) for s in extra.samples
     ]
-    return SampleSet(f"{dataset.spec} + {extra.spec}", samples, dataset.root, dataset.notes + extra.notes)
+    # the spec stays --data's: export calibrates on it by default, and the recipe records --extra-train
+    logger.info(f"edgederm: --extra-train {extra.spec}: {len(extra.samples)} images joined the train split")
+    return SampleSet(dataset.spec, samples, dataset.root, dataset.notes + extra.notes)
 
 
 def write_splits(path: Path, dataset: SampleSet, external_val: SampleSet | None) -> None:
