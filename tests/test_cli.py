@@ -15,8 +15,8 @@ from PIL import Image
 
 from edgederm.cli import main
 from edgederm.core.spec import ModelSpec
-from edgederm.models import list_models
 from edgederm.data.synthetic import plan_synthetic, render_synthetic
+from edgederm.models import list_models
 from edgederm.runtime.readout import decide
 
 
