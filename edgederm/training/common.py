@@ -86,12 +86,10 @@ def _join_extra_train(dataset: SampleSet, external_val: SampleSet | None, spec: 
                 path=spec,
                 fix="extra training images must come from other lesions than the validation and test images",
             )
-    samples = [replace(s, source=dataset.spec) for s in dataset.samples] + [
-        replace(s, split="train", source=extra.spec) for s in extra.samples
-    ]
-    # the spec stays --data's: export calibrates on it by default, and the recipe records --extra-train
-    logger.info(f"edgederm: --extra-train {extra.spec}: {len(extra.samples)} images joined the train split")
-    return SampleSet(dataset.spec, samples, dataset.root, dataset.notes + extra.notes)
+    added = [replace(s, split="train", source=extra.spec) for s in extra.samples]
+    # the spec stays --data's (splits.csv names it for rows without a source): export calibrates on it by default
+    logger.info(f"edgederm: --extra-train {extra.spec}: {len(added)} images joined the train split")
+    return SampleSet(dataset.spec, dataset.samples + added, dataset.root, dataset.notes + extra.notes)
 
 
 def write_splits(path: Path, dataset: SampleSet, external_val: SampleSet | None) -> None:
