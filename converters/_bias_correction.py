@@ -76,16 +76,17 @@ def decide(
     fit: Callable[[Model, Sequence[Any]], Shifts],
     apply: Callable[[Model, Shifts], Model],
     predict: Callable[[Model, Sequence[Any]], np.ndarray],
+    fit_images: int = FIT_IMAGES,
 ) -> tuple[Shifts, BiasCorrection]:
     """The shifts to apply (empty when not worth it) and the measurement behind the decision.
 
     ``reference`` holds fp32's probabilities on ``inputs``; ``fit`` fits shifts on some of them,
-    ``apply`` returns a corrected copy, ``predict`` gives a model's probabilities.
+    ``apply`` returns a corrected copy, ``predict`` gives a model's probabilities; at most ``fit_images`` are fitted on.
     """
     started = time.time()
     if len(inputs) < MIN_IMAGES:
         return {}, BiasCorrection(False, {}, 0, {"fit": 0, "judge": 0}, 0.0)
-    fit_inputs, judge, judge_reference = inputs[0::2][:FIT_IMAGES], inputs[1::2], reference[1::2]
+    fit_inputs, judge, judge_reference = inputs[0::2][:fit_images], inputs[1::2], reference[1::2]
     shifts = fit(int8, fit_inputs)
     off = float(np.abs(predict(int8, judge) - judge_reference).mean())
     on = float(np.abs(predict(apply(int8, shifts), judge) - judge_reference).mean())
@@ -104,6 +105,7 @@ def with_ranges(
     fit: Callable[[Model, Sequence[Any]], Shifts],
     apply: Callable[[Model, Shifts], Model],
     predict: Callable[[Model, Sequence[Any]], np.ndarray],
+    fit_images: int = FIT_IMAGES,
 ) -> tuple[float, Model, Shifts, BiasCorrection]:
     """The activation ranges and bias correction together: (percentile, its uncorrected model, shifts, record).
 
@@ -114,12 +116,12 @@ def with_ranges(
     range that an image outside the calibration set may need.
     """
     if percentile >= 100 or len(inputs) < MIN_IMAGES:
-        shifts, result = decide(chosen, inputs, reference, fit, apply, predict)
+        shifts, result = decide(chosen, inputs, reference, fit, apply, predict, fit_images)
         return percentile, chosen, (shifts if percentile >= 100 else {}), result
     started, best, candidates = time.time(), None, {}
     for candidate in sorted(PERCENTILES, reverse=True):
         model = chosen if candidate == percentile else build_at(candidate)
-        shifts, result = decide(model, inputs, reference, fit, apply, predict)
+        shifts, result = decide(model, inputs, reference, fit, apply, predict, fit_images)
         error = result.mean_abs_dp["on" if result.applied else "off"]
         candidates[label(candidate)] = {**result.mean_abs_dp, "applied": result.applied}
         if best is None or error < (1 - MIN_GAIN) * best[0]:
@@ -137,6 +139,7 @@ def full_int8(
     fit: Callable[[Model, Sequence[Any]], Shifts],
     apply: Callable[[Model, Shifts], Model],
     predict: Callable[[Model, Sequence[Any]], np.ndarray],
+    fit_images: int = FIT_IMAGES,
 ) -> tuple[float, Model, RangeChoice, BiasCorrection]:
     """The all-int8 model with its activation ranges and bias correction chosen: (percentile, corrected model, records).
 
@@ -145,6 +148,6 @@ def full_int8(
     """
     build_at = functools.cache(build_at)  # with_ranges comes back to the candidates choose built
     percentile, chosen, range_choice = choose(build_at, lambda model: predict(model, inputs), reference)
-    percentile, chosen, shifts, correction = with_ranges(percentile, chosen, build_at, inputs, reference, fit, apply, predict)
+    percentile, chosen, shifts, correction = with_ranges(percentile, chosen, build_at, inputs, reference, fit, apply, predict, fit_images)
     range_choice.percentile = percentile
     return percentile, apply(chosen, shifts), range_choice, correction

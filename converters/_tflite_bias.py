@@ -1,7 +1,7 @@
 """Bias correction's mechanics for TFLite static int8 (what and why: ``_bias_correction``).
 
-A CONV_2D or DEPTHWISE_CONV_2D keeps its bias as int32 with a per-channel scale (input scale times
-weight scale); moving it by ``shift / scale`` moves the conv's output by ``shift``. TFLite fuses a
+A CONV_2D or DEPTHWISE_CONV_2D keeps its bias as int32 (int64 in a 16x8 model, w8a16) with a per-channel
+scale (input scale times weight scale); moving it by ``shift / scale`` moves the conv's output by ``shift``. TFLite fuses a
 ReLU/ReLU6 into the conv, so the conv's output read back here is after that activation: a bias move
 then shifts the mean by less than ``shift`` where the activation clips, and the correction
 under-shoots there rather than overshoots. Tensors keep their names through ai-edge-quantizer, which
@@ -17,14 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 
 CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
-INT32 = 2  # schema TensorType
+BIAS_TYPES = {2: np.int32, 4: np.int64}  # schema TensorType: int32, and int64 for int16 activations
 
 
 @dataclass(frozen=True)
 class _Conv:
     output: int  # tensor index
     name: str  # the output tensor's name: the same in the fp32 model and in every int8 variant
-    bias: np.ndarray  # int32 view into the model's bytes
+    bias: np.ndarray  # int32 (int64) view into the model's bytes
     scale: np.ndarray
 
 
@@ -57,13 +57,13 @@ def apply(int8: bytes, shifts: dict[str, np.ndarray]) -> bytes:
 
 
 def _move(conv: _Conv, shift: np.ndarray) -> None:
-    info = np.iinfo(np.int32)
+    info = np.iinfo(np.int32)  # int64 biases too stay within int32 (_tflite_bias_range)
     moved = conv.bias.astype(np.int64) - np.round(shift / conv.scale).astype(np.int64)
-    conv.bias[:] = np.clip(moved, info.min, info.max).astype(np.int32)
+    conv.bias[:] = np.clip(moved, info.min, info.max).astype(conv.bias.dtype)
 
 
 def _convs(model: bytearray) -> list[_Conv]:
-    """The int8 model's convs with an int32 bias stored inside the flatbuffer, each bias a writable view."""
+    """The quantized model's convs with an integer bias stored inside the flatbuffer, each bias a writable view."""
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
 
@@ -81,11 +81,16 @@ def _convs(model: bytearray) -> list[_Conv]:
         bias_tensor = graph.Tensors(op.Inputs(2))
         quantization = bias_tensor.Quantization()
         data = _buffer_data(model, root.Buffers(bias_tensor.Buffer()))
-        if bias_tensor.Type() != INT32 or quantization is None or quantization.ScaleLength() == 0 or data is None:
+        if bias_tensor.Type() not in BIAS_TYPES or quantization is None or quantization.ScaleLength() == 0 or data is None:
             continue  # a float bias: the conv is kept float
         output = op.Outputs(0)
         convs.append(
-            _Conv(output, graph.Tensors(output).Name().decode(), data.view(np.int32), quantization.ScaleAsNumpy().astype(np.float64))
+            _Conv(
+                output,
+                graph.Tensors(output).Name().decode(),
+                data.view(BIAS_TYPES[bias_tensor.Type()]),
+                quantization.ScaleAsNumpy().astype(np.float64),
+            )
         )
     return convs
 

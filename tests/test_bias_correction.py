@@ -3,6 +3,8 @@ conv's mean output per channel back to fp32's, conv by conv."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from edgederm.converters import _bias_correction, _onnx_bias, _tflite_bias
+from edgederm.converters import _bias_correction, _onnx_bias, _tflite_bias, _tflite_bias_range
 from edgederm.converters import onnx as onnx_converter
 from edgederm.converters import tflite as tflite_converter
 from edgederm.converters._calibration import load_calibration
@@ -51,10 +53,15 @@ def test_onnx_conv_means_are_brought_back_to_fp32(job: ExportJob):
     assert shifts and all(np.isfinite(s).all() for s in shifts.values())
 
     def means(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+        # One probe per conv, as fit_shifts reads them: onnxruntime fuses a QDQ group into its int8 kernel only where
+        # no tensor inside the group is a graph output, so a probe exposing every conv would read float convs upstream.
         outputs = {n.name: n.output[0] for n in model.graph.node if n.name in shifts}
-        session = quantizer._session(_onnx_bias._probe(model, list(outputs.values())))
-        values = _onnx_bias._channel_means(session, inputs, onnx_converter.INPUT_NAME, list(outputs.values()))
-        return dict(zip(outputs, values, strict=True))
+        return {
+            name: _onnx_bias._channel_means(
+                quantizer._session(_onnx_bias._probe(model, [output], prune=True)), inputs, onnx_converter.INPUT_NAME, [output]
+            )[0]
+            for name, output in outputs.items()
+        }
 
     before, after = _gaps(means(prepared), means(raw), means(_onnx_bias.apply(raw, shifts)))
     assert before > 0 and after < 0.2 * before, (before, after)
@@ -164,3 +171,39 @@ def test_where_min_max_was_chosen_only_the_correction_is_decided():
     errors = {100.0: (0.1, 0.06), 99.0: (0.01, 0.01), 95.0: (0.01, 0.01), 90.0: (0.01, 0.01)}
     percentile, model, shifts, result = _with_ranges(errors, chosen=100.0)
     assert percentile == 100.0 and model == 0.1 and shifts and result.applied and result.ranges is None
+
+
+def _quantized_biases(model: bytes) -> dict[str, np.ndarray]:
+    """Each bias-carrying op's bias as the quantized file holds it, dequantized, by the op's output name."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    buffer = bytearray(model)
+    root = schema.Model.GetRootAs(buffer, 0)
+    graph, biases = root.Subgraphs(0), {}
+    for name, op in _tflite_bias_range._bias_ops(root):
+        tensor = graph.Tensors(op.Inputs(2))
+        if tensor.Type() in _tflite_bias.BIAS_TYPES:
+            stored = _tflite_bias._buffer_data(buffer, root.Buffers(tensor.Buffer())).view(_tflite_bias.BIAS_TYPES[tensor.Type()])
+            biases[name] = stored.astype(np.float64) * tensor.Quantization().ScaleAsNumpy()
+    return biases
+
+
+def test_a_near_dead_channel_keeps_its_bias_in_w8a16(job: ExportJob):
+    """ai-edge-quantizer rounds biases at 32 bits; a channel with weights near zero overflows that at int16 activations."""
+    model = copy.deepcopy(job.model)
+    conv, norm = next((m, n) for m, n in zip(model.modules(), list(model.modules())[1:]) if isinstance(n, torch.nn.BatchNorm2d))
+    with torch.no_grad():
+        conv.weight[0] *= 1e-7  # the channel's output is its bias: a constant after the activation
+        norm.bias[0], norm.running_mean[0] = 2.0, 0.0
+    w8a16 = dataclasses.replace(job, model=model, quant="w8a16")
+    with tool_output_hidden():
+        fp32 = tflite_converter._float_model(model, job.spec, True)
+        quantizer = tflite_converter._StaticInt8(fp32, w8a16)
+    raw = tflite_converter._quantize(fp32, quantizer.rules, quantizer.qsvs)
+    fixed = quantizer.build([])
+    floats, clipped, kept = _tflite_bias_range._float_biases(fp32), _quantized_biases(raw), _quantized_biases(fixed)
+    assert any(np.abs(clipped[name] - floats[name]).max() > 0.5 for name in clipped)  # what the quantizer alone writes
+    for name, bias in kept.items():
+        np.testing.assert_allclose(bias, floats[name], atol=1e-3, err_msg=name)
+    _, rescaled = _tflite_bias_range.fit_biases(raw, fp32)
+    assert rescaled >= 1 and _tflite_bias_range.fit_biases(fixed, fp32)[1] == 0

@@ -189,3 +189,25 @@ def test_manifest_row_longer_than_the_header(tmp_path: Path):
     manifest.write_text("image,label\na.jpg,nv,extra\n")
     with pytest.raises(DataError, match="line 2: more cells than the header has columns"):
         load_dataset(f"manifest:{manifest}")
+
+
+def test_train_of_keeps_only_another_runs_train_lesions(tmp_path: Path, ham_dir: Path):
+    data = load_dataset(f"ham10000:{ham_dir}")
+    groups = sorted(set(data.groups))
+    held_out_groups = set(groups[::3])
+    header = ["image_id", "group", "label", "split"]
+    rows = [[s.image_id, s.group, s.label, "test" if s.group in held_out_groups else "train"] for s in data]
+    run = tmp_path / "run"
+    run.mkdir()
+    write_csv(run / "splits.csv", header, rows)
+    kept = load_dataset(f"ham10000:{ham_dir},train_of={run}")
+    assert 0 < len(kept) < len(data)
+    assert {s.image_id for s in kept} == {r[0] for r in rows if r[3] == "train"}
+    assert not {s.group for s in kept} & held_out_groups
+    assert load_dataset(f"ham10000:{ham_dir},train_of={run / 'splits.csv'}").samples == kept.samples
+
+    write_csv(run / "splits.csv", header, [["ISIC_9999999", "g", "nv", "train"]])
+    with pytest.raises(DataError, match="none of the images"):
+        load_dataset(f"ham10000:{ham_dir},train_of={run}")
+    with pytest.raises(DataError, match="not found"):
+        load_dataset(f"ham10000:{ham_dir},train_of={tmp_path / 'missing'}")

@@ -20,6 +20,7 @@ from .samples import SPLITS, Sample, SampleSet
 LayoutReader = Callable[[str, dict[str, str]], SampleSet]
 LAYOUTS: dict[str, LayoutReader] = {}
 _OPTION = re.compile(r",(\w+)=([^,]*)")
+COMMON_OPTIONS = {"split", "train_of"}  # every layout takes them (load_dataset)
 
 
 def layout(name: str) -> Callable[[LayoutReader], LayoutReader]:
@@ -50,9 +51,27 @@ def load_dataset(spec: str) -> SampleSet:
     split = options.get("split")
     if split:
         dataset = dataset.split(_check_split(split, spec))
+    if options.get("train_of"):
+        dataset = _train_of(dataset, Path(options["train_of"]).expanduser(), spec)
     if not dataset.samples:
         raise DataError("the dataset is empty", path=spec, fix="check the path and the layout")
     return dataset
+
+
+def _train_of(dataset: SampleSet, run: Path, spec: str) -> SampleSet:
+    """The samples that another run's splits.csv put in its train split, so a second model never trains on its held-out lesions."""
+    splits_csv = run / "splits.csv" if run.is_dir() else run
+    rows = read_csv(splits_csv, ("image_id", "group", "split"))
+    train = {r["image_id"] for r in rows if r["split"] == "train"}
+    held_out = {r["group"] for r in rows if r["split"] != "train"}
+    keep = [i for i, s in enumerate(dataset.samples) if s.image_id in train and s.group not in held_out]
+    if not keep:
+        raise DataError(
+            f"none of the images of {spec} are in the train split of {splits_csv}",
+            path=splits_csv,
+            fix="train_of= takes the run directory (or splits.csv) of a model trained on this dataset",
+        )
+    return dataset.subset(keep, f"[train of {run}]")
 
 
 def _check_split(value: str, where: str) -> str:
@@ -62,9 +81,9 @@ def _check_split(value: str, where: str) -> str:
 
 
 def _unused_options(options: dict[str, str], allowed: set[str], spec: str) -> None:
-    extra = set(options) - allowed - {"split"}
+    extra = set(options) - allowed - COMMON_OPTIONS
     if extra:
-        raise UsageError(f"unknown option(s) {sorted(extra)} in data spec {spec!r}", fix=f"allowed: {sorted(allowed | {'split'})}")
+        raise UsageError(f"unknown option(s) {sorted(extra)} in data spec {spec!r}", fix=f"allowed: {sorted(allowed | COMMON_OPTIONS)}")
 
 
 def _existing_dir(arg: str, kind: str) -> Path:
