@@ -211,3 +211,5 @@ def test_train_of_keeps_only_another_runs_train_lesions(tmp_path: Path, ham_dir:
         load_dataset(f"ham10000:{ham_dir},train_of={run}")
     with pytest.raises(DataError, match="not found"):
         load_dataset(f"ham10000:{ham_dir},train_of={tmp_path / 'missing'}")
+    with pytest.raises(DataError, match=r"lite0-ham10000/splits\.csv"):  # a zoo entry's split, of other images than these
+        load_dataset(f"ham10000:{ham_dir},train_of=zoo:lite0-ham10000")

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from ..core import zoo
 from ..core.errors import DataError, UsageError
 from ..core.labels import DX_CODES
 from .images import is_image_file
@@ -52,7 +53,7 @@ def load_dataset(spec: str) -> SampleSet:
     if split:
         dataset = dataset.split(_check_split(split, spec))
     if options.get("train_of"):
-        dataset = _train_of(dataset, Path(options["train_of"]).expanduser(), spec)
+        dataset = _train_of(dataset, zoo.resolve(options["train_of"]).expanduser(), spec)
     if not dataset.samples:
         raise DataError("the dataset is empty", path=spec, fix="check the path and the layout")
     return dataset
@@ -69,7 +70,7 @@ def _train_of(dataset: SampleSet, run: Path, spec: str) -> SampleSet:
         raise DataError(
             f"none of the images of {spec} are in the train split of {splits_csv}",
             path=splits_csv,
-            fix="train_of= takes the run directory (or splits.csv) of a model trained on this dataset",
+            fix="train_of= takes the run directory, zoo:NAME or splits.csv of a model trained on this dataset",
         )
     return dataset.subset(keep, f"[train of {run}]")
 
