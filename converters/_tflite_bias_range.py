@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._tflite_bias import _buffer_data
+from ._tflite_bias import BIAS_TYPES, _buffer_data
 
 BIAS_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
-_TYPES = {2: np.int32, 4: np.int64, 9: np.int8}  # schema TensorType -> numpy
-_FLOAT32 = 0
+_FLOAT32, _INT8 = 0, 9  # schema TensorType
 # per-channel weight scales run along the output channel: axis 0 of a conv or FC weight, axis 3 of a depthwise (1, kh, kw, C)
 _CHANNEL_AXIS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}
 
@@ -41,9 +40,8 @@ def fit_biases(quantized: bytes, fp32: bytes) -> tuple[bytes, int]:
     users = np.bincount([graph.Tensors(i).Buffer() for i in range(graph.TensorsLength())], minlength=root.BuffersLength())
     fixed = 0
     for name, op in _bias_ops(root):
-        tensors = [graph.Tensors(op.Inputs(k)) for k in range(3)]
-        given, weight, bias = tensors
-        if name not in float_biases or bias.Type() not in (2, 4) or weight.Type() != 9:
+        given, weight, bias = (graph.Tensors(op.Inputs(k)) for k in range(3))
+        if name not in float_biases or bias.Type() not in BIAS_TYPES or weight.Type() != _INT8:
             continue
         if users[weight.Buffer()] > 1 or users[bias.Buffer()] > 1:
             continue  # a buffer shared with another tensor is not edited in place
@@ -51,7 +49,7 @@ def fit_biases(quantized: bytes, fp32: bytes) -> tuple[bytes, int]:
         weight_scale = weight.Quantization().ScaleAsNumpy()  # views into ``model``
         bias_scale = bias.Quantization().ScaleAsNumpy()
         if len(input_scale) != 1 or len(weight_scale) != len(bias_scale):
-            continue
+            continue  # per-tensor weights over several channels: one scale cannot rise for one channel
         target = float_biases[name].astype(np.float64)
         needed = np.abs(target) / (float(input_scale[0]) * limit)
         overflow = needed > weight_scale.astype(np.float64)
@@ -67,7 +65,7 @@ def fit_biases(quantized: bytes, fp32: bytes) -> tuple[bytes, int]:
             weights[index] = np.clip(np.round(values / new_scale), -127, 127).astype(np.int8)
             weight_scale[channel] = new_scale
             bias_scale[channel] = np.float32(float(input_scale[0]) * float(new_scale))
-        stored = _buffer_data(model, root.Buffers(bias.Buffer())).view(_TYPES[bias.Type()])
+        stored = _buffer_data(model, root.Buffers(bias.Buffer())).view(BIAS_TYPES[bias.Type()])
         rounded = np.round(target / (float(input_scale[0]) * weight_scale.astype(np.float64)))
         stored[overflow] = np.clip(rounded, -limit, limit)[overflow].astype(stored.dtype)
         fixed += int(overflow.sum())
