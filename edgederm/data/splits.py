@@ -7,12 +7,15 @@ split that is furthest below its target share, so each split gets each label in 
 
 from __future__ import annotations
 
+import csv
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import DataError
+from .samples import SampleSet
 
 
 def grouped_stratified_split(
@@ -75,3 +78,26 @@ def split_counts(labels: Sequence[str | None], splits: Sequence[str]) -> dict[st
     for label, split in zip(labels, splits, strict=True):
         counts[split][str(label)] += 1
     return {s: dict(sorted(c.items())) for s, c in sorted(counts.items())}
+
+
+def select_split(dataset: SampleSet, split: str, splits_csv: Path, *, missing_ok: bool = False) -> SampleSet:
+    """Keep the samples that a training run's splits.csv put in ``split``.
+
+    With ``missing_ok``, a dataset that shares no image with that split (other data) comes back whole.
+    """
+    if not splits_csv.is_file():
+        raise DataError("splits.csv not found", path=splits_csv, fix="--split needs a run directory from edgederm train (or --splits FILE)")
+    with open(splits_csv, newline="", encoding="utf-8") as handle:
+        chosen = {row["image_id"] for row in csv.DictReader(handle) if row.get("split") == split}
+    if not chosen:
+        raise DataError(f"no images in split {split!r}", path=splits_csv)
+    indices = [i for i, s in enumerate(dataset.samples) if s.image_id in chosen]
+    if not indices and missing_ok:
+        return dataset
+    if not indices:
+        raise DataError(
+            f"none of the {split} images of {splits_csv} are in {dataset.spec}",
+            path=splits_csv,
+            fix="use the --data the model was trained on",
+        )
+    return dataset.subset(indices, f"[{split}]")
