@@ -54,13 +54,13 @@ def load_dataset(spec: str) -> SampleSet:
     if split:
         dataset = dataset.split(_check_split(split, spec))
     if options.get("train_of"):
-        dataset = _train_of(dataset, zoo.resolve(options["train_of"]).expanduser(), spec)
+        dataset = _train_of(dataset, zoo.resolve(options["train_of"]).expanduser())
     if not dataset.samples:
         raise DataError("the dataset is empty", path=spec, fix="check the path and the layout")
     return dataset
 
 
-def _train_of(dataset: SampleSet, run: Path, spec: str) -> SampleSet:
+def _train_of(dataset: SampleSet, run: Path) -> SampleSet:
     """The samples that another run's splits.csv put in its train split, so a second model never trains on its held-out lesions."""
     splits_csv = run / "splits.csv" if run.is_dir() else run
     train = select_split(dataset, "train", splits_csv)
