@@ -65,18 +65,13 @@ def _move(conv: _Conv, shift: np.ndarray) -> None:
 def _convs(model: bytearray) -> list[_Conv]:
     """The quantized model's convs with an integer bias stored inside the flatbuffer, each bias a writable view."""
     from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
 
     root = schema.Model.GetRootAs(model, 0)
     graph = root.Subgraphs(0)
-    codes = [
-        tfl.TFL_OP_CODE_TO_NAME.get(max(root.OperatorCodes(i).BuiltinCode(), root.OperatorCodes(i).DeprecatedBuiltinCode()))
-        for i in range(root.OperatorCodesLength())
-    ]
     convs = []
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
-        if codes[op.OpcodeIndex()] not in CONV_OPS or op.InputsLength() < 3 or op.Inputs(2) < 0:
+        if op_name(root, op) not in CONV_OPS or op.InputsLength() < 3 or op.Inputs(2) < 0:
             continue
         bias_tensor = graph.Tensors(op.Inputs(2))
         quantization = bias_tensor.Quantization()
@@ -93,6 +88,14 @@ def _convs(model: bytearray) -> list[_Conv]:
             )
         )
     return convs
+
+
+def op_name(root, op) -> str | None:
+    """An operator's builtin name ("CONV_2D"); None for ops ai-edge-quantizer has no name for."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
+
+    code = root.OperatorCodes(op.OpcodeIndex())
+    return tfl.TFL_OP_CODE_TO_NAME.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()))
 
 
 def _buffer_data(model: bytearray, buffer) -> np.ndarray | None:

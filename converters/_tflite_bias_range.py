@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._tflite_bias import BIAS_TYPES, _buffer_data
+from ._tflite_bias import BIAS_TYPES, _buffer_data, op_name
 
 BIAS_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 _FLOAT32, _INT8 = 0, 9  # schema TensorType
@@ -57,7 +57,7 @@ def fit_biases(quantized: bytes, fp32: bytes) -> tuple[bytes, int]:
             continue
         weights = _buffer_data(model, root.Buffers(weight.Buffer())).view(np.int8)
         weights = weights.reshape(weight.ShapeAsNumpy())
-        axis = _CHANNEL_AXIS[_op_name(root, op)] if len(weight_scale) > 1 else None
+        axis = _CHANNEL_AXIS[op_name(root, op)] if len(weight_scale) > 1 else None
         for channel in np.flatnonzero(overflow):
             new_scale = np.float32(needed[channel] * (1 + 1e-6))
             index = (slice(None),) * axis + (channel,) if axis is not None else (slice(None),)
@@ -76,15 +76,8 @@ def _bias_ops(root):
     graph = root.Subgraphs(0)
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
-        if _op_name(root, op) in BIAS_OPS and op.InputsLength() >= 3 and op.Inputs(2) >= 0:
+        if op_name(root, op) in BIAS_OPS and op.InputsLength() >= 3 and op.Inputs(2) >= 0:
             yield graph.Tensors(op.Outputs(0)).Name().decode(), op
-
-
-def _op_name(root, op) -> str | None:
-    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
-
-    code = root.OperatorCodes(op.OpcodeIndex())
-    return tfl.TFL_OP_CODE_TO_NAME.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()))
 
 
 def _float_biases(fp32: bytes) -> dict[str, np.ndarray]:
