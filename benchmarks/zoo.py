@@ -2,6 +2,7 @@
 
     python benchmarks/zoo.py train NAME [NAME ...]     # train the recipe of each entry into runs/zoo/NAME
     python benchmarks/zoo.py build NAME [NAME ...]     # pack runs/zoo/NAME into edgederm/zoo/NAME and measure it
+    python benchmarks/zoo.py refresh NAME [NAME ...]   # re-export and re-measure the shipped weights of edgederm/zoo/NAME
     python benchmarks/zoo.py table                     # rewrite benchmarks/results/zoo.{json,md} from the entries
 
 ``build`` stores the weights in float16, or float32 where float16 changed a classifier's named class
@@ -18,6 +19,10 @@ Qualcomm AI Hub's model cards:
 - ``perf.json``: file size, load time, latency median and p90 at 1 and 2 threads and peak memory,
   measured by ``edgederm-bench`` (the device bench) on this machine;
 - ``card.json``: what the entry is, its training data and license, and the sha256 of every file.
+
+``refresh`` is ``build`` from the entry's own shipped weights, for when a converter or a runtime
+changes: the weights, spec and splits stay byte for byte, the phone artifact, numerics and perf are
+made again, and the ``storage`` check is the one measured when the weights were packed from their run.
 
 Training data stays outside the repository; only weights (which inherit the data's license) ship.
 """
@@ -243,8 +248,9 @@ def _with_intervals(metrics: dict, intervals: dict[str, list[float]]) -> dict:
     return {k: {"value": v, "ci95": intervals.get(k)} for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
-def numerics(entry: Path, recipe: Recipe, shared: Path, predictors: dict, run: Path) -> dict:
-    """Every artifact on the test split and the external set, against torch fp32 of the packed weights."""
+def numerics(entry: Path, recipe: Recipe, shared: Path, predictors: dict, run: Path | None) -> dict:
+    """Every artifact on the test split and the external set, against torch fp32 of the packed weights (with no
+    ``run``, the weights are the entry's own and its earlier storage check stands)."""
     from edgederm.evaluate.verify.measure import measure
     from edgederm.evaluate.verify.scoring import agreement
     from edgederm.runtime import Predictor
@@ -287,6 +293,9 @@ def numerics(entry: Path, recipe: Recipe, shared: Path, predictors: dict, run: P
         }
         if key == "test":
             result["check_subset"] = _check_subset(spec, dataset, cache, truth, relative, {n: predictors[n] for n in CHECKED})
+            if run is None:
+                result["storage"] = json.loads((ZOO / recipe.name / "numerics.json").read_text())["storage"]
+                continue
             float32 = measure(Predictor.load(run), cache.pixels, truth)
             result["storage"] = {
                 "dtype": recipe.storage,
@@ -346,8 +355,9 @@ def perf(artifacts: dict[str, Path], work: Path, spec, shared: Path, recipe: Rec
     return {"device": raw["device"], "batch": 1, "runs": 50, "inputs": f"{len(cache.pixels)} test images", "artifacts": rows}
 
 
-def build(recipe: Recipe, runs: Path, shared: Path, keep_work: Path | None) -> None:
-    """With ``keep_work``, a second build reuses its exports and numerics and measures perf again (on an idle machine)."""
+def build(recipe: Recipe, runs: Path, shared: Path, keep_work: Path | None, refresh: bool = False) -> None:
+    """With ``keep_work``, a second build reuses its exports and numerics and measures perf again (on an idle machine).
+    With ``refresh``, the weights are the entry's own (see the module docstring)."""
     from edgederm.core.formats import FORMATS
     from edgederm.core.manifest import artifact_sha256
     from edgederm.core.zoo import CARD
@@ -355,12 +365,19 @@ def build(recipe: Recipe, runs: Path, shared: Path, keep_work: Path | None) -> N
     from edgederm.runtime import Predictor
 
     run, entry = runs / recipe.name, ZOO / recipe.name
-    if not (run / "model.safetensors").is_file():
+    if refresh and not (entry / CARD).is_file():
+        raise SystemExit(f"no zoo entry at {entry}: python benchmarks/zoo.py build {recipe.name}")
+    if not refresh and not (run / "model.safetensors").is_file():
         raise SystemExit(f"no trained run at {run}: python benchmarks/zoo.py train {recipe.name}")
     started = time.time()
     staging = entry.with_name(f".{recipe.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
-    pack(run, staging, recipe.storage)
+    if refresh:
+        staging.mkdir()
+        for name in ("model.safetensors", "spec.json", "splits.csv"):
+            shutil.copyfile(entry / name, staging / name)
+    else:
+        pack(run, staging, recipe.storage)
     reuse = keep_work is not None
     work = keep_work or Path(tempfile.mkdtemp(prefix="zoo-"))
     calib = fill(recipe.test, staging, runs, shared)  # the run's own data: export calibrates on its train split
@@ -381,10 +398,15 @@ def build(recipe: Recipe, runs: Path, shared: Path, keep_work: Path | None) -> N
     if reuse and cached.is_file():
         measured = json.loads(cached.read_text())
     else:
-        measured = numerics(staging, recipe, shared, predictors, run)
+        measured = numerics(staging, recipe, shared, predictors, None if refresh else run)
         cached.write_text(json.dumps(measured))
     measured_perf = perf(artifacts, work, spec, shared, recipe, staging)
-    made = {"created": time.strftime("%Y-%m-%d"), "machine": training_machine(), "command": f"python benchmarks/zoo.py build {recipe.name}"}
+    action = "refresh" if refresh else "build"
+    made = {
+        "created": time.strftime("%Y-%m-%d"),
+        "machine": training_machine(),
+        "command": f"python benchmarks/zoo.py {action} {recipe.name}",
+    }
     (staging / "numerics.json").write_text(json.dumps({**made, **measured}, indent=2) + "\n")
     (staging / "perf.json").write_text(json.dumps({**made, **measured_perf}, indent=2) + "\n")
     test = measured["sets"]["test"]["artifacts"]
@@ -492,7 +514,7 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     configure()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["train", "build", "table"])
+    parser.add_argument("action", choices=["train", "build", "refresh", "table"])
     parser.add_argument("names", nargs="*", help=f"entries (default: all): {', '.join(RECIPES)}")
     parser.add_argument("--runs", type=Path, default=RUNS, help="where the trained runs live (default %(default)s)")
     parser.add_argument("--shared", type=Path, default=SHARED, help="the data root (default %(default)s)")
@@ -509,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "train":
             train(RECIPES[name], args.runs, args.shared)
         else:
-            build(RECIPES[name], args.runs, args.shared, args.keep_work)
+            build(RECIPES[name], args.runs, args.shared, args.keep_work, refresh=args.action == "refresh")
     table()
     return 0
 

@@ -38,6 +38,7 @@ from edgederm import __version__
 from edgederm.core.formats import FORMATS
 from edgederm.core.log import get_logger
 from edgederm.core.metadata import artifact_spec, metadata_strings
+from edgederm.runtime.onnx_backend import session_options
 from edgederm.runtime.timing import measure_latency
 
 from . import _accuracy_aware, _bias_correction, _onnx_bias, _ranges
@@ -270,11 +271,7 @@ class _Int8Quantizer:
             return onnx.load(self.output)
 
     def _session(self, model: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
 
     def predict(self, model: onnx.ModelProto, n: int | None) -> np.ndarray:
         return self._probabilities(model, self._inputs[:n])
@@ -329,9 +326,7 @@ def _check_runs(data: bytes, job: ExportJob) -> None:
     """onnxruntime CPU loads the model and its output is a probability per class (and matches torch in fp32)."""
     side = job.spec.preprocess.input_size
     with conversion_step(f"onnxruntime CPU check of the {job.quant} model"):
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only: fp16 graphs log a warning per fp32 fallback node
-        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(data, session_options(), providers=["CPUExecutionProvider"])
         batch = session.get_inputs()[0].shape[0]
         shape = (batch if isinstance(batch, int) else 2, 3, side, side)
         example = np.random.default_rng(0).standard_normal(shape).astype(np.float32)

@@ -236,3 +236,48 @@ def test_a_run_trained_elsewhere_calibrates_on_a_local_copy_of_its_train_split(t
     calibration = json.loads((tmp_path / "b" / "manifest.json").read_text())["artifacts"][0]["details"]["calibration"]
     train = [line for line in (run / "splits.csv").read_text().splitlines() if ",train," in line]
     assert calibration["data"].endswith("[train]") and calibration["images"] == len(train)
+
+
+def _saturating_qdq_conv() -> onnx.ModelProto:
+    """One QDQ 1x1 conv whose uint8 x int8 products (255 x 127), added in pairs, overflow int16."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    channels = 8
+    init = [
+        numpy_helper.from_array(np.array(1 / 255, np.float32), "x_scale"),
+        numpy_helper.from_array(np.array(0, np.uint8), "x_zero"),
+        numpy_helper.from_array(np.full((1, channels, 1, 1), 127, np.int8), "w_q"),
+        numpy_helper.from_array(np.array(1 / 127, np.float32), "w_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "w_zero"),
+        numpy_helper.from_array(np.array(channels / 255, np.float32), "y_scale"),
+        numpy_helper.from_array(np.array(0, np.uint8), "y_zero"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["x_q"]),
+        helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zero"], ["x_dq"]),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w_dq"]),
+        helper.make_node("Conv", ["x_dq", "w_dq"], ["y"]),
+        helper.make_node("QuantizeLinear", ["y", "y_scale", "y_zero"], ["y_q"]),
+        helper.make_node("DequantizeLinear", ["y_q", "y_scale", "y_zero"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "saturating_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 4, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1, 4, 4])],
+        init,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_int8_convs_are_exact_on_every_x86_cpu():
+    """onnxruntime fuses a QDQ conv into its uint8 x int8 kernel; on x86 CPUs without VNNI that kernel saturates pair
+    sums at int16 unless the session asks for exact products. Every edgederm session does (runtime, converter, verify)."""
+    import onnxruntime as ort
+
+    from edgederm.runtime.onnx_backend import session_options
+
+    model = _saturating_qdq_conv().SerializeToString()
+    session = ort.InferenceSession(model, session_options(1), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"x": np.ones((1, 8, 4, 4), np.float32)})
+    np.testing.assert_allclose(out, 8.0, rtol=1e-6)  # 8 channels of 1.0 x 1.0, on the output grid exactly

@@ -46,11 +46,21 @@ class OnnxPredictor(Predictor):
         return probabilities
 
 
-def _open_session(path: Path, threads: int | None) -> ort.InferenceSession:
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """The options every edgederm onnxruntime session uses, in the runtime, the converter and verify."""
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: fp16 graphs log a warning per node that falls back to fp32
+    # On x86 CPUs without VNNI (AVX2, AVX-512F) onnxruntime's uint8 x int8 kernels add pairs of products in
+    # saturating int16 (VPMADDUBSW), so an int8 model's outputs there depend on the CPU. This key selects the
+    # exact uint8 x uint8 kernels on those CPUs and is ignored elsewhere (ARM, VNNI).
+    options.add_session_config_entry("session.x64quantprecision", "1")
     if threads:
         options.intra_op_num_threads = threads
+    return options
+
+
+def _open_session(path: Path, threads: int | None) -> ort.InferenceSession:
+    options = session_options(threads)
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for a bad file
