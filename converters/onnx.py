@@ -320,6 +320,10 @@ def _stamp(model: onnx.ModelProto, job: ExportJob, notes: dict[str, Any]) -> Non
         f"edgederm {job.spec.arch} {job.spec.task} ({job.quant}): {INPUT_NAME} = normalised NCHW float32 "
         f"{job.spec.preprocess.input_size}x{job.spec.preprocess.input_size} -> {OUTPUT_NAME} over {','.join(job.spec.class_names)}"
     )
+    if FORMATS["onnx"].needs_calibration(job.quant):
+        model.doc_string += (
+            ". On x86 CPUs without VNNI, create the onnxruntime session with session.x64quantprecision=1 (exact int8 products)"
+        )
 
 
 def _check_runs(data: bytes, job: ExportJob) -> None:
