@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -54,16 +53,10 @@ def prefix(model, stages: int, num_classes: int):
 
 def timed(path: Path, pixels: np.ndarray, runs: int) -> float:
     from edgederm.runtime import Predictor
+    from edgederm.runtime.timing import measure_latency
 
     predictor = Predictor.load(path, threads=1)
-    for _ in range(5):
-        predictor.predict_pixels(pixels)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        predictor.predict_pixels(pixels)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return measure_latency(lambda: predictor.predict_pixels(pixels), runs=runs, warmup=5)["median_ms"]
 
 
 def measure(run: str, stages: list[int], runs: int) -> dict:
