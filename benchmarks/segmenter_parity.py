@@ -3,6 +3,7 @@ quant mode, verify every artifact against torch fp32 on the official ISIC 2017 v
 
     .venv/bin/python benchmarks/segmenter_parity.py            # export + verify + collect
     .venv/bin/python benchmarks/segmenter_parity.py --collect  # only rebuild the json/md
+    .venv/bin/python benchmarks/segmenter_parity.py --resume   # keep models already verified
 
 MODELS are the zoo's segmenters (``benchmarks/zoo.py`` holds their training recipes). Writes
 benchmarks/results/segmenter_isic2017.{json,md} (params and GFLOPs at the model's input size, every
@@ -314,10 +315,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--collect", action="store_true", help="skip export and verify; rebuild the results from runs/segparity")
     parser.add_argument("--note", help="a sentence about the conditions of the run, kept with the results")
+    parser.add_argument("--resume", action="store_true", help="keep a model whose verify.json already exists")
     args = parser.parse_args()
     if not args.collect:
         OUT.mkdir(parents=True, exist_ok=True)
         for name in MODELS:
+            if args.resume and (OUT / folder(name) / "verify.json").exists():
+                logger.info(f"{name}: kept from {OUT / folder(name)}")
+                continue
             log = OUT / f"{folder(name)}.log"
             run_logged(export_command(name), log)  # a failed format is a failed row, verify still runs the rest
             run_logged(verify_command(name), log)

@@ -87,6 +87,34 @@ def test_tflite_conv_means_are_brought_back_to_fp32(job: ExportJob):
     assert _tflite_bias.apply(raw, {}) is raw
 
 
+def test_executorch_conv_means_are_brought_back_to_fp32(job: ExportJob):
+    pytest.importorskip("executorch", reason="ExecuTorch is part of the export extra: pip install -e '.[export]'")
+    from edgederm.converters import _pte_bias
+    from edgederm.converters._wrap import deployable, example_input
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    with torch.no_grad():
+        captured = torch.export.export(deployable(job.model, job.spec), (example_input(job.spec),)).module()
+    prepared = prepare_pt2e(captured, XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)))
+    inputs = np.concatenate(list(job.calibration.batches(8, "NCHW")))
+    _pte_bias.predict(prepared, inputs)  # calibration
+    fp32 = _pte_bias.float_twin(prepared)
+    raw = convert_pt2e(prepared)
+    shifts = _pte_bias.fit_shifts(raw, fp32, inputs[0::2])
+    assert shifts and all(np.isfinite(s).all() for s in shifts.values())
+
+    def means(model) -> dict[str, np.ndarray]:
+        return {name: m.numpy() for name, m in _pte_bias.walk(model, inputs[0::2], list(shifts))[1].items()}
+
+    before, after = _gaps(means(fp32), means(raw), means(_pte_bias.apply(raw, shifts)))
+    # A float bias in the simulated int8 graph moves the conv's output exactly; the quantizer after it rounds that.
+    assert before > 0 and after < 1e-4 * before + 1e-6, (before, after)
+    outputs, _ = _pte_bias.walk(raw, inputs[:3], [])
+    np.testing.assert_allclose(outputs, _pte_bias.predict(raw, inputs[:3]), atol=1e-6)  # the walk is the module's forward
+    assert _pte_bias.apply(raw, {}) is raw
+
+
 def _decide(on_error: float, off_error: float, n: int = 20):
     """``decide`` over models that are their own error on every image."""
     reference = np.tile([[0.7, 0.3]], (n, 1))
@@ -116,8 +144,10 @@ def test_too_few_calibration_images_leave_the_model_alone():
     assert shifts == {} and not result.applied and "not tried" in result.summary()
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+@pytest.mark.parametrize("fmt", ["onnx", "tflite", "executorch"])
 def test_the_export_records_the_decision(trained_run: Path, tmp_path: Path, fmt: str):
+    if fmt == "executorch":
+        pytest.importorskip("executorch", reason="ExecuTorch is part of the export extra: pip install -e '.[export]'")
     records = export_run(trained_run, [FORMATS[fmt]], ["int8"], tmp_path, calib_data=CALIB, calib_n=40)
     assert records[0].status == "ok", records[0].message
     row = json.loads((tmp_path / "manifest.json").read_text())["artifacts"][0]
