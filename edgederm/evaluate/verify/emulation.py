@@ -190,6 +190,13 @@ def _child_env(env: Arm64Environment, source: Path | None, runtime: str = "liter
     return {"PYTHONPATH": os.pathsep.join(paths), "HOME": str(env.root), "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
+def run_python(env: Arm64Environment, cpu: str, args: list[str], runtime: str = "litert") -> subprocess.CompletedProcess:
+    """The emulated Python on ``cpu`` with ``args`` (a script and its arguments), beside ``runtime``'s packages."""
+    return _run(
+        _qemu_command(_tool("qemu-aarch64-static"), env, cpu, args), f"python on emulated {cpu}", env=_child_env(env, None, runtime)
+    )
+
+
 def _stage_runtime(into: Path) -> Path:
     """A copy of this edgederm's package for the emulated Python; it imports only the torch-free modules."""
     package = Path(__file__).resolve().parents[2]
