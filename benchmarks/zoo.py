@@ -439,6 +439,12 @@ def build(recipe: Recipe, runs: Path, shared: Path, keep_work: Path | None, refr
 # -- table --------------------------------------------------------------------------------------
 
 
+def _cpu(device: dict) -> str:
+    features = device.get("cpu_features")
+    listed = f" with {', '.join(features)}" if features else "" if features is None else " without AVX2, VNNI or dot-product"
+    return f"{device.get('cpu', 'an unnamed CPU')} ({device.get('machine', '?')}){listed}, {device.get('os', '')}"
+
+
 def table() -> dict:
     from edgederm.core import zoo
 
@@ -482,6 +488,8 @@ def markdown(result: dict) -> str:
             "",
             f"{card['description']}. {card['arch']} at {card['img_size']} px, {row['size_bytes'] / 1e6:.1f} MB. Trained on {card['data']}. "
             f"License: {card['license']}. Built {numbers['created']} on {where(numbers['machine'])}.",
+            "",
+            f"Latency measured {speed['created']} on {_cpu(speed['device'])}.",
             "",
             f"Weights stored as {numbers['storage']['dtype']}; against the float32 run on the test images: "
             f"{json.dumps({k: v for k, v in numbers['storage'].items() if k not in ('what', 'dtype')})}.",

@@ -18,7 +18,7 @@ from conftest import cli_env
 
 from edgederm.core.errors import EdgedermError
 from edgederm.core.formats import FORMATS
-from edgederm.evaluate.verify.emulation import DEFAULT_CPUS, parse_emulate
+from edgederm.evaluate.verify.emulation import DEFAULT_CPUS, EMULATED_FEATURES, parse_emulate
 from edgederm.export import export_run
 
 MISSING = [tool for tool in ("qemu-aarch64-static", "mmdebstrap") if shutil.which(tool) is None]
@@ -69,6 +69,8 @@ def test_verify_on_emulated_arm64_cpus(trained_run: Path, tmp_path_factory):
     assert [d["device"]["cpu"] for d in emulated] == ["cortex-a53", "cortex-a76"]
     for device in emulated:
         assert device["device"]["machine"] == "aarch64" and device["device"]["emulated"] is True
+        # the emulated model's int8/fp16 extensions, not the host's /proc/cpuinfo that QEMU shows
+        assert device["device"]["cpu_features"] == EMULATED_FEATURES[device["device"]["cpu"]]
         assert sorted(a["name"] for a in device["artifacts"]) == sorted(r.path for r in records)
         for artifact in device["artifacts"]:
             assert artifact["status"] == "pass", artifact["checks"]

@@ -43,6 +43,8 @@ PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux2014_
 # The older TFLite interpreter many apps still ship: it needs numpy<2, so it gets its own site folder.
 TFLITE_RUNTIME_WHEELS = ("numpy<2", "pillow", "tflite-runtime")
 TFLITE_RUNTIME_PLATFORMS = ("manylinux_2_34_aarch64", *PLATFORMS)
+# What QEMU's CPU models offer of edgederm.bench.INT8_FP16_FEATURES (the bench would read the host's /proc/cpuinfo).
+EMULATED_FEATURES = {"cortex-a53": [], "cortex-a76": ["asimddp", "asimdhp", "fphp"], "neoverse-n1": ["asimddp", "asimdhp", "fphp"]}
 TOOLS = {"qemu-aarch64-static": "qemu-user-static", "mmdebstrap": "mmdebstrap"}
 BENCH_TIMEOUT_S = 3600
 
@@ -245,6 +247,7 @@ def run_bench(
         "name": f"arm64 {cpu} (emulated)" + ("" if runtime == "litert" else f", {runtime}"),
         "machine": "aarch64",
         "cpu": cpu,
+        "cpu_features": EMULATED_FEATURES.get(cpu),  # None: a model whose features are not listed here
         "emulated": True,
         "host_cpu": result["device"].get("cpu"),  # QEMU user-mode shows the host's /proc/cpuinfo
     }
