@@ -170,10 +170,14 @@ def collect() -> dict:
                 "onnx_int8_attention": onnx_int8_attention_ops(export_dir / onnx_int8["path"]) if onnx_int8 else None,
                 "tflite_int8_attention": tflite_int8_attention_ops(export_dir / tflite_int8["path"]) if tflite_int8 else None,
                 "machine": verify["machine"],
+                "verified": verify["created"],
             }
         )
+    from edgederm.bench import cpu_features, cpu_model
+
     return {
         "data": DATA,
+        "cpu": f"{cpu_model()} with {', '.join(cpu_features()) or 'none of AVX2, VNNI or dot-product'}",  # the verify runs' machine
         "commands": [shlex.join(c(n)).replace(EDGEDERM, "edgederm") for n in MODELS for c in (export_command, verify_command)],
         "models": models,
     }
@@ -190,6 +194,16 @@ def _complexity(run: Path) -> dict:
 
 def _f(value, fmt: str) -> str:
     return "" if value is None else format(value, fmt)
+
+
+def _when_and_where(result: dict) -> list[str]:
+    runs = [f"{m['run']} verified {m['verified'][:16].replace('T', ' ')} UTC" for m in result["models"] if m.get("verified")]
+    machines = {json.dumps(m["machine"], sort_keys=True) for m in result["models"]}
+    machine = result["models"][0]["machine"] if result["models"] else {}
+    where = f"`{machine.get('platform', '?')}`, {machine.get('cpus', '?')} CPUs" + (f" ({result['cpu']})" if result.get("cpu") else "")
+    if len(machines) > 1:
+        where += "; the models were verified on different machines: see the json"
+    return [f"{'; '.join(runs)}, on {where}.", ""]
 
 
 def write_markdown(result: dict, path: Path) -> None:
@@ -210,6 +224,7 @@ def write_markdown(result: dict, path: Path) -> None:
         *[c.replace(str(ROOT) + "/", "") for c in result["commands"]],
         "```",
         "",
+        *_when_and_where(result),
         "Latency: batch 1 at the run's input size, median of 50 runs after warm-up, on this 2-core CPU; 2-thread numbers",
         "are less reliable here than 1-thread ones (the machine's other work competes for the second core).",
         *([result["note"]] if result.get("note") else []),
