@@ -51,22 +51,22 @@ class PixelCache:
     masks: np.ndarray | None = None  # uint8 0/255 (N, S, S) through Preprocess.fit_mask, when loaded with masks
 
 
-def load_pixels(dataset: SampleSet, preprocess: Preprocess, desc: str = "images") -> PixelCache:
+def load_pixels(dataset: SampleSet, preprocess: Preprocess, desc: str | None = "images") -> PixelCache:
     return _load(dataset, preprocess, desc, masks=False)
 
 
-def load_pixels_and_masks(dataset: SampleSet, preprocess: Preprocess, desc: str = "images") -> PixelCache:
+def load_pixels_and_masks(dataset: SampleSet, preprocess: Preprocess, desc: str | None = "images") -> PixelCache:
     """Images and their lesion masks, both through the same geometry; a sample whose image or mask fails is skipped."""
     return _load(dataset, preprocess, desc, masks=True)
 
 
-def _load(dataset: SampleSet, preprocess: Preprocess, desc: str, masks: bool) -> PixelCache:
+def _load(dataset: SampleSet, preprocess: Preprocess, desc: str | None, masks: bool) -> PixelCache:
     side = preprocess.input_size
     pixels = np.empty((len(dataset), side, side, 3), np.uint8)
     mask_pixels = np.empty((len(dataset), side, side), np.uint8) if masks else None
     kept: list[int] = []
     errors: list[str | None] = [None] * len(dataset)
-    for item in decode_samples(dataset, errors, masks=masks, desc=f"loading {desc}"):
+    for item in decode_samples(dataset, errors, masks=masks, desc=f"loading {desc or 'images'}"):
         if mask_pixels is not None:
             if item.mask is None:
                 raise ValueError(f"{dataset.samples[item.index].display_path} has no mask; check Sample.has_mask before loading")
