@@ -136,3 +136,23 @@ def test_only_torch_free_artifacts_go_to_the_emulated_cpus(tmp_path: Path, monke
     with pytest.raises(Benched) as benched:
         _verify_on_arm64(tmp_path, rows, SimpleNamespace(pixels=np.zeros((2, 8, 8, 3), np.uint8)), None, None, None, options)
     assert benched.value.args[0] == ["m_fp32.tflite", "m_fp32.onnx"]
+
+
+def test_a_hung_emulator_is_one_line_with_a_limit_that_grows_with_the_work(tmp_path: Path, monkeypatch):
+    from edgederm.evaluate.verify import emulation
+
+    limits = []
+
+    def hang(command, timeout, **kwargs):
+        limits.append(timeout)
+        raise subprocess.TimeoutExpired(command, timeout)
+
+    monkeypatch.setattr(emulation, "_tool", lambda name: name)
+    monkeypatch.setattr(emulation.subprocess, "run", hang)
+    env = emulation.Arm64Environment(tmp_path)
+    for images in (2, 20):
+        pixels = np.zeros((images, 8, 8, 3), np.uint8)
+        with pytest.raises(EdgedermError, match=r"on emulated cortex-a53 ran past \d+ s") as error:
+            emulation.run_bench(env, "cortex-a53", [tmp_path / "m.tflite"], pixels, ["x"] * images, threads=[1], runs=3, warmup=1)
+        assert "--emulate-images" in error.value.fix and "\n" not in str(error.value)
+    assert limits[1] - limits[0] == 18 * emulation.BENCH_TIMEOUT_PER_RUN_S

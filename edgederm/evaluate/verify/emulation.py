@@ -46,7 +46,9 @@ TFLITE_RUNTIME_PLATFORMS = ("manylinux_2_34_aarch64", *PLATFORMS)
 # What QEMU's CPU models offer of edgederm.bench.INT8_FP16_FEATURES (the bench would read the host's /proc/cpuinfo).
 EMULATED_FEATURES = {"cortex-a53": [], "cortex-a76": ["asimddp", "asimdhp", "fphp"], "neoverse-n1": ["asimddp", "asimdhp", "fphp"]}
 TOOLS = {"qemu-aarch64-static": "qemu-user-static", "mmdebstrap": "mmdebstrap"}
-BENCH_TIMEOUT_S = 3600
+# QEMU runs a 224 px classifier at about 5 s per image; the limit only catches a hung emulator.
+BENCH_TIMEOUT_S = 600
+BENCH_TIMEOUT_PER_RUN_S = 60
 
 
 def cache_root() -> Path:
@@ -229,13 +231,16 @@ def run_bench(
         out = work / "device.json"
         args = ["-m", "edgederm.bench", *map(str, artifacts), "--inputs", str(inputs), "--out", str(out), "--quiet"]
         args += ["--threads", ",".join(map(str, threads)), "--runs", str(runs), "--warmup", str(warmup)]
-        done = subprocess.run(
-            _qemu_command(qemu, env, cpu, args),
-            capture_output=True,
-            text=True,
-            env=_child_env(env, source, runtime),
-            timeout=BENCH_TIMEOUT_S,
-        )
+        limit = BENCH_TIMEOUT_S + BENCH_TIMEOUT_PER_RUN_S * len(artifacts) * (len(pixels) + len(threads) * (runs + warmup))
+        try:
+            done = subprocess.run(
+                _qemu_command(qemu, env, cpu, args), capture_output=True, text=True, env=_child_env(env, source, runtime), timeout=limit
+            )
+        except subprocess.TimeoutExpired:
+            raise EdgedermError(
+                f"edgederm-bench on emulated {cpu} ran past {limit} s on {len(artifacts)} artifacts x {len(pixels)} images",
+                fix="give fewer images with --emulate-images, or run `edgederm device setup arm64 --rebuild` if QEMU hangs",
+            ) from None
         if done.returncode != 0 or not out.is_file():
             lines = [line for line in done.stderr.strip().splitlines() if line.strip()] or [f"exit status {done.returncode}"]
             raise EdgedermError(
