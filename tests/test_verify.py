@@ -224,35 +224,6 @@ def test_operating_point_command_rewrites_the_threshold(trained_run: Path, tmp_p
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
 
 
-def test_executorch_and_w8a16_rows_are_verified_and_timed_at_each_thread_count(trained_run: Path, tmp_path: Path):
-    from edgederm.evaluate.verify.report import table_rows
-
-    out = tmp_path / "export"
-    export_run(trained_run, [FORMATS["tflite"], FORMATS["onnx"]], ["w8a16"], out, calib_data="synthetic:40,seed=5", calib_n=40)
-    export_run(trained_run, [FORMATS["executorch"]], ["fp32", "fp16", "int8", "w8a16"], out, calib_data="synthetic:40,seed=5", calib_n=40)
-    manifest = json.loads((out / "manifest.json").read_text())["artifacts"]
-    statuses = {(a["format"], a["quant"]): a["status"] for a in manifest}
-    assert statuses == {
-        ("executorch", "fp32"): "ok", ("executorch", "fp16"): "ok", ("executorch", "int8"): "ok",
-        ("executorch", "w8a16"): "skipped", ("tflite", "w8a16"): "ok", ("onnx", "w8a16"): "ok",
-    }  # fmt: skip
-    result = verify_export(out, VerifyOptions(data=DATA, max_drop=0.05, threads=[1, 2], runs=3, warmup=1))
-    rows = {(a["format"], a["quant"]): a for a in result["artifacts"]}
-    assert set(rows) == {key for key, status in statuses.items() if status == "ok"}  # a mode the format lacks is not verified
-    for (fmt, quant), row in rows.items():
-        assert row["status"] == "pass", (fmt, quant, row["message"], row["checks"])
-        assert [t["threads"] for t in row["latency"]] == [1, 2] and all(t["median_ms"] > 0 for t in row["latency"])
-        assert row["agreement"]["top1"] >= 0.9
-    assert rows[("executorch", "fp32")]["agreement"]["max_abs_prob_diff"] < 1e-4
-    assert rows[("executorch", "fp32")]["runtime"] == FORMATS["executorch"].runtime
-    assert exit_code(result) == 0
-    header, table = table_rows(result)
-    timed = [header.index(f"median / p90 ms @{t}thr") for t in (1, 2)]
-    for name in ("executorch fp32", "executorch fp16", "executorch int8", "tflite w8a16", "onnx w8a16"):
-        (cells,) = [r for r in table if r[0] == name]
-        assert all(cells[i] for i in timed), name
-
-
 def test_segmenter_export_verifies_with_mask_metrics(trained_segmenter: Path, tmp_path: Path):
     out = tmp_path / "seg_export"
     formats = [FORMATS["tflite"], FORMATS["onnx"]]
