@@ -13,9 +13,20 @@ from edgederm.core.log import get_logger
 logger = get_logger("benchmarks.results")
 
 
-def command_line(script: str, argv: list[str] | None) -> str:
-    """How the benchmark was started, as its results record it: ``python benchmarks/SCRIPT.py ARGS``."""
-    return f"python benchmarks/{script}.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+def command_line(script: str, argv: list[str] | None, omit: tuple[str, ...] = ()) -> str:
+    """How the benchmark was started, as its results record it: ``python benchmarks/SCRIPT.py ARGS``.
+
+    ``omit`` names options (each with its value) that change no figure, such as prose written after the run.
+    """
+    kept, skip = [], False
+    for arg in argv if argv is not None else sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg in omit:
+            skip = True
+        elif not arg.startswith(tuple(f"{option}=" for option in omit)):
+            kept.append(arg)
+    return f"python benchmarks/{script}.py " + shlex.join(kept)
 
 
 def add_results_options(parser: argparse.ArgumentParser, name: str) -> None:

@@ -325,19 +325,6 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _without_findings(argv: list[str]) -> list[str]:
-    """The measuring command: --findings is prose written after the run and changes no figure."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--findings":
-            skip = True
-        elif not arg.startswith("--findings="):
-            kept.append(arg)
-    return kept
-
-
 def main(argv: list[str] | None = None) -> int:
     configure()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -384,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         entries.append(summary)
         done.write_text(json.dumps(summary, indent=2))
     payload = {
-        "command": command_line("arm64_parity", _without_findings(argv if argv is not None else sys.argv[1:])),
+        "command": command_line("arm64_parity", argv, omit=("--findings",)),
         "date": date.today().isoformat(),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "environment": json.loads((env.root / "ready.json").read_text()),
