@@ -262,7 +262,7 @@ def test_init_from_refuses_another_model_or_split_and_takes_another_size(tmp_pat
                 **{**TINY, "arch": "efficientnet_lite0"},
             )
         )
-    with pytest.raises(UsageError, match="validated and tested on other images"):
+    with pytest.raises(UsageError, match="validated and tested on other images.*split as it was .*--seed 0"):
         train_classifier(
             TrainConfig(
                 data="synthetic:32,seed=1", out=tmp_path / "b", mode="full", epochs=1, seed=7, init_from=str(source.run_dir), **TINY
@@ -323,7 +323,7 @@ def test_a_teacher_that_trained_on_this_runs_test_images_is_refused(trained_run:
         distill_from=str(trained_run),
         **TINY,
     )
-    with pytest.raises(UsageError, match="was trained on .* of this run's val/test images"):
+    with pytest.raises(UsageError, match=r"was trained on .* of this run's val/test images.*split as the teacher was \(--val-fraction"):
         train_classifier(config)
     assert not (tmp_path / "s" / "model.safetensors").exists()
 

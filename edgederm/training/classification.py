@@ -36,7 +36,7 @@ from ..models.inference import forward_batches, normalize_tensor, softmax
 from ..runtime.readout import describe
 from .augment import augment_batch
 from .calibration import fit_temperature, fold_temperature
-from .common import TrainResult, assign_splits, cosine_lr, held_out, set_lr, split_rows, write_splits
+from .common import TrainResult, assign_splits, cosine_lr, held_out, set_lr, split_options, split_rows, write_splits
 from .config import TrainConfig
 from .distributed import DistContext, all_gather_arrays, setup, teardown
 from .extensions import Distillation, Pruning, QuantizationAware, WeightAverage, check_teacher_split
@@ -160,7 +160,7 @@ def _init_source(config: TrainConfig, class_names: list[str], dataset: SampleSet
     if held_out(split_rows(Path(config.init_from) / "splits.csv")) != held_out(split_rows(None, dataset, external_val)):
         raise UsageError(
             f"--init-from {config.init_from} was validated and tested on other images (its splits.csv)",
-            fix="pass the same --data, --val-data, --val-fraction, --test-fraction and --seed so no test lesion is trained on",
+            fix=f"split as it was ({split_options(source_spec)}) so no test lesion is trained on",
         )
     return source_model, source_spec
 

@@ -151,6 +151,15 @@ def split_rows(path: Path | None, dataset: SampleSet | None = None, external_val
     return rows | {(s.image_id, "val") for s in (external_val.samples if external_val else [])}
 
 
+def split_options(spec: ModelSpec) -> str:
+    """The split options a run was trained with (its spec's recipe), as the command line gives them."""
+    recipe = spec.training.get("recipe", {})
+    given = [f"--{name.replace('_', '-')} {recipe[name]}" for name in ("val_fraction", "test_fraction", "seed") if name in recipe]
+    if recipe.get("val_data"):
+        given.append("--val-data with its validation set")
+    return " ".join(given) or "the same --data, --val-data, --val-fraction, --test-fraction and --seed"
+
+
 def held_out(rows: set[tuple[str, str]]) -> set[tuple[str, str]]:
     """The val and test rows of ``split_rows``: what two runs must share for one to start from the other."""
     return {row for row in rows if row[1] != "train"}

@@ -21,10 +21,11 @@ from torch import nn
 from ..core.errors import UsageError
 from ..core.log import get_logger
 from ..core.preprocess import Preprocess
+from ..core.spec import ModelSpec
 from ..models import checkpoint, pruning
 from ..models.inference import normalize_tensor
 from . import qat
-from .common import split_rows
+from .common import split_options, split_rows
 from .distributed import DistContext
 from .loop import Extension, plain_state
 
@@ -123,7 +124,8 @@ class Distillation(Extension):
 
 def check_teacher_split(teacher: str, ours: set[tuple[str, str]]) -> None:
     """A teacher that trained on this run's val or test images would pass their labels to the student."""
-    theirs = split_rows(checkpoint.resolve_checkpoint(teacher)[1].parent / "splits.csv")
+    spec_path = checkpoint.resolve_checkpoint(teacher)[1]
+    theirs = split_rows(spec_path.parent / "splits.csv")
     if not theirs:
         logger.warning(f"warning: --distill-from {teacher} has no splits.csv, so it cannot be checked against this run's val/test images")
         return
@@ -132,7 +134,7 @@ def check_teacher_split(teacher: str, ours: set[tuple[str, str]]) -> None:
     if leaked:
         raise UsageError(
             f"--distill-from {teacher} was trained on {len(leaked)} of this run's val/test images (e.g. {leaked[0]})",
-            fix="distil from a teacher trained on the same split: the same --data, --val-fraction, --test-fraction and --seed",
+            fix=f"distil from a teacher trained on this run's split, or split as the teacher was ({split_options(ModelSpec.load(spec_path))})",
         )
 
 
