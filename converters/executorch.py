@@ -44,6 +44,7 @@ must be finite and, in fp32, within 1e-4 of torch.
 from __future__ import annotations
 
 import copy
+import logging
 import operator
 import warnings
 from collections import Counter
@@ -58,6 +59,7 @@ from torch import nn
 from edgederm.core import atomic
 from edgederm.core.formats import FORMATS
 from edgederm.core.metadata import SPEC_KEY, artifact_spec
+from edgederm.runtime.executorch_backend import captured_log
 
 from . import _accuracy_aware, _bias_correction, _pte_bias
 from ._job import ConversionError, ConversionSkipped, ExportJob, check_job, conversion_step
@@ -89,10 +91,17 @@ def export(job: ExportJob) -> None:
 
 @contextmanager
 def _quiet() -> Iterator[None]:
-    # executorch warns that its runtime API is experimental on import; that is no news about this artifact.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+    # executorch warns that its runtime API is experimental on import, and its import (or torchao's) registers an
+    # enum that torch now calls deprecated: no news about this artifact.
+    pytree = logging.getLogger("torch.utils._pytree")
+    level = pytree.level
+    pytree.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        pytree.setLevel(level)
 
 
 def _graph(job: ExportJob) -> nn.Module:
@@ -222,7 +231,7 @@ def _check_runs(buffer: bytes, job: ExportJob, spec_json: str) -> None:
     """The ExecuTorch runtime loads the program, reads its spec back and gives finite outputs of the stated shape."""
     side = job.spec.preprocess.input_size
     example = np.random.default_rng(0).standard_normal((1, 3, side, side)).astype(np.float32)
-    with conversion_step(f"ExecuTorch runtime check of the {job.quant} program"), _quiet():
+    with conversion_step(f"ExecuTorch runtime check of the {job.quant} program"), _quiet(), captured_log():
         from executorch.runtime import Runtime
 
         program = Runtime.get().load_program(buffer)

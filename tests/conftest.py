@@ -27,6 +27,7 @@ if _WORKERS > 1:
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+VERIFY_DATA = "synthetic:40,seed=11"  # labelled images for verifying exports of trained_run (another seed than its training data)
 
 
 def write_images(folder: Path, n: int, seed: int = 0, size=(96, 72)) -> list[dict]:

@@ -9,14 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli_env
+from conftest import VERIFY_DATA, cli_env
 
 from edgederm.core.formats import FORMATS
 from edgederm.evaluate.verify.guards import parse_guard
 from edgederm.evaluate.verify.runner import VerifyOptions, exit_code, verify_export
 from edgederm.export import export_run
-
-DATA = "synthetic:40,seed=11"
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +28,7 @@ def export_dir(trained_run: Path, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def result(export_dir: Path) -> dict:
-    options = VerifyOptions(data=DATA, max_drop=1.0, threads=[1, 2], runs=5, warmup=1, emulate_coreml=False)
+    options = VerifyOptions(data=VERIFY_DATA, max_drop=1.0, threads=[1, 2], runs=5, warmup=1, emulate_coreml=False)
     return verify_export(export_dir, options)
 
 
@@ -62,7 +60,7 @@ def test_measure_gives_the_numbers_verify_reports(trained_run: Path, export_dir:
     from edgederm.runtime import Predictor
 
     reference = Predictor.load(trained_run)
-    dataset = resolve_inputs(DATA, [], None, trained_run / "splits.csv")
+    dataset = resolve_inputs(VERIFY_DATA, [], None, trained_run / "splits.csv")
     cache = load_pixels(dataset, reference.spec.preprocess, desc=None)
     truth = load_truth(reference.spec, dataset, cache)
     torch_fp32 = measure(reference, cache.pixels, truth)
@@ -109,7 +107,7 @@ def test_operating_point_is_stored_and_remeasured(trained_run: Path, result: dic
 
 
 def test_impossible_bound_exits_1_and_sane_bound_exits_0(export_dir: Path, tmp_path: Path):
-    common = [str(export_dir), "--data", DATA, "--runs", "3", "--warmup", "0", "--no-emulate-coreml", "--quiet"]
+    common = [str(export_dir), "--data", VERIFY_DATA, "--runs", "3", "--warmup", "0", "--no-emulate-coreml", "--quiet"]
     bad = run_cli("verify", *common, "--max-drop", "-1", "--json", str(tmp_path / "bad.json"), "--report", str(tmp_path / "bad"))
     assert bad.returncode == 1, bad.stderr
     rows = json.loads((tmp_path / "bad.json").read_text())["artifacts"]
@@ -133,13 +131,13 @@ def test_guard_breaks_only_when_the_metric_drops_more():
 
 @pytest.mark.parametrize("text", ["mel_sensitivity", "=0.1", "mel_sensitivity=x"])
 def test_malformed_guard_is_a_one_line_error(text: str, export_dir: Path):
-    proc = run_cli("verify", str(export_dir), "--data", DATA, "--guard", text)
+    proc = run_cli("verify", str(export_dir), "--data", VERIFY_DATA, "--guard", text)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "METRIC=MAX_DROP" in proc.stderr
 
 
 def test_unknown_guard_metric_names_the_choices(export_dir: Path):
-    proc = run_cli("verify", str(export_dir), "--data", DATA, "--guard", "wizardry=0.1", "--runs", "1", "--quiet")
+    proc = run_cli("verify", str(export_dir), "--data", VERIFY_DATA, "--guard", "wizardry=0.1", "--runs", "1", "--quiet")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "wizardry" in proc.stderr and "balanced_accuracy" in proc.stderr
 
@@ -151,7 +149,7 @@ def test_tampered_artifact_is_an_error_row_and_fails_the_run(export_dir: Path, t
     shutil.copytree(export_dir, copy)
     onnx_file = next(copy.glob("*_fp32.onnx"))
     onnx_file.write_bytes(onnx_file.read_bytes()[:-100])
-    result = verify_export(copy, VerifyOptions(data=DATA, runs=2, warmup=0, emulate_coreml=False))
+    result = verify_export(copy, VerifyOptions(data=VERIFY_DATA, runs=2, warmup=0, emulate_coreml=False))
     row = next(r for r in result["artifacts"] if r["path"] == onnx_file.name)
     assert row["status"] == "error" and "sha256" in row["message"] and onnx_file.name in row["message"]
     assert exit_code(result) == 1
@@ -165,7 +163,7 @@ def test_missing_source_run_asks_for_reference(export_dir: Path, tmp_path: Path)
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["source"] = str(tmp_path / "gone")
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    proc = run_cli("verify", str(copy), "--data", DATA)
+    proc = run_cli("verify", str(copy), "--data", VERIFY_DATA)
     assert proc.returncode == 2 and "--reference" in proc.stderr and proc.stderr.count("\n") == 1
 
 
@@ -193,7 +191,7 @@ def test_device_results_merge_as_columns(export_dir: Path, result: dict, tmp_pat
 def test_bad_device_results_fail_before_the_run(export_dir: Path, tmp_path: Path):
     bad = tmp_path / "phone.json"
     bad.write_text('{"artifacts": [{"latency": [{"threads": 1}]}]}')
-    proc = run_cli("verify", str(export_dir), "--data", DATA, "--device-results", str(bad))
+    proc = run_cli("verify", str(export_dir), "--data", VERIFY_DATA, "--device-results", str(bad))
     assert proc.returncode != 0 and str(bad) in proc.stderr and proc.stderr.count("\n") == 1
 
 

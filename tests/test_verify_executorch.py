@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from conftest import VERIFY_DATA
+
 from edgederm.core.formats import FORMATS
 from edgederm.evaluate.verify.runner import VerifyOptions, exit_code, verify_export
 from edgederm.export import export_run
-
-DATA = "synthetic:40,seed=11"
 
 
 def test_executorch_and_w8a16_rows_are_verified_and_timed_at_each_thread_count(trained_run: Path, tmp_path: Path):
@@ -27,7 +27,7 @@ def test_executorch_and_w8a16_rows_are_verified_and_timed_at_each_thread_count(t
         ("executorch", "fp32"): "ok", ("executorch", "fp16"): "ok", ("executorch", "int8"): "ok",
         ("executorch", "w8a16"): "skipped", ("tflite", "w8a16"): "ok", ("onnx", "w8a16"): "ok",
     }  # fmt: skip
-    result = verify_export(out, VerifyOptions(data=DATA, max_drop=0.05, threads=[1, 2], runs=3, warmup=1))
+    result = verify_export(out, VerifyOptions(data=VERIFY_DATA, max_drop=0.05, threads=[1, 2], runs=3, warmup=1))
     rows = {(a["format"], a["quant"]): a for a in result["artifacts"]}
     assert set(rows) == {key for key, status in statuses.items() if status == "ok"}  # a mode the format lacks is not verified
     for (fmt, quant), row in rows.items():

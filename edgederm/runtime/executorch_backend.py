@@ -89,7 +89,7 @@ class ExecuTorchPredictor(Predictor):
 
     def _prepare_method(self) -> None:
         """The forward method, loaded on the threadpool this predictor asks for (the module doc says why it may reload)."""
-        with _captured_log():  # the pool logs its creation (CPU probing) and every resize
+        with captured_log():  # the pool logs its creation (CPU probing) and every resize
             if self.threads and self._threadpool._threadpool_get_thread_count() != self.threads:
                 for predictor in list(_LIVE):
                     predictor._release()  # no delegate may outlive the pool it was built on
@@ -163,7 +163,7 @@ def _runtime(path: Path) -> tuple[Any, Any, Any]:
 
 
 @contextlib.contextmanager
-def _captured_log() -> Iterator[io.StringIO]:
+def captured_log() -> Iterator[io.StringIO]:
     """The runtime's log lines (it writes them through Python's stderr): kept for an error message, and logged at DEBUG."""
     log = io.StringIO()
     try:
@@ -178,7 +178,7 @@ def _captured_log() -> Iterator[io.StringIO]:
 @contextlib.contextmanager
 def _runtime_errors(path: Path, what: str) -> Iterator[None]:
     """A runtime failure as one ModelError line: ``what`` (the runtime's last log line; its exception)."""
-    with _captured_log() as log:
+    with captured_log() as log:
         try:
             yield
         except (RuntimeError, ValueError, TypeError) as exc:
