@@ -60,6 +60,13 @@ def test_on_calibrated_imbalanced_data_the_chosen_rule_beats_argmax_on_unseen_da
     # Only the named class moves: the probability-based figures are the same.
     assert balanced.ece == plain.ece and balanced.macro_auc == plain.macro_auc
     assert balanced.decision == describe(decision) and plain.decision == "argmax"
+    # Under the rule, the argmax figures are reported beside it, and they are plain argmax's own.
+    assert plain.argmax is None
+    assert balanced.argmax == {
+        "accuracy": plain.accuracy,
+        "balanced_accuracy": plain.balanced_accuracy,
+        "melanoma_sensitivity": plain.melanoma_sensitivity,
+    }
 
 
 def test_argmax_stays_when_the_balanced_rule_gains_nothing():
@@ -83,4 +90,6 @@ def test_the_decision_command_stores_the_rule_and_metrics_follow_it(trained_run,
         assert stored["chosen_on"] == f"{data} [val]" and len(stored["offsets"]) == len(spec.class_names)
     out = tmp_path / "eval"
     assert main(["evaluate", str(run), "--data", data, "--split", "val", "--out", str(out), "--quiet"]) == 0
-    assert json.loads((out / "metrics.json").read_text())["decision"] == describe(stored)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["decision"] == describe(stored)
+    assert (metrics["argmax"] is not None) == bool(stored) == ("(arg-max)" in (out / "report.md").read_text())

@@ -65,6 +65,7 @@ def write_classification_report(
         f"- Melanoma sensitivity: {_fmt(mel)}"
         + (" (share of melanomas the model called melanoma)" if mel is not None else " (no melanoma in this model or set)"),
         f"- Calibration error (ECE): {_fmt(metrics['ece'])} (0 = the stated confidence matches how often it is right)",
+        *_argmax_line(metrics.get("argmax")),
         "",
         "## Per class",
         "",
@@ -95,3 +96,13 @@ def write_classification_report(
     report = out_dir / "report.md"
     atomic.write_text(report, "\n".join(lines) + "\n")
     return report
+
+
+def _argmax_line(argmax: dict | None) -> list[str]:
+    """The same images named by the most probable class, for comparison with models that use no rule."""
+    if not argmax:
+        return []
+    return [
+        f"- By the most probable class instead (arg-max): accuracy {_fmt(argmax['accuracy'])}, balanced accuracy "
+        f"{_fmt(argmax['balanced_accuracy'])}, melanoma sensitivity {_fmt(argmax['melanoma_sensitivity'])}"
+    ]

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.readout import decide, describe
+from ..runtime.readout import decide, describe, offsets
 
 MELANOMA = "mel"
 
@@ -298,6 +298,8 @@ class ClassificationMetrics:
     confusion_matrix: list[list[int]]
     class_names: list[str]
     decision: str = "argmax"  # the rule that named each image's class (edgederm.runtime.readout.describe)
+    # under another rule than argmax: accuracy, balanced_accuracy and melanoma_sensitivity by plain argmax, beside it
+    argmax: dict[str, float | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -352,6 +354,15 @@ def classification_metrics(
     aucs = _per_class_auc(labels, p)
     per_class = {name: _class_metrics(cm, c, aucs[c]) for c, name in enumerate(names)}
     melanoma = per_class.get(MELANOMA)
+    argmax = None
+    if offsets(decision) is not None:
+        plain = confusion_matrix(labels, p.argmax(axis=1), num_classes)
+        mel = names.index(MELANOMA) if MELANOMA in names else None
+        argmax = {
+            "accuracy": float(np.trace(plain) / plain.sum()),
+            "balanced_accuracy": float(np.mean(_recalls_of_present_classes(plain))),
+            "melanoma_sensitivity": _ratio_or_none(int(plain[mel, mel]), int(plain[mel].sum())) if mel is not None else None,
+        }
     return ClassificationMetrics(
         n=len(labels),
         accuracy=float(np.trace(cm) / cm.sum()),
@@ -363,6 +374,7 @@ def classification_metrics(
         confusion_matrix=[[int(v) for v in row] for row in cm],
         class_names=names,
         decision=describe(decision),
+        argmax=argmax,
     )
 
 

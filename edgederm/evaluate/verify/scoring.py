@@ -76,6 +76,10 @@ def score(spec: ModelSpec, truth: Truth, probs: np.ndarray) -> dict[str, Any]:
         "ece": result.ece,
         "mel_sensitivity": result.melanoma_sensitivity,
     }
+    if result.argmax is not None:
+        flat["argmax_accuracy"] = result.argmax["accuracy"]
+        flat["argmax_balanced_accuracy"] = result.argmax["balanced_accuracy"]
+        flat["argmax_mel_sensitivity"] = result.argmax["melanoma_sensitivity"]
     for name, per_class in result.per_class.items():
         flat[f"sensitivity_{name}"] = per_class.sensitivity
     if spec.operating_point.get("threshold") is not None:
