@@ -471,15 +471,20 @@ def _cell(value: dict | None) -> str:
     return f"{value['value']:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None else "")
 
 
+def _has_argmax(result: dict) -> bool:
+    sets = [block for row in result["entries"] for block in row["numerics"]["sets"].values()]
+    return any(k in block["artifacts"]["torch fp32"]["metrics"] for block in sets for k in ARGMAX)
+
+
 def markdown(result: dict) -> str:
     lines = [
         "# The model zoo: every entry, every format, with 95% intervals",
         "",
         f"Command: `{result['command']}` (each entry: `python benchmarks/zoo.py train NAME && python benchmarks/zoo.py build NAME`).",
         "",
-        "Intervals: bootstrap over lesions (1000 resamples). Metrics name each class by the entry's stored decision rule; "
-        "the `argmax_` columns name it by the most probable class instead. "
-        "Latency: batch 1, measured by `edgederm-bench` on the machine in each entry's perf.json.",
+        "Intervals: bootstrap over lesions (1000 resamples). Metrics name each class by the entry's stored decision rule"
+        + ("; the `argmax_` columns name it by the most probable class instead. " if _has_argmax(result) else ". ")
+        + "Latency: batch 1, measured by `edgederm-bench` on the machine in each entry's perf.json.",
         "",
     ]
     total = sum(row["size_bytes"] for row in result["entries"])
