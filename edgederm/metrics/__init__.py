@@ -343,7 +343,8 @@ def classification_metrics(
 
     The named class (accuracy, balanced accuracy, sensitivities, confusion matrix) follows
     ``decision``, a ModelSpec's rule (``edgederm.runtime.readout.decide``; None = argmax). AUC and ECE read the
-    probabilities, whatever the rule.
+    probabilities, whatever the rule. Under a rule other than argmax, ``argmax`` gives accuracy, balanced
+    accuracy and melanoma sensitivity by argmax beside it.
     """
     names = _check_class_names(class_names)
     num_classes = len(names)
