@@ -264,5 +264,6 @@ def with_associated_files(model: bytes, files: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO(model)
     with zipfile.ZipFile(buffer, "a") as archive:  # not yet a zip: zipfile appends a new archive after the flatbuffer
         for name, data in files.items():
-            archive.writestr(name, data)
+            # a fixed timestamp: the same model and files give the same bytes whenever they are exported
+            archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
     return buffer.getvalue()

@@ -111,6 +111,8 @@ def test_standard_tflite_metadata_and_associated_files(exported, run_dir: Path):
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             assert archive.read(LABELS_FILE).decode().split() == run_spec.class_names
             assert archive.read(SPEC_FILE) == metadata[SPEC_KEY]
+            # no export time inside: the same model exported again is the same bytes
+            assert {info.date_time for info in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
 
 
 class _Table:
