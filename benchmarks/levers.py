@@ -46,6 +46,9 @@ def score_run(run: str, shared: Path) -> dict:
     from edgederm.runtime import Predictor
 
     run_dir = checkpoint.resolve_checkpoint(run)[1].parent
+    baseline = checkpoint.resolve_checkpoint(BASELINE)[1].parent
+    if _val_ids(run_dir) != _val_ids(baseline):
+        raise SystemExit(f"{run}: its validation split is not {BASELINE}'s; train it with --init-from {BASELINE}")
     predictor = Predictor.load(run_dir)
     spec = predictor.spec
     sets = {
@@ -63,6 +66,11 @@ def score_run(run: str, shared: Path) -> dict:
         intervals = _intervals(spec, truth, probs, groups)
         row["scores"][name] = {k: {"value": metrics.get(k), "ci95": intervals.get(k)} for k in KEYS} | {"n": len(cache.kept)}
     return row
+
+
+def _val_ids(run_dir: Path) -> set[str]:
+    with open(run_dir / "splits.csv", newline="") as handle:
+        return {row["image_id"] for row in csv.DictReader(handle) if row["split"] == "val"}
 
 
 def _saved_epoch(run_dir: Path) -> int | None:
