@@ -44,9 +44,7 @@ must be finite and, in fp32, within 1e-4 of torch.
 from __future__ import annotations
 
 import copy
-import logging
 import operator
-import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,7 +57,7 @@ from torch import nn
 from edgederm.core import atomic
 from edgederm.core.formats import FORMATS
 from edgederm.core.metadata import SPEC_KEY, artifact_spec
-from edgederm.runtime.executorch_backend import captured_log
+from edgederm.runtime.executorch_backend import captured_log, import_notices_silenced
 
 from . import _accuracy_aware, _bias_correction, _pte_bias
 from ._job import ConversionError, ConversionSkipped, ExportJob, check_job, conversion_step
@@ -73,7 +71,10 @@ _CASTS = ("dim_order_ops._to_dim_order_copy", "aten._to_copy", "aten.clone")
 
 def export(job: ExportJob) -> None:
     check_job(job, FORMATS["executorch"])
-    with conversion_step(f"ExecuTorch {job.quant} conversion", needs="executorch (pip install executorch==1.5.1)"), _quiet():
+    with (
+        conversion_step(f"ExecuTorch {job.quant} conversion", needs="executorch (pip install executorch==1.5.1)"),
+        import_notices_silenced(),
+    ):
         graph = _graph(job)
         example = (example_input(job.spec),)
         with torch.no_grad():
@@ -87,21 +88,6 @@ def export(job: ExportJob) -> None:
         buffer = edge.to_executorch().buffer
     _check_runs(buffer, job, spec_json)
     atomic.write_bytes(job.target, buffer)
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    # executorch warns that its runtime API is experimental on import, and its import (or torchao's) registers an
-    # enum that torch now calls deprecated: no news about this artifact.
-    pytree = logging.getLogger("torch.utils._pytree")
-    level = pytree.level
-    pytree.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        pytree.setLevel(level)
 
 
 def _graph(job: ExportJob) -> nn.Module:
@@ -231,7 +217,7 @@ def _check_runs(buffer: bytes, job: ExportJob, spec_json: str) -> None:
     """The ExecuTorch runtime loads the program, reads its spec back and gives finite outputs of the stated shape."""
     side = job.spec.preprocess.input_size
     example = np.random.default_rng(0).standard_normal((1, 3, side, side)).astype(np.float32)
-    with conversion_step(f"ExecuTorch runtime check of the {job.quant} program"), _quiet(), captured_log():
+    with conversion_step(f"ExecuTorch runtime check of the {job.quant} program"), import_notices_silenced(), captured_log():
         from executorch.runtime import Runtime
 
         program = Runtime.get().load_program(buffer)

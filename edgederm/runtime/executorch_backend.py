@@ -144,12 +144,8 @@ def check_program_head(content: bytes, path: str | Path = "<pte>") -> None:
 
 def _runtime(path: Path) -> tuple[Any, Any, Any]:
     """torch, the ExecuTorch Runtime and its pybindings (for the threadpool), imported on first use."""
-    pytree = logging.getLogger("torch.utils._pytree")
-    level = pytree.level
-    pytree.setLevel(logging.ERROR)  # executorch's import registers an enum torch now calls deprecated: not the user's concern
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "This API is experimental"
+        with import_notices_silenced():
             import torch
             from executorch.extension.pybindings import portable_lib
             from executorch.runtime import Runtime
@@ -157,9 +153,22 @@ def _runtime(path: Path) -> tuple[Any, Any, Any]:
             runtime = Runtime.get()
     except ImportError as exc:
         raise BackendUnavailable(f"the ExecuTorch runtime is not installed ({exc})", path=path, fix=INSTALL) from None
+    return torch, runtime, portable_lib
+
+
+@contextlib.contextmanager
+def import_notices_silenced() -> Iterator[None]:
+    """Warnings off, and torch's pytree log at ERROR: executorch's import (or torchao's) warns that its runtime API
+    is experimental and registers an enum that torch now calls deprecated, neither of which concerns the user."""
+    pytree = logging.getLogger("torch.utils._pytree")
+    level = pytree.level
+    pytree.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
         pytree.setLevel(level)
-    return torch, runtime, portable_lib
 
 
 @contextlib.contextmanager
