@@ -305,6 +305,15 @@ class ClassificationMetrics:
         return dataclasses.asdict(self)
 
 
+def _named_class_figures(cm: np.ndarray, names: list[str]) -> dict[str, float | None]:
+    """Accuracy, balanced accuracy and melanoma sensitivity of one confusion matrix (a rule's named classes)."""
+    return {
+        "accuracy": float(np.trace(cm) / cm.sum()),
+        "balanced_accuracy": float(np.mean(_recalls_of_present_classes(cm))),
+        "melanoma_sensitivity": _class_metrics(cm, names.index(MELANOMA), None).sensitivity if MELANOMA in names else None,
+    }
+
+
 def _ratio_or_none(numerator: int, denominator: int) -> float | None:
     return float(numerator / denominator) if denominator else None
 
@@ -354,23 +363,15 @@ def classification_metrics(
     cm = confusion_matrix(labels, y_pred, num_classes)
     aucs = _per_class_auc(labels, p)
     per_class = {name: _class_metrics(cm, c, aucs[c]) for c, name in enumerate(names)}
-    melanoma = per_class.get(MELANOMA)
-    argmax = None
-    if offsets(decision) is not None:
-        plain = confusion_matrix(labels, p.argmax(axis=1), num_classes)
-        mel = names.index(MELANOMA) if MELANOMA in names else None
-        argmax = {
-            "accuracy": float(np.trace(plain) / plain.sum()),
-            "balanced_accuracy": float(np.mean(_recalls_of_present_classes(plain))),
-            "melanoma_sensitivity": _ratio_or_none(int(plain[mel, mel]), int(plain[mel].sum())) if mel is not None else None,
-        }
+    argmax = _named_class_figures(confusion_matrix(labels, p.argmax(axis=1), num_classes), names) if offsets(decision) is not None else None
+    named = _named_class_figures(cm, names)
     return ClassificationMetrics(
         n=len(labels),
-        accuracy=float(np.trace(cm) / cm.sum()),
-        balanced_accuracy=float(np.mean(_recalls_of_present_classes(cm))),
+        accuracy=named["accuracy"],
+        balanced_accuracy=named["balanced_accuracy"],
         macro_auc=_mean_or_none(aucs),
         ece=expected_calibration_error(labels, p),
-        melanoma_sensitivity=melanoma.sensitivity if melanoma is not None else None,
+        melanoma_sensitivity=named["melanoma_sensitivity"],
         per_class=per_class,
         confusion_matrix=[[int(v) for v in row] for row in cm],
         class_names=names,
