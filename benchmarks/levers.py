@@ -25,7 +25,7 @@ from pathlib import Path
 
 from _machine import training_machine
 from _results import add_results_options, command_line, reread, write_results
-from zoo import _intervals, _mel_vs_nv_auc, _scored
+from zoo import _intervals, _mel_vs_nv_auc, _scored, _with_intervals
 
 from edgederm.core.log import configure
 
@@ -63,14 +63,15 @@ def score_run(run: str, shared: Path) -> dict:
         cache, truth, groups = _scored(spec, dataset, name)
         probs = measure(predictor, cache.pixels, spec=spec).probs
         metrics = {**score(spec, truth, probs), "mel_vs_nv_auc": _mel_vs_nv_auc(spec, truth.labels, probs)}
-        intervals = _intervals(spec, truth, probs, groups)
-        row["scores"][name] = {k: {"value": metrics.get(k), "ci95": intervals.get(k)} for k in KEYS} | {"n": len(cache.kept)}
+        scored = _with_intervals(metrics, _intervals(spec, truth, probs, groups))
+        row["scores"][name] = {k: scored.get(k, {"value": None, "ci95": None}) for k in KEYS} | {"n": len(cache.kept)}
     return row
 
 
 def _val_ids(run_dir: Path) -> set[str]:
-    with open(run_dir / "splits.csv", newline="") as handle:
-        return {row["image_id"] for row in csv.DictReader(handle) if row["split"] == "val"}
+    from edgederm.training.common import split_rows
+
+    return {image for image, split in split_rows(run_dir / "splits.csv") if split == "val"}
 
 
 def _saved_epoch(run_dir: Path) -> int | None:
