@@ -373,3 +373,20 @@ def test_cli_options_are_the_config_fields(tmp_path: Path):
     )
     assert config_from_args(SegmentConfig, args) == SegmentConfig(data="synthetic:8", out=tmp_path, arch="tinyseg", img_size=32)
     assert not hasattr(config, "quiet") and args.quiet is False
+
+
+def test_skip_test_holds_the_test_split_out_without_scoring_it(tmp_path: Path):
+    from edgederm.training.segmentation import SegmentConfig, train_segmenter
+
+    common = {"data": "synthetic:32,seed=1", "mode": "head", "epochs": 1, "weights": "none", "test_fraction": 0.2, **TINY}
+    scored = train_classifier(TrainConfig(out=tmp_path / "scored", **common))
+    held = train_classifier(TrainConfig(out=tmp_path / "held", skip_test=True, **common))
+    assert "test" in scored.metrics and "test" not in held.metrics and "val" in held.metrics
+    splits = [(tmp_path / run / "splits.csv").read_text() for run in ("scored", "held")]
+    assert splits[0] == splits[1] and ",test," in splits[1]  # the same lesions are held out either way
+    segmenter = train_segmenter(
+        SegmentConfig(
+            data="synthetic:24,seed=2", out=tmp_path / "seg", arch="tinyseg", img_size=64, epochs=1, test_fraction=0.2, skip_test=True
+        )
+    )
+    assert "test" not in segmenter.spec.metrics and "val" in segmenter.spec.metrics

@@ -389,7 +389,7 @@ class _Trainer:
             if external_val
             else _load_split(dataset, "val", preprocess, class_names)
         )
-        test = _load_split(dataset, "test", preprocess, class_names)
+        test = None if config.skip_test else _load_split(dataset, "test", preprocess, class_names)
         for name, split in (("train", train), ("val", val), ("test", test)):
             if split is not None:
                 _warn_empty_classes(name, split.dataset, class_names)

@@ -32,6 +32,10 @@ RESUME_HELP = "continue an interrupted run from its last checkpoint"
 DEVICE_HELP = "auto, cpu or cuda"
 EXTRA_TRAIN_HELP = "more images that join the train split only, e.g. isic2017:DIR/train; val and test stay those of --data"
 TEST_FRACTION_HELP = "hold out this share of lesions as a test split, evaluated at the end"
+SKIP_TEST_HELP = (
+    "hold the test split out but do not score it: for runs that compare recipes on validation, so that the test split "
+    "is scored once, for the model kept"
+)
 
 
 def option(
@@ -69,6 +73,7 @@ class TrainConfig:
     )
     val_fraction: float = option(0.15)
     test_fraction: float = option(0.0, help=TEST_FRACTION_HELP)
+    skip_test: bool = option(False, help=SKIP_TEST_HELP)
     balance: str = option("weighted_loss", choices=BALANCE)
     class_weight_power: float = option(0.5, help="class weight = (1/frequency)^power (1 = fully balanced)")
     resize: str = option("letterbox", choices=RESIZE_POLICIES)
@@ -184,6 +189,7 @@ class SegmentConfig:
     weight_decay: float = option(1e-4)
     val_fraction: float = option(0.15)
     test_fraction: float = option(0.0, help=TEST_FRACTION_HELP)
+    skip_test: bool = option(False, help=SKIP_TEST_HELP)
     postprocess: str = option("on", choices=ON_OFF, help="keep the largest region and fill its holes (stored in the spec)")
     seed: int = option(0)
     device: str = option("auto", help=DEVICE_HELP)
@@ -228,8 +234,8 @@ def recipe_of(config: Any) -> dict[str, Any]:
 
 
 def comparable_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
-    """The recipe fields that must match for a resume (the output folder may have moved)."""
-    return {k: v for k, v in recipe.items() if k not in ("out", "device", "epochs")}
+    """The recipe fields that must match for a resume (the output folder may have moved; scoring test changes no weights)."""
+    return {k: v for k, v in recipe.items() if k not in ("out", "device", "epochs", "skip_test")}
 
 
 def same_recipe(stored: dict[str, Any], current: dict[str, Any], config_type: Any) -> bool:

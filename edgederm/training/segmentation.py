@@ -129,7 +129,7 @@ class _Trainer:
         if train is None:
             raise DataError("the train split is empty", path=config.data)
         val = self.val = _load_split(external_val, "*", preprocess) if external_val else _load_split(dataset, "val", preprocess)
-        test = _load_split(dataset, "test", preprocess)
+        test = None if config.skip_test else _load_split(dataset, "test", preprocess)
         skipped = [line for split in (train, val, test) if split for line in split.cache.failures]
         for line in skipped:
             logger.info(f"skipped unreadable image or mask: {line}")
