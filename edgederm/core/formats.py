@@ -109,6 +109,19 @@ FORMATS: dict[str, Format] = {
             "ExecuTorch",
             torch_free=False,  # its Python runtime loads libtorch; on a phone the C++ runtime runs the same .pte
         ),
+        # The same program lowered to one CoreML delegate, for iOS/macOS; checked here in the MIL emulator.
+        Format(
+            "executorch-coreml",
+            ".coreml.pte",
+            ("fp32", "fp16"),
+            "executorch (CoreML delegate; macOS/iOS only)",
+            "executorch_coreml",
+            "executorch_backend:ExecuTorchPredictor",
+            "ExecuTorch CoreML",
+            platforms=("darwin",),
+            emulated_backend="coreml_emulator:EmulatedCoreMLDelegatePredictor",
+            torch_free=False,
+        ),
     )
 }
 
@@ -116,7 +129,8 @@ assert all(q in QUANT_MODES for f in FORMATS.values() for q in f.quant_modes)
 
 
 def format_for_path(path: str) -> Format | None:
-    for fmt in FORMATS.values():
+    """The format whose suffix the path ends with, the longest first (``.coreml.pte`` before ``.pte``)."""
+    for fmt in sorted(FORMATS.values(), key=lambda f: -len(f.suffix)):
         if str(path).endswith(fmt.suffix):
             return fmt
     return None

@@ -1,4 +1,5 @@
-"""CoreML numerics on Linux: runs the ML Program inside an edgederm ``.mlpackage`` with torch.
+"""CoreML numerics on Linux: runs the ML Program inside an edgederm ``.mlpackage`` (or the CoreML delegate
+of a ``.coreml.pte``) with torch.
 
 coremltools predicts only on macOS, so an exported ``.mlpackage`` could only be checked for its
 structure here. This module reads the MIL program (coremltools' milproto -> pymil loader, which
@@ -24,12 +25,20 @@ figure against PyTorch like the TFLite and ONNX ones. It is an emulation, not Co
 * Classifier. The ``classify`` op's probability input is returned in ``spec.class_names`` order.
 
 An op without a kernel here is refused at load with one line naming it and the package.
+
+A ``.coreml.pte`` (ExecuTorch with its graph lowered to one CoreML delegate) holds an ML Program
+too: ``unpacked_coreml_delegate`` unpacks it from the file with ExecuTorch's own tools into a
+temporary ``model.mlpackage`` and loads that. Its input is the normalised float tensor (NCHW) that
+the ExecuTorch runtime is given, not an image feature, so ``EmulatedCoreMLDelegatePredictor``
+normalises the pixels first, as the ``.pte`` backend does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.errors import ModelError
+from ..core.errors import BackendUnavailable, ModelError
 from .coreml_backend import read_coreml_spec
 from .predictor import Predictor
 
@@ -594,3 +603,71 @@ def _image_input(program: EmulatedProgram, path: Path) -> tuple[str, list[int]]:
     if color not in layouts:
         raise ModelError("the CoreML emulator handles RGB or BGR image inputs only", path=path, fix=_REEXPORT)
     return features[0].name, layouts[color]
+
+
+# --- the CoreML delegate of an ExecuTorch program ------------------------------------------------
+
+COREML_DELEGATE = "CoreMLBackend"
+_REEXPORT_PTE = "re-export it with `edgederm export --formats executorch-coreml`"
+
+
+@contextlib.contextmanager
+def unpacked_coreml_delegate(content: bytes, path: str | Path) -> Iterator[EmulatedProgram]:
+    """The ML Program of the one CoreML delegate in an ExecuTorch program's bytes, loaded while a temporary copy exists."""
+    from .executorch_backend import INSTALL, import_notices_silenced
+
+    try:
+        with import_notices_silenced():
+            from executorch.backends.apple.coreml import executorchcoreml
+            from executorch.exir._serialize._program import deserialize_pte_binary
+    except ImportError as exc:
+        raise BackendUnavailable(f"unpacking a CoreML delegate needs executorch ({exc})", path=path, fix=INSTALL) from None
+    try:
+        program = deserialize_pte_binary(content).program  # delegate segments are moved back inline
+    except Exception as exc:  # noqa: BLE001 - flatbuffer parsing raises many types
+        raise ModelError(f"cannot read the ExecuTorch program ({type(exc).__name__})", path=path, fix=_REEXPORT_PTE) from None
+    delegates = [delegate for plan in program.execution_plan for delegate in plan.delegates]
+    if [delegate.id for delegate in delegates] != [COREML_DELEGATE]:
+        found = ", ".join(delegate.id for delegate in delegates) or "none"
+        raise ModelError(f"expected one {COREML_DELEGATE} delegate in the program, found: {found}", path=path, fix=_REEXPORT_PTE)
+    blob = program.backend_delegate_data[delegates[0].processed.index].data
+    with tempfile.TemporaryDirectory(prefix="edgederm-coreml-delegate-") as folder:
+        if not executorchcoreml.unflatten_directory_contents(bytes(blob), folder):
+            raise ModelError("the CoreML delegate's files cannot be unpacked", path=path, fix=_REEXPORT_PTE)
+        packages = list(Path(folder).glob("*/model.mlpackage"))
+        if len(packages) != 1:
+            raise ModelError("the CoreML delegate holds no model.mlpackage", path=path, fix=_REEXPORT_PTE)
+        yield EmulatedProgram(packages[0])
+
+
+class EmulatedCoreMLDelegatePredictor(Predictor):
+    """An edgederm ``.coreml.pte`` whose CoreML delegate runs in ``EmulatedProgram``: emulated CoreML numbers."""
+
+    emulated = True
+    backend_name = "executorch coreml delegate (emulated with torch)"
+
+    def __init__(self, path: str | Path, *, threads: int | None = None):
+        from .executorch_backend import program_spec, read_program
+
+        self.path = Path(path)
+        content = read_program(self.path)
+        self.spec = program_spec(content, self.path)
+        with unpacked_coreml_delegate(content, self.path) as program:
+            self.program = program  # the weights are read at load: the unpacked files may go
+        if len(program.inputs) != 1:
+            raise ModelError("the CoreML delegate takes more than one input: not an edgederm export", path=self.path, fix=_REEXPORT_PTE)
+        (self._input,) = program.inputs
+        if threads:
+            torch.set_num_threads(threads)  # process-wide: torch has no per-model thread pool
+
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        array = self.spec.input_preprocess.normalize(np.asarray(pixels), layout="NCHW")
+        side = self.spec.preprocess.input_size
+        outputs = []
+        for start in range(0, len(array), BATCH):
+            batch = torch.from_numpy(np.ascontiguousarray(array[start : start + BATCH]))
+            output = self.program.run({self._input: batch[:, None]})[self.program.output_names[0]].float()
+            outputs.append(output.reshape(len(batch), *output.shape[2:]).numpy())
+        if outputs:
+            return np.concatenate(outputs).astype(np.float32, copy=False)
+        return np.zeros((0, self.spec.num_classes) if self.spec.task == "classification" else (0, 1, side, side), np.float32)

@@ -66,14 +66,7 @@ class ExecuTorchPredictor(Predictor):
         self.threads = threads
         self._torch, self._runtime, self._threadpool = _runtime(self.path)
         self._program, self._method, self._generation = None, None, -1
-        program = self._load_program()
-        if SPEC_KEY not in program.method_names:
-            raise ModelError(
-                f"no edgederm metadata ({SPEC_KEY}) in this ExecuTorch program", path=self.path, fix="export it with `edgederm export`"
-            )
-        with _runtime_errors(self.path, "cannot read the ExecuTorch program's spec"):
-            (text,) = program.load_method(SPEC_KEY).execute([])
-        self.spec = ModelSpec.from_json(str(text), source=self.path)
+        self.spec = _spec_of(self._load_program(), self.path)
         self.input_layout = self.spec.artifact.get("input", {}).get("layout", "NCHW")
         self._prepare_method()
 
@@ -115,6 +108,24 @@ class ExecuTorchPredictor(Predictor):
                 (output,) = self._method.execute([self._torch.from_numpy(np.ascontiguousarray(one[None]))])
                 outputs.append(output.numpy())
         return np.concatenate(outputs).astype(np.float32, copy=False)
+
+
+def _spec_of(program: Any, path: Path) -> ModelSpec:
+    """The ModelSpec a loaded program returns from its constant method ``edgederm_spec``."""
+    if SPEC_KEY not in program.method_names:
+        raise ModelError(f"no edgederm metadata ({SPEC_KEY}) in this ExecuTorch program", path=path, fix="export it with `edgederm export`")
+    with _runtime_errors(path, "cannot read the ExecuTorch program's spec"):
+        (text,) = program.load_method(SPEC_KEY).execute([])
+    return ModelSpec.from_json(str(text), source=path)
+
+
+def program_spec(content: bytes, path: Path) -> ModelSpec:
+    """The ModelSpec inside a program's bytes, read by the ExecuTorch runtime without loading its forward method
+    (which needs every delegate's backend: a CoreML delegate has none off Apple)."""
+    _, runtime, _ = _runtime(path)
+    with _runtime_errors(path, "cannot load the ExecuTorch program"):
+        program = runtime.load_program(content)
+    return _spec_of(program, path)
 
 
 def read_program(path: Path) -> bytes:
