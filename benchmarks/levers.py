@@ -1,6 +1,6 @@
 """Training levers for the zoo's classifier, each measured against its entry on validation and the external set only.
 
-    python benchmarks/levers.py --lever head_isic=runs/head_isic --lever finetune_isic=runs/finetune_isic
+    python benchmarks/levers.py --lever head_isic=runs/head_isic --lever finetune_isic=runs/finetune_isic [--results-name NAME]
 
 A lever is a training run that starts from the entry (``--init-from zoo:lite0-ham10000``), which
 makes it keep the entry's lesion-disjoint split: ``--init-from`` refuses another. Every run is
@@ -12,7 +12,7 @@ scored here by its torch fp32 model, named class by its stored decision rule, on
 
 Both with 95% intervals (bootstrap over lesions). The test split is not read: a lever that wins on
 validation is trained into the zoo entry, and the zoo's numerics score it on test once.
-Writes benchmarks/results/levers_lite0.{json,md}.
+Writes benchmarks/results/levers_lite0.{json,md}, or NAME.{json,md} for another batch of levers.
 """
 
 from __future__ import annotations
@@ -30,11 +30,10 @@ from zoo import _intervals, _mel_vs_nv_auc, _scored, _with_intervals
 from edgederm.core.log import configure
 
 RESULTS = Path(__file__).resolve().parent / "results"
-OUT = RESULTS / "levers_lite0.json"
 BASELINE = "zoo:lite0-ham10000"
 KEYS = ("balanced_accuracy", "macro_auc", "mel_sensitivity", "mel_vs_nv_auc")
 NAMES = {"balanced_accuracy": "BMA", "macro_auc": "macro AUC", "mel_sensitivity": "mel sens.", "mel_vs_nv_auc": "mel-vs-nv AUC"}
-RECIPE_KEYS = ("mode", "epochs", "lr", "weight_decay", "label_smoothing", "augment", "extra_train")
+RECIPE_KEYS = ("mode", "epochs", "lr", "weight_decay", "label_smoothing", "augment", "ema", "extra_train")
 
 
 def score_run(run: str, shared: Path) -> dict:
@@ -112,7 +111,7 @@ def markdown(result: dict) -> str:
         lines += [f"## {title} ({n} images)", "", "| run | " + " | ".join(NAMES[k] for k in KEYS) + " | recipe | saved epoch |"]
         lines.append("|---|" + "---:|" * len(KEYS) + "---|---:|")
         for row in rows:
-            recipe = ", ".join(f"{k}={v}" for k, v in row["recipe"].items() if v is not None) if row["name"] != "baseline" else "the entry"
+            recipe = ", ".join(f"{k}={v}" for k, v in row["recipe"].items() if v not in (None, 0)) if row["name"] != "baseline" else "the entry"
             cells = " | ".join(_cell(row["scores"][name][k]) for k in KEYS)
             lines.append(f"| {row['name']} | {cells} | {recipe} | {row.get('saved_epoch') or '-'} |")
         lines.append("")
@@ -127,10 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lever", action="append", default=[], metavar="NAME=RUN_DIR", help="a run started from the entry (repeatable)")
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    add_results_options(parser, OUT.stem)
+    parser.add_argument("--results-name", default="levers_lite0", help="benchmarks/results/NAME.{json,md}")
+    add_results_options(parser, "NAME")
     args = parser.parse_args(argv)
+    out = RESULTS / f"{args.results_name}.json"
     if args.markdown_only:
-        payload = reread(OUT, args.note)
+        payload = reread(out, args.note)
     else:
         if not args.lever:
             parser.error("give at least one --lever NAME=RUN_DIR")
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             "note": args.note,
             "rows": [{"name": name, **score_run(run, args.shared)} for name, run in runs],
         }
-    write_results(OUT, payload, markdown(payload))
+    write_results(out, payload, markdown(payload))
     return 0
 
 
