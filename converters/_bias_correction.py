@@ -1,13 +1,12 @@
 """Empirical bias correction for static int8, decided the same way for every format.
 
 Quantizing a conv's weights and inputs shifts the mean of its output, channel by channel, and the
-shifts add up through a deep network. Layer by layer in graph order (the convs, then the classifier's
-fully connected head, whose output is the logits), each format's mechanics (``_onnx_bias``,
-``_tflite_bias``, ``_pte_bias``) move the int32 bias so that the int8 model's mean output per
+shifts add up through a deep network. Conv by conv in graph order, each format's mechanics
+(``_onnx_bias``, ``_tflite_bias``) move the int32 bias so that the int8 model's mean output per
 channel on calibration images equals fp32's (Nagel et al., "Data-Free Quantization Through Weight
 Equalization and Bias Correction", 2019, section 4.2; OpenVINO's FastBiasCorrection does the same).
-One layer at a time, because correcting every layer from one pass over-corrects: each layer's shift
-includes what the layers before it passed on (measured in ONNX: one pass took a MobileNetV3-Large
+One conv at a time, because correcting every conv from one pass over-corrects: each conv's shift
+includes what the convs before it passed on (measured in ONNX: one pass took a MobileNetV3-Large
 from 96% to 81% top-1 agreement with fp32).
 
 Whether it helps is measured, not assumed: the correction is fitted on the even calibration images
@@ -34,19 +33,19 @@ import numpy as np
 
 from ._ranges import PERCENTILES, RangeChoice, choose, label
 
-FIT_IMAGES = 160  # per-channel means need few images, and each layer costs one pass over them
+FIT_IMAGES = 160  # per-channel means need few images, and each conv costs one pass over them
 MIN_GAIN = 0.05  # share of mean |Δp| the correction must remove on the judging images
 MIN_IMAGES = 8
 
 Model = TypeVar("Model")
-Shifts = dict[str, np.ndarray]  # per layer: the float shift of its output mean that its bias takes back
+Shifts = dict[str, np.ndarray]  # per conv: the float shift of its output mean that its bias takes back
 
 
 @dataclass
 class BiasCorrection:
     applied: bool
     mean_abs_dp: dict[str, float]  # on the judging images, without ("off") and with ("on") the correction
-    layers: int  # convs and fully connected layers whose bias would move
+    convs: int  # convs whose bias would move
     images: dict[str, int]  # fitted on / judged on
     seconds: float
     # Set where _ranges found the model range-sensitive: per candidate range, the held-out error without ("off")
@@ -66,7 +65,7 @@ class BiasCorrection:
             ranges = f"; ranges {self.ranges['chosen']} chosen on the held-out images (mean |dp| off/on: {tried})"
         return (
             f"bias correction {verdict}: mean |dp| {self.mean_abs_dp['off']:.4f} -> {self.mean_abs_dp['on']:.4f} "
-            f"on {self.images['judge']} held-out calibration images ({self.layers} layers, {self.seconds:.0f} s){ranges}"
+            f"on {self.images['judge']} held-out calibration images ({self.convs} convs, {self.seconds:.0f} s){ranges}"
         )
 
 

@@ -1,8 +1,8 @@
 """Bias correction's mechanics for onnxruntime's QDQ int8 (what and why: ``_bias_correction``).
 
-A Conv's or Gemm's (the classifier head's) bias in a QDQ graph is an int32 initializer behind a
-DequantizeLinear whose scale is the input scale times the weight scale, per output channel; moving it
-by ``shift / scale`` moves the layer's output by ``shift``.
+A conv's bias in a QDQ graph is an int32 initializer behind a DequantizeLinear whose scale is the
+input scale times the weight scale, per output channel; moving it by ``shift / scale`` moves the
+conv's output by ``shift``.
 """
 
 from __future__ import annotations
@@ -15,14 +15,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-LAYER_OPS = ("Conv", "Gemm")
 Session = Callable[[onnx.ModelProto], Any]  # an onnxruntime InferenceSession for a model
 BATCH = 32
 
 
 def fit_shifts(qdq: onnx.ModelProto, fp32: onnx.ModelProto, inputs: np.ndarray, session: Session, input_name: str) -> dict[str, np.ndarray]:
-    """Per conv or Gemm node name, the float shift of its output mean that its bias must take back (layer by layer)."""
-    fp32_outputs = {node.name: node.output[0] for node in fp32.graph.node if node.op_type in LAYER_OPS}
+    """Per conv node name, the float shift of its output mean that its bias must take back (conv by conv)."""
+    fp32_outputs = {node.name: node.output[0] for node in fp32.graph.node if node.op_type == "Conv"}
     # quantize_static keeps node names; a conv's output tensor is renamed where it folded the ReLU after it.
     convs = [node for node in qdq.graph.node if node.name in fp32_outputs and _quantized_bias(qdq, node)]
     if not convs:
@@ -31,7 +30,7 @@ def fit_shifts(qdq: onnx.ModelProto, fp32: onnx.ModelProto, inputs: np.ndarray, 
     targets = _channel_means(session(_probe(fp32, fp32_names)), inputs, input_name, fp32_names)
     working, shifts = copy.deepcopy(qdq), {}
     for node, target in zip(convs, targets, strict=True):
-        # Each step runs only the part of the graph that the layer's output needs.
+        # Each step runs only the part of the graph that the conv's output needs.
         probe = _probe(working, [node.output[0]], prune=True)
         (means,) = _channel_means(session(probe), inputs, input_name, [node.output[0]])
         shifts[node.name] = means - target
@@ -72,7 +71,7 @@ def _moved(bias: np.ndarray, shift: np.ndarray, scale: np.ndarray) -> np.ndarray
 
 
 def apply(qdq: onnx.ModelProto, shifts: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of ``qdq`` whose quantized biases take back ``shifts`` (layers kept float are left alone)."""
+    """A copy of ``qdq`` whose quantized conv biases take back ``shifts`` (convs kept float are left alone)."""
     if not shifts:
         return qdq
     corrected = copy.deepcopy(qdq)
@@ -81,12 +80,12 @@ def apply(qdq: onnx.ModelProto, shifts: dict[str, np.ndarray]) -> onnx.ModelProt
     return corrected
 
 
-def _quantized_bias(model: onnx.ModelProto, layer: onnx.NodeProto) -> tuple[onnx.TensorProto, np.ndarray] | None:
-    """The int32 bias initializer behind a layer's bias DequantizeLinear, and its per-channel scale."""
-    if len(layer.input) < 3:
+def _quantized_bias(model: onnx.ModelProto, conv: onnx.NodeProto) -> tuple[onnx.TensorProto, np.ndarray] | None:
+    """The int32 bias initializer behind a conv's bias DequantizeLinear, and its per-channel scale."""
+    if len(conv.input) < 3:
         return None
     initializers = {init.name: init for init in model.graph.initializer}
-    producer = next((node for node in model.graph.node if layer.input[2] in node.output), None)
+    producer = next((node for node in model.graph.node if conv.input[2] in node.output), None)
     if producer is None or producer.op_type != "DequantizeLinear":
         return None
     bias, scale = initializers.get(producer.input[0]), initializers.get(producer.input[1])
@@ -95,9 +94,9 @@ def _quantized_bias(model: onnx.ModelProto, layer: onnx.NodeProto) -> tuple[onnx
     return bias, numpy_helper.to_array(scale)
 
 
-def _shift_bias(model: onnx.ModelProto, name: str, shift: np.ndarray) -> None:
-    layer = next((node for node in model.graph.node if node.name == name and node.op_type in LAYER_OPS), None)
-    found = _quantized_bias(model, layer) if layer is not None else None
+def _shift_bias(model: onnx.ModelProto, conv_name: str, shift: np.ndarray) -> None:
+    conv = next((node for node in model.graph.node if node.name == conv_name and node.op_type == "Conv"), None)
+    found = _quantized_bias(model, conv) if conv is not None else None
     if found is None:  # kept float in this variant (int8-aa)
         return
     bias, scale = found

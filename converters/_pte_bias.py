@@ -1,17 +1,13 @@
 """Bias correction's mechanics for ExecuTorch's PT2E int8 (what and why: ``_bias_correction``).
 
 After ``convert_pt2e`` a conv is ``aten.conv2d(dequantize(x), dequantize(w), bias)`` with its bias a
-float parameter of the graph module, and a fully connected layer is ``aten.linear`` the same way;
-XNNPACK's lowering quantizes that bias to int32 at the input scale times the weight scale, so moving
-the float bias before lowering moves the int8 kernel's output by the same amount (to within one int32
-step). The classifier's final Linear is corrected like the convs: its output is the logits, where the
-shifts of every layer before it end up (measured on the Lite0 reference, HAM10000 validation split:
-with the Linear, the held-out calibration images pass the correction and balanced accuracy's int8
-drop falls from 2.24 to 0.82 pt; convs alone did not pass it). Layer nodes keep their names from
-``prepare_pt2e`` (batch norms folded) to ``convert_pt2e``, which pairs each quantized layer with its
-float original in the prepared module. The exported graphs take batch 1 only, so :func:`walk` runs
-one graph over many images node by node: a layer's output over every image is complete before the
-next node runs, which is what correcting layer by layer in one pass needs.
+float parameter of the graph module; XNNPACK's lowering quantizes that bias to int32 at the input
+scale times the weight scale, so moving the float bias before lowering moves the int8 kernel's output
+by the same amount (to within one int32 step). Conv nodes keep their names from ``prepare_pt2e``
+(batch norms folded) to ``convert_pt2e``, which pairs each quantized conv with its float original in
+the prepared module. The exported graphs take batch 1 only, so :func:`walk` runs one graph over many
+images node by node: a conv's output over every image is complete before the next node runs, which
+is what correcting conv by conv in one pass needs.
 """
 
 from __future__ import annotations
@@ -24,7 +20,7 @@ import numpy as np
 import torch
 from torch import fx
 
-_BIASED = (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)
+_CONV = torch.ops.aten.conv2d.default
 
 
 class _PerImage(list):
@@ -35,37 +31,32 @@ def _attr(module: torch.nn.Module, target: str) -> torch.Tensor:
     return functools.reduce(getattr, target.split("."), module)
 
 
-def biased_layers(module: fx.GraphModule) -> dict[str, str]:
-    """Per conv or linear node name, the attribute that holds its float bias."""
-    layers = {}
+def biased_convs(module: fx.GraphModule) -> dict[str, str]:
+    """Per conv node name, the attribute that holds its float bias."""
+    convs = {}
     for node in module.graph.nodes:
-        if node.op == "call_function" and node.target in _BIASED and len(node.args) > 2:
+        if node.op == "call_function" and node.target == _CONV and len(node.args) > 2:
             bias = node.args[2]
             if isinstance(bias, fx.Node) and bias.op == "get_attr":
-                layers[node.name] = bias.target
-    return layers
-
-
-def _per_channel(output: torch.Tensor) -> torch.Tensor:
-    """The mean of a (1, C, ...) output over everything but its channels."""
-    return output.mean(dim=[d for d in range(output.dim()) if d != 1])
+                convs[node.name] = bias.target
+    return convs
 
 
 def walk(
     module: fx.GraphModule,
     inputs: Sequence[np.ndarray],
-    layers: Sequence[str],
+    convs: Sequence[str],
     correct: Callable[[str, torch.Tensor], torch.Tensor | None] | None = None,
 ) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
-    """``module``'s outputs on ``inputs`` (N, ...) and each named layer's output mean per channel.
+    """``module``'s outputs on ``inputs`` (N, ...) and each named conv's output mean per channel.
 
-    ``correct(name, means)``, where given, returns a per-channel shift to subtract from that layer's
+    ``correct(name, means)``, where given, returns a per-channel shift to subtract from that conv's
     output on every image before any later node reads it (or None)."""
     last_use: dict[fx.Node, fx.Node] = {}
     for node in module.graph.nodes:
         for used in node.all_input_nodes:
             last_use[used] = node
-    wanted, env, means = set(layers), {}, {}
+    wanted, env, means = set(convs), {}, {}
     images = _PerImage(torch.from_numpy(np.ascontiguousarray(x[None])) for x in inputs)
 
     def value(i: int) -> Callable[[fx.Node], object]:
@@ -86,10 +77,10 @@ def walk(
                     call(*fx.node.map_arg(node.args, value(i)), **fx.node.map_arg(node.kwargs, value(i))) for i in range(len(images))
                 )
                 if node.name in wanted:
-                    means[node.name] = torch.stack([_per_channel(o) for o in outputs]).mean(0)
+                    means[node.name] = torch.stack([o.mean(dim=(0, 2, 3)) for o in outputs]).mean(0)
                     shift = correct(node.name, means[node.name]) if correct else None
                     if shift is not None:
-                        outputs = _PerImage(o - shift.reshape(1, -1, *[1] * (o.dim() - 2)) for o in outputs)
+                        outputs = _PerImage(o - shift[None, :, None, None] for o in outputs)
                 env[node] = outputs
             for used in node.all_input_nodes:
                 if last_use.get(used) is node:
@@ -110,12 +101,12 @@ def float_twin(prepared: fx.GraphModule) -> fx.GraphModule:
 
 
 def fit_shifts(int8: fx.GraphModule, fp32: fx.GraphModule, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """Per conv or linear node name, the float shift of its output mean that its bias takes back (layer by layer)."""
-    float_layers = biased_layers(fp32)
-    layers = [name for name in biased_layers(int8) if name in float_layers]
-    if not layers:
+    """Per conv node name, the float shift of its output mean that its bias takes back (conv by conv)."""
+    float_convs = biased_convs(fp32)
+    convs = [name for name in biased_convs(int8) if name in float_convs]
+    if not convs:
         return {}
-    _, targets = walk(fp32, inputs, layers)
+    _, targets = walk(fp32, inputs, convs)
     shifts: dict[str, np.ndarray] = {}
 
     def correct(name: str, means: torch.Tensor) -> torch.Tensor:
@@ -123,16 +114,16 @@ def fit_shifts(int8: fx.GraphModule, fp32: fx.GraphModule, inputs: Sequence[np.n
         shifts[name] = shift.numpy().astype(np.float32)
         return shift
 
-    walk(int8, inputs, layers, correct)
+    walk(int8, inputs, convs, correct)
     return shifts
 
 
 def apply(int8: fx.GraphModule, shifts: dict[str, np.ndarray]) -> fx.GraphModule:
-    """A copy of ``int8`` whose conv and linear biases take back ``shifts``."""
+    """A copy of ``int8`` whose conv biases take back ``shifts``."""
     if not shifts:
         return int8
     corrected = copy.deepcopy(int8)
-    for name, target in biased_layers(corrected).items():
+    for name, target in biased_convs(corrected).items():
         if name in shifts:
             bias = _attr(corrected, target)
             bias.data = bias.data - torch.from_numpy(shifts[name]).to(bias.dtype)

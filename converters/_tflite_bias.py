@@ -1,11 +1,11 @@
 """Bias correction's mechanics for TFLite static int8 (what and why: ``_bias_correction``).
 
-A CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED (the classifier head) keeps its bias as int32 (int64 in a 16x8 model, w8a16) with a per-channel
-scale (input scale times weight scale); moving it by ``shift / scale`` moves the layer's output by ``shift``. TFLite fuses a
+A CONV_2D or DEPTHWISE_CONV_2D keeps its bias as int32 (int64 in a 16x8 model, w8a16) with a per-channel
+scale (input scale times weight scale); moving it by ``shift / scale`` moves the conv's output by ``shift``. TFLite fuses a
 ReLU/ReLU6 into the conv, so the conv's output read back here is after that activation: a bias move
 then shifts the mean by less than ``shift`` where the activation clips, and the correction
 under-shoots there rather than overshoots. Tensors keep their names through ai-edge-quantizer, which
-pairs each int8 layer with its fp32 original. The biases are rewritten in place in a copy of the
+pairs each int8 conv with its fp32 original. The biases are rewritten in place in a copy of the
 flatbuffer, so no step re-serializes the model.
 """
 
@@ -16,13 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-LAYER_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 BIAS_TYPES = {2: np.int32, 4: np.int64}  # schema TensorType: int32, and int64 for int16 activations
 
 
 @dataclass(frozen=True)
-class _Layer:
-    op: str  # CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED
+class _Conv:
     output: int  # tensor index
     name: str  # the output tensor's name: the same in the fp32 model and in every int8 variant
     bias: np.ndarray  # int32 (int64) view into the model's bytes
@@ -30,66 +29,65 @@ class _Layer:
 
 
 def fit_shifts(int8: bytes, fp32: bytes, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """Per conv or fully connected layer (its output tensor's name), the float shift of its output mean that its bias takes back."""
+    """Per conv (its output tensor's name), the float shift of its output mean that its bias takes back."""
     model = bytearray(int8)
+    convs = _convs(model)
     fp32_index = _tensor_index(fp32)
-    layers = [layer for layer in _layers(model) if layer.name in fp32_index]
-    if not layers:
+    convs = [conv for conv in convs if conv.name in fp32_index]
+    if not convs:
         return {}
-    targets = _channel_means(fp32, [fp32_index[layer.name] for layer in layers], inputs)
+    targets = _channel_means(fp32, [fp32_index[conv.name] for conv in convs], inputs)
     shifts = {}
-    for layer, target in zip(layers, targets, strict=True):
-        (means,) = _channel_means(bytes(model), [layer.output], inputs)
-        shifts[layer.name] = means - target
-        _move(layer, shifts[layer.name])  # writes through the view into ``model``
+    for conv, target in zip(convs, targets, strict=True):
+        (means,) = _channel_means(bytes(model), [conv.output], inputs)
+        shifts[conv.name] = means - target
+        _move(conv, shifts[conv.name])  # writes through the view into ``model``
     return shifts
 
 
 def apply(int8: bytes, shifts: dict[str, np.ndarray]) -> bytes:
-    """A copy of ``int8`` whose integer biases take back ``shifts`` (layers kept float are left alone)."""
+    """A copy of ``int8`` whose int8 conv biases take back ``shifts`` (convs kept float are left alone)."""
     if not shifts:
         return int8
     model = bytearray(int8)
-    for layer in _layers(model):
-        if layer.name in shifts:
-            _move(layer, shifts[layer.name])
+    for conv in _convs(model):
+        if conv.name in shifts:
+            _move(conv, shifts[conv.name])
     return bytes(model)
 
 
-def _move(layer: _Layer, shift: np.ndarray) -> None:
+def _move(conv: _Conv, shift: np.ndarray) -> None:
     info = np.iinfo(np.int32)  # int64 biases too stay within int32 (_tflite_bias_range)
-    moved = layer.bias.astype(np.int64) - np.round(shift / layer.scale).astype(np.int64)
-    layer.bias[:] = np.clip(moved, info.min, info.max).astype(layer.bias.dtype)
+    moved = conv.bias.astype(np.int64) - np.round(shift / conv.scale).astype(np.int64)
+    conv.bias[:] = np.clip(moved, info.min, info.max).astype(conv.bias.dtype)
 
 
-def _layers(model: bytearray) -> list[_Layer]:
-    """The quantized model's convs and fully connected layers with an integer bias stored inside the flatbuffer, each bias a writable view."""
+def _convs(model: bytearray) -> list[_Conv]:
+    """The quantized model's convs with an integer bias stored inside the flatbuffer, each bias a writable view."""
     from ai_edge_litert import schema_py_generated as schema
 
     root = schema.Model.GetRootAs(model, 0)
     graph = root.Subgraphs(0)
-    layers = []
+    convs = []
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
-        name = op_name(root, op)
-        if name not in LAYER_OPS or op.InputsLength() < 3 or op.Inputs(2) < 0:
+        if op_name(root, op) not in CONV_OPS or op.InputsLength() < 3 or op.Inputs(2) < 0:
             continue
         bias_tensor = graph.Tensors(op.Inputs(2))
         quantization = bias_tensor.Quantization()
         data = _buffer_data(model, root.Buffers(bias_tensor.Buffer()))
         if bias_tensor.Type() not in BIAS_TYPES or quantization is None or quantization.ScaleLength() == 0 or data is None:
-            continue  # a float bias: the layer is kept float
+            continue  # a float bias: the conv is kept float
         output = op.Outputs(0)
-        layers.append(
-            _Layer(
-                name,
+        convs.append(
+            _Conv(
                 output,
                 graph.Tensors(output).Name().decode(),
                 data.view(BIAS_TYPES[bias_tensor.Type()]),
                 quantization.ScaleAsNumpy().astype(np.float64),
             )
         )
-    return layers
+    return convs
 
 
 def op_name(root, op) -> str | None:

@@ -1,5 +1,5 @@
 """Bias correction for static int8: the shared decision, and each format's mechanics, which bring every
-conv's and the classifier head's mean output per channel back to fp32's, layer by layer."""
+conv's mean output per channel back to fp32's, conv by conv."""
 
 from __future__ import annotations
 
@@ -40,22 +40,21 @@ def job(trained_run: Path, tmp_path_factory) -> ExportJob:
 
 
 def _gaps(target: dict[str, np.ndarray], before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> tuple[float, float]:
-    """Mean |channel mean - fp32's| over the corrected layers, before and after the correction."""
+    """Mean |channel mean - fp32's| over the corrected convs, before and after the correction."""
     return tuple(float(np.mean([np.abs(means[name] - target[name]).mean() for name in target])) for means in (before, after))
 
 
-def test_onnx_conv_and_gemm_means_are_brought_back_to_fp32(job: ExportJob):
+def test_onnx_conv_means_are_brought_back_to_fp32(job: ExportJob):
     fp32, _ = onnx_converter._fp32_model(job)
     quantizer = onnx_converter._Int8Quantizer(fp32, job.calibration, job.target.parent)
     raw = quantizer.build([])  # all-int8 at the chosen ranges, uncorrected
     prepared, inputs = onnx.load(quantizer.prepared), quantizer._inputs[0::2]
     shifts = _onnx_bias.fit_shifts(raw, prepared, inputs, quantizer._session, onnx_converter.INPUT_NAME)
     assert shifts and all(np.isfinite(s).all() for s in shifts.values())
-    assert any(node.op_type == "Gemm" and node.name in shifts for node in raw.graph.node)
 
     def means(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-        # One probe per layer, as fit_shifts reads them: onnxruntime fuses a QDQ group into its int8 kernel only where
-        # no tensor inside the group is a graph output, so a probe exposing every layer would read float layers upstream.
+        # One probe per conv, as fit_shifts reads them: onnxruntime fuses a QDQ group into its int8 kernel only where
+        # no tensor inside the group is a graph output, so a probe exposing every conv would read float convs upstream.
         outputs = {n.name: n.output[0] for n in model.graph.node if n.name in shifts}
         return {
             name: _onnx_bias._channel_means(
@@ -69,7 +68,7 @@ def test_onnx_conv_and_gemm_means_are_brought_back_to_fp32(job: ExportJob):
     assert _onnx_bias.apply(raw, {}) is raw
 
 
-def test_tflite_conv_and_fc_means_are_brought_back_to_fp32(job: ExportJob):
+def test_tflite_conv_means_are_brought_back_to_fp32(job: ExportJob):
     with tool_output_hidden():
         fp32 = tflite_converter._float_model(job.model, job.spec, True)
         quantizer = tflite_converter._StaticInt8(fp32, job)
@@ -77,7 +76,6 @@ def test_tflite_conv_and_fc_means_are_brought_back_to_fp32(job: ExportJob):
     inputs = quantizer._inputs[0::2]
     shifts = _tflite_bias.fit_shifts(raw, fp32, inputs)
     assert shifts and all(np.isfinite(s).all() for s in shifts.values())
-    assert "FULLY_CONNECTED" in {layer.op for layer in _tflite_bias._layers(bytearray(raw)) if layer.name in shifts}
 
     def means(model: bytes) -> dict[str, np.ndarray]:
         index = _tflite_bias._tensor_index(model)
@@ -89,7 +87,7 @@ def test_tflite_conv_and_fc_means_are_brought_back_to_fp32(job: ExportJob):
     assert _tflite_bias.apply(raw, {}) is raw
 
 
-def test_executorch_conv_and_linear_means_are_brought_back_to_fp32(job: ExportJob):
+def test_executorch_conv_means_are_brought_back_to_fp32(job: ExportJob):
     pytest.importorskip("executorch", reason="ExecuTorch is part of the export extra: pip install -e '.[export]'")
     from edgederm.converters import _pte_bias
     from edgederm.converters._wrap import deployable, example_input
@@ -105,13 +103,12 @@ def test_executorch_conv_and_linear_means_are_brought_back_to_fp32(job: ExportJo
     raw = convert_pt2e(prepared)
     shifts = _pte_bias.fit_shifts(raw, fp32, inputs[0::2])
     assert shifts and all(np.isfinite(s).all() for s in shifts.values())
-    assert any(name.startswith("linear") for name in shifts)  # the classifier head, where the logits' shift shows
 
     def means(model) -> dict[str, np.ndarray]:
         return {name: m.numpy() for name, m in _pte_bias.walk(model, inputs[0::2], list(shifts))[1].items()}
 
     before, after = _gaps(means(fp32), means(raw), means(_pte_bias.apply(raw, shifts)))
-    # A float bias in the simulated int8 graph moves the layer's output exactly; the quantizer after it rounds that.
+    # A float bias in the simulated int8 graph moves the conv's output exactly; the quantizer after it rounds that.
     assert before > 0 and after < 1e-4 * before + 1e-6, (before, after)
     outputs, _ = _pte_bias.walk(raw, inputs[:3], [])
     np.testing.assert_allclose(outputs, _pte_bias.predict(raw, inputs[:3]), atol=1e-6)  # the walk is the module's forward
@@ -157,7 +154,7 @@ def test_the_export_records_the_decision(trained_run: Path, tmp_path: Path, fmt:
     decision = row["details"]["bias_correction"]
     assert decision["images"] == {"fit": 20, "judge": 20}  # even calibration images fit, odd ones judge
     off, on = decision["mean_abs_dp"]["off"], decision["mean_abs_dp"]["on"]
-    assert decision["applied"] == (decision["layers"] > 0 and on < (1 - _bias_correction.MIN_GAIN) * off)
+    assert decision["applied"] == (decision["convs"] > 0 and on < (1 - _bias_correction.MIN_GAIN) * off)
     if fmt == "onnx":
         stamped = {p.key: p.value for p in onnx.load(tmp_path / records[0].path).metadata_props}
         assert "bias_correction" in json.dumps(stamped)
