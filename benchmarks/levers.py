@@ -111,7 +111,9 @@ def markdown(result: dict) -> str:
         lines += [f"## {title} ({n} images)", "", "| run | " + " | ".join(NAMES[k] for k in KEYS) + " | recipe | saved epoch |"]
         lines.append("|---|" + "---:|" * len(KEYS) + "---|---:|")
         for row in rows:
-            recipe = ", ".join(f"{k}={v}" for k, v in row["recipe"].items() if v not in (None, 0)) if row["name"] != "baseline" else "the entry"
+            recipe = (
+                ", ".join(f"{k}={v}" for k, v in row["recipe"].items() if v not in (None, 0)) if row["name"] != "baseline" else "the entry"
+            )
             cells = " | ".join(_cell(row["scores"][name][k]) for k in KEYS)
             lines.append(f"| {row['name']} | {cells} | {recipe} | {row.get('saved_epoch') or '-'} |")
         lines.append("")
