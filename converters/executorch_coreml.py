@@ -33,7 +33,7 @@ from ._job import ConversionError, ExportJob, check_job, conversion_step
 from ._wrap import check_fp32_matches_torch, deployable, example_input
 
 FORMAT = FORMATS["executorch-coreml"]
-DELEGATE = "CoreMLBackend"
+MINIMUM_TARGET = "iOS17"
 
 
 def export(job: ExportJob) -> None:
@@ -83,25 +83,25 @@ def _partitioner(quant: str):
     from executorch.backends.apple.coreml.partition import CoreMLPartitioner
 
     precision = ct.precision.FLOAT16 if quant == "fp16" else ct.precision.FLOAT32
-    specs = CoreMLBackend.generate_compile_specs(compute_precision=precision, minimum_deployment_target=ct.target.iOS17)
+    target = getattr(ct.target, MINIMUM_TARGET)
+    specs = CoreMLBackend.generate_compile_specs(compute_precision=precision, minimum_deployment_target=target)
     return CoreMLPartitioner(compile_specs=specs)
 
 
 def _io(job: ExportJob) -> dict:
-    compute = "float16" if job.quant == "fp16" else "float32"
-    return {**executorch._io(job), "delegate": DELEGATE, "compute": compute, "minimum_deployment_target": "iOS17"}
+    from edgederm.runtime.coreml_emulator import COREML_DELEGATE
+
+    return {**executorch._io(job), "delegate": COREML_DELEGATE, "minimum_deployment_target": MINIMUM_TARGET}
 
 
 def _check_emulated(buffer: bytes, job: ExportJob) -> None:
     """The delegate's ML Program, run by the MIL emulator on one input: torch's outputs in fp32, finite ones in fp16."""
-    from edgederm.runtime.coreml_emulator import unpacked_coreml_delegate
+    from edgederm.runtime.coreml_emulator import run_delegate, unpacked_coreml_delegate
 
     side = job.spec.preprocess.input_size
     example = np.random.default_rng(0).standard_normal((1, 3, side, side)).astype(np.float32)
     with conversion_step(f"emulated run of the {job.quant} CoreML delegate"), unpacked_coreml_delegate(buffer, job.target) as program:
-        (name,) = program.inputs
-        output = program.run({name: torch.from_numpy(example)[None]})[program.output_names[0]].float().numpy()
-    output = output.reshape(_io(job)["output"]["shape"])
+        output = run_delegate(program, torch.from_numpy(example)).numpy().reshape(_io(job)["output"]["shape"])
     if not np.all(np.isfinite(output)):
         raise ConversionError(f"the {job.quant} CoreML delegate outputs non-finite values in the emulator")
     if job.quant == "fp32":

@@ -637,7 +637,17 @@ def unpacked_coreml_delegate(content: bytes, path: str | Path) -> Iterator[Emula
         packages = list(Path(folder).glob("*/model.mlpackage"))
         if len(packages) != 1:
             raise ModelError("the CoreML delegate holds no model.mlpackage", path=path, fix=_REEXPORT_PTE)
-        yield EmulatedProgram(packages[0])
+        delegate = EmulatedProgram(packages[0])
+        if len(delegate.inputs) != 1:
+            raise ModelError("the CoreML delegate takes more than one input: not an edgederm export", path=path, fix=_REEXPORT_PTE)
+        yield delegate
+
+
+def run_delegate(program: EmulatedProgram, batch: torch.Tensor) -> torch.Tensor:
+    """Normalised (N, 3, S, S) inputs through a CoreML delegate's one-input program -> (N, *its output without the batch 1)."""
+    (name,) = program.inputs
+    output = program.run({name: batch[:, None]})[program.output_names[0]].float()
+    return output.reshape(len(batch), *output.shape[2:])
 
 
 class EmulatedCoreMLDelegatePredictor(Predictor):
@@ -654,9 +664,6 @@ class EmulatedCoreMLDelegatePredictor(Predictor):
         self.spec = program_spec(content, self.path)
         with unpacked_coreml_delegate(content, self.path) as program:
             self.program = program  # the weights are read at load: the unpacked files may go
-        if len(program.inputs) != 1:
-            raise ModelError("the CoreML delegate takes more than one input: not an edgederm export", path=self.path, fix=_REEXPORT_PTE)
-        (self._input,) = program.inputs
         if threads:
             torch.set_num_threads(threads)  # process-wide: torch has no per-model thread pool
 
@@ -666,8 +673,7 @@ class EmulatedCoreMLDelegatePredictor(Predictor):
         outputs = []
         for start in range(0, len(array), BATCH):
             batch = torch.from_numpy(np.ascontiguousarray(array[start : start + BATCH]))
-            output = self.program.run({self._input: batch[:, None]})[self.program.output_names[0]].float()
-            outputs.append(output.reshape(len(batch), *output.shape[2:]).numpy())
+            outputs.append(run_delegate(self.program, batch).numpy())
         if outputs:
             return np.concatenate(outputs).astype(np.float32, copy=False)
         return np.zeros((0, self.spec.num_classes) if self.spec.task == "classification" else (0, 1, side, side), np.float32)
