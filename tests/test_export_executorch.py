@@ -14,6 +14,7 @@ import torch
 from conftest import cli_env
 from edgederm.converters._calibration import load_calibration
 from edgederm.converters._job import ConversionError, ExportJob
+from edgederm.converters._ranges import CLEAR_GAIN, PERCENTILES, label
 from torch import nn
 
 from edgederm.core.errors import BackendUnavailable, ModelError
@@ -69,6 +70,33 @@ def test_manifest_rows_match_the_files_and_say_what_xnnpack_runs(exported: dict[
     assert rows["int8"]["details"]["quantizer"]["name"] == "XNNPACKQuantizer"
     assert rows["w8a16"]["status"] == "skipped" and rows["w8a16"]["path"] is None  # XNNPACK has no 16-bit activations
     assert not list(exported["fp32"].parent.glob(".export-*")) and not list(exported["fp32"].parent.glob("*w8a16*"))
+
+
+def test_int8_activation_ranges_are_chosen_like_tflite_and_onnx(exported: dict[str, Path]):
+    rows = {row["quant"]: row for row in read_manifest(exported["int8"].parent)["artifacts"]}
+    ranges, correction = rows["int8"]["details"]["activation_ranges"], rows["int8"]["details"]["bias_correction"]
+    assert set(ranges["scores"]) == {label(p) for p in PERCENTILES} and ranges["percentile"] in PERCENTILES
+    errors = {name: score["mean_abs_dp"] for name, score in ranges["scores"].items()}
+    assert len(set(errors.values())) > 1  # each candidate range really reached its program
+    closest = min(errors, key=errors.get)
+    expected = closest if errors[closest] < (1 - CLEAR_GAIN) * errors["min/max"] else "min/max"
+    if correction["ranges"] is not None:  # clipping was clearly closer: held-out images then chose among all ranges
+        expected = correction["ranges"]["chosen"]
+    assert label(ranges["percentile"]) == expected and correction["images"]["judge"] == 20
+
+
+def test_int8_calibration_keeps_each_images_extremes():
+    from edgederm.converters.executorch import _extremes, _quantizer
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    images = [np.full((1, 3, 8, 8), value, np.float32) for value in (-1.0, 2.0, 0.5)]
+    with torch.no_grad():
+        prepared = prepare_pt2e(torch.export.export(model, (torch.from_numpy(images[0]),)).module(), _quantizer())
+    extremes = _extremes(prepared, iter(images))
+    input_range = [ranges for ranges in extremes.values() if np.allclose(ranges[0], [-1.0, 2.0, 0.5])]
+    assert len(input_range) == 1 and np.allclose(input_range[0][1], [-1.0, 2.0, 0.5])  # not the running min/max
+    assert all(mins.shape == (3,) and (mins <= maxs).all() for mins, maxs in extremes.values())
 
 
 def test_int8_weights_are_int8_and_fp16_keeps_float32_weights(exported: dict[str, Path]):
