@@ -159,18 +159,21 @@ def _targets(result: dict) -> list[dict]:
     return checks
 
 
-def _markdown(command: str, result: dict, sizes: list[dict], checks: list[dict], arch: str, export_seconds: float, note: str = "") -> str:
+def _markdown(
+    command: str, machine: dict, result: dict, sizes: list[dict], checks: list[dict], arch: str, export_seconds: float, note: str = ""
+) -> str:
     from _markdown import conditions_and_targets
 
     from edgederm.evaluate.verify.report import PLOTS, TASK_PLOTS, markdown_table, saliency_lines, table_rows
 
     header, rows = table_rows(result)
+    cpu = f" ({machine['cpu']})" if machine.get("cpu") else ""
     lines = [
         f"# Parity and speed: {arch}, every format x quantization, on the HAM10000 lesion-disjoint test split",
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: `{result['machine']['platform']}`, {result['machine']['cpus']} CPUs, one process, the same {result['n_images']} "
+        f"Verified {result['created'][:10]} on `{result['machine']['platform']}`{cpu}, {result['machine']['cpus']} CPUs, one process, the same {result['n_images']} "
         f"preprocessed test images for every row. Export of all {len(result['artifacts'])} artifacts: {export_seconds:.0f} s. "
         "CoreML rows marked emulated ran in edgederm's MIL reference executor (numerics only; CoreML itself runs only on Apple platforms).",
         *conditions_and_targets(note, checks),
@@ -194,13 +197,20 @@ def _markdown(command: str, result: dict, sizes: list[dict], checks: list[dict],
     return "\n".join(lines)
 
 
+def _cpu() -> str:
+    """The CPU and the instruction sets that decide its int8 and fp16 kernels (VNNI makes x86 int8 several times faster)."""
+    from edgederm.bench import cpu_features, cpu_model
+
+    return f"{cpu_model()} with {', '.join(cpu_features()) or 'none of AVX2, VNNI or dot-product'}"
+
+
 def _rewrite_markdown(path: Path, note: str) -> int:
     payload = reread(path, note)
     result = payload["verify"]
     payload["target_checks"] = _targets(result)
     arch = path.stem.removeprefix("parity_")
     markdown = _markdown(
-        payload["command"], result, payload["latency_by_size"], payload["target_checks"], arch, payload["export_seconds"], payload["note"]
+        payload["command"], payload["machine"], result, payload["latency_by_size"], payload["target_checks"], arch, payload["export_seconds"], payload["note"]
     )
     write_results(path, payload, markdown)
     return 0
@@ -263,9 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     screenshot(args.out / "verify" / "verify.html", args.results / "verify_report.png")
     checks = _targets(result)
     command = command_line("parity", argv)
+    machine = {"platform": platform.platform(), "python": platform.python_version(), "cpu": _cpu()}
     payload = {
         "command": command,
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine,
         "targets": TARGETS,
         "target_checks": checks,
         "export_seconds": round(export_seconds, 1),
@@ -273,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency_by_size": sizes,
         "note": args.note,
     }
-    write_results(args.results / f"parity_{arch}.json", payload, _markdown(command, result, sizes, checks, arch, export_seconds, args.note))
+    write_results(args.results / f"parity_{arch}.json", payload, _markdown(command, machine, result, sizes, checks, arch, export_seconds, args.note))
     _log(f"done in {time.time() - started:.0f} s")
     return 0
 
