@@ -210,7 +210,14 @@ def _rewrite_markdown(path: Path, note: str) -> int:
     payload["target_checks"] = _targets(result)
     arch = path.stem.removeprefix("parity_")
     markdown = _markdown(
-        payload["command"], payload["machine"], result, payload["latency_by_size"], payload["target_checks"], arch, payload["export_seconds"], payload["note"]
+        payload["command"],
+        payload["machine"],
+        result,
+        payload["latency_by_size"],
+        payload["target_checks"],
+        arch,
+        payload["export_seconds"],
+        payload["note"],
     )
     write_results(path, payload, markdown)
     return 0
@@ -284,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         "latency_by_size": sizes,
         "note": args.note,
     }
-    write_results(args.results / f"parity_{arch}.json", payload, _markdown(command, machine, result, sizes, checks, arch, export_seconds, args.note))
+    write_results(
+        args.results / f"parity_{arch}.json", payload, _markdown(command, machine, result, sizes, checks, arch, export_seconds, args.note)
+    )
     _log(f"done in {time.time() - started:.0f} s")
     return 0
 
