@@ -77,7 +77,7 @@ def test_int8_activation_ranges_are_chosen_like_tflite_and_onnx(exported: dict[s
     ranges, correction = rows["int8"]["details"]["activation_ranges"], rows["int8"]["details"]["bias_correction"]
     assert set(ranges["scores"]) == {label(p) for p in PERCENTILES} and ranges["percentile"] in PERCENTILES
     errors = {name: score["mean_abs_dp"] for name, score in ranges["scores"].items()}
-    assert len(set(errors.values())) > 1  # each candidate range really reached its program
+    assert len(set(errors.values())) > 1  # each candidate range really reached its converted graph
     closest = min(errors, key=errors.get)
     expected = closest if errors[closest] < (1 - CLEAR_GAIN) * errors["min/max"] else "min/max"
     if correction["ranges"] is not None:  # clipping was clearly closer: held-out images then chose among all ranges
