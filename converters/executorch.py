@@ -24,7 +24,8 @@ int8  PT2E static quantization: ``XNNPACKQuantizer`` with ``get_symmetric_quanti
       int8 output as ReLU is (``_relu6_fused_like_relu``). The final softmax/sigmoid is not
       annotated by the quantizer and stays float.
 
-Activation ranges and bias correction are chosen as for TFLite and ONNX (``_bias_correction.full_int8``).
+The weights quantized are those ``_weight_rounding`` rounded for each layer's output, as for TFLite
+and ONNX; activation ranges and bias correction are chosen as for them (``_bias_correction.full_int8``).
 The activations are observed by min and max, read and reset after every calibration image, so each
 candidate range of ``_ranges`` (percentiles of the per-image extremes, absolute min/max first) is set
 into a copy of the calibrated module and converted without calibrating again. Bias correction
@@ -63,7 +64,7 @@ from edgederm.core.formats import FORMATS
 from edgederm.core.metadata import SPEC_KEY, artifact_spec
 from edgederm.runtime.executorch_backend import captured_log, import_notices_silenced
 
-from . import _accuracy_aware, _bias_correction, _pte_bias, _ranges
+from . import _accuracy_aware, _bias_correction, _pte_bias, _ranges, _weight_rounding
 from ._job import ConversionError, ConversionSkipped, ExportJob, check_job, conversion_step
 from ._wrap import check_fp32_matches_torch, deployable, example_input
 
@@ -144,13 +145,10 @@ def _relu6_fused_like_relu() -> Iterator[None]:
 def _int8(job: ExportJob) -> nn.Module:
     """The Deployable quantized by PT2E for XNNPACK, calibrated on ``job.calibration`` one image at a time,
     with its activation ranges and bias correction chosen as for TFLite and ONNX (``_bias_correction.full_int8``)."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    example = (example_input(job.spec),)
-    with torch.no_grad():
-        captured = torch.export.export(deployable(job.model, job.spec), example).module()
-    with conversion_step("PT2E prepare"), _relu6_fused_like_relu():
-        prepared = prepare_pt2e(captured, _quantizer())
+    source = _weight_rounding.for_job(job)
+    prepared = _prepared(source, job)
     with conversion_step("PT2E calibration"):
         extremes = _extremes(prepared, job.calibration.batches(1, "NCHW"))
     job.details["quantizer"] = {
@@ -158,7 +156,8 @@ def _int8(job: ExportJob) -> nn.Module:
         "weights": "int8 per-channel symmetric (PerChannelMinMaxObserver)",
         "activations": "int8 per-tensor, ranges from per-image extremes (activation_ranges)",
     }
-    original = _pte_bias.float_twin(prepared)  # batch norms folded as in the int8 graph
+    # fp32 with the batch norms folded as in the int8 graph: the original weights, not the rounded ones
+    original = _pte_bias.float_twin(prepared if source is job.model else _prepared(job.model, job))
     inputs = np.concatenate(list(job.calibration.batches(32, "NCHW")))
 
     def quantize_at(percentile: float) -> fx.GraphModule:
@@ -185,6 +184,15 @@ def _int8(job: ExportJob) -> nn.Module:
     job.details["bias_correction"] = correction.to_dict()
     _accuracy_aware.log(correction.summary(), tag="int8")
     return converted
+
+
+def _prepared(model: nn.Module, job: ExportJob) -> fx.GraphModule:
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    with torch.no_grad():
+        captured = torch.export.export(deployable(model, job.spec), (example_input(job.spec),)).module()
+    with conversion_step("PT2E prepare"), _relu6_fused_like_relu():
+        return prepare_pt2e(captured, _quantizer())
 
 
 def _quantizer() -> Any:

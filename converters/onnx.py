@@ -3,9 +3,9 @@
 Every mode starts from the same simplified fp32 graph: input ``image`` (normalised NCHW float32,
 dynamic batch), output ``probabilities`` (softmax in the graph). fp16 converts weights and
 compute but keeps float32 inputs/outputs so callers feed the same array to every mode. int8 is
-static QDQ with per-channel int8 weights and uint8 activations, the fastest onnxruntime CPU
-layout measured here, with activation ranges chosen by ``_ranges`` and conv biases corrected by
-``_bias_correction`` where that measurably helps; the softmax stays float. w8a16 is the same static
+static QDQ with per-channel int8 weights (rounded for each layer's output by ``_weight_rounding``) and
+uint8 activations, the fastest onnxruntime CPU layout measured here, with activation ranges chosen by
+``_ranges`` and conv biases corrected by ``_bias_correction`` where that measurably helps; the softmax stays float. w8a16 is the same static
 QDQ with int16 activations (per-channel int8 weights, the same ranges and bias-correction decision):
 ``quantize_static`` raises the opset to 21, whose QuantizeLinear/DequantizeLinear take int16.
 onnxruntime's CPU provider has no 16-bit integer conv kernels, so it computes each QDQ group in float
@@ -41,7 +41,7 @@ from edgederm.core.metadata import artifact_spec, metadata_strings
 from edgederm.runtime.onnx_backend import session_options
 from edgederm.runtime.timing import measure_latency
 
-from . import _accuracy_aware, _bias_correction, _onnx_bias, _ranges
+from . import _accuracy_aware, _bias_correction, _onnx_bias, _ranges, _weight_rounding
 from ._calibration import Calibration
 from ._job import ConversionError, ExportJob, check_job, conversion_step, one_line
 from ._wrap import check_fp32_matches_torch, deployable, example_input
@@ -51,6 +51,7 @@ logger = get_logger(__name__)
 OPSET = 18
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
+DECISIONS = ("weight_rounding", "activation_ranges", "bias_correction", "int8_aa")  # what a calibrated export records
 
 
 def export(job: ExportJob) -> None:
@@ -61,10 +62,14 @@ def export(job: ExportJob) -> None:
         model = _to_fp16(model)
     elif fmt.needs_calibration(job.quant):  # static int8 (all layers, or accuracy-aware) or w8a16
         activations = QuantType.QInt16 if job.quant == "w8a16" else QuantType.QUInt8
+        source = _weight_rounding.for_job(job)
+        quantized = model if source is job.model else _fp32_model(job, source)[0]
         with tempfile.TemporaryDirectory(prefix="onnx-int8-", dir=job.target.parent) as tmp:
-            quantizer: _accuracy_aware.Int8Quantizer[onnx.ModelProto] = _Int8Quantizer(model, job.calibration, Path(tmp), activations)
+            quantizer: _accuracy_aware.Int8Quantizer[onnx.ModelProto] = _Int8Quantizer(
+                quantized, job.calibration, Path(tmp), activations, reference=None if quantized is model else model
+            )
             model = _accuracy_aware.for_job(quantizer, job)
-        notes.update({key: job.details[key] for key in ("activation_ranges", "bias_correction", "int8_aa") if key in job.details})
+        notes.update({key: job.details[key] for key in DECISIONS if key in job.details})
         notes["opset"] = max(opset.version for opset in model.opset_import if opset.domain in ("", "ai.onnx"))
     _drop_unused_domains(model)
     _stamp(model, job, notes)
@@ -75,8 +80,8 @@ def export(job: ExportJob) -> None:
     job.target.write_bytes(data)
 
 
-def _fp32_model(job: ExportJob) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    module = deployable(job.model, job.spec)
+def _fp32_model(job: ExportJob, model: torch.nn.Module | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    module = deployable(job.model if model is None else model, job.spec)
     notes: dict[str, Any] = {"opset": OPSET}
     try:
         model = _torch_export(module, job, dynamic_batch=True)
@@ -153,6 +158,28 @@ def _keep_sys_path() -> Iterator[None]:
         sys.path[:] = saved
 
 
+def _prepare(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    """``quant_pre_process`` (shape inference, batch norms folded) with every node named, saved at ``path``."""
+    try:
+        with _working_directory(path.parent):  # on failure, symbolic shape inference dumps its model into the cwd
+            quant_pre_process(model, path)
+    except Exception as error:  # noqa: BLE001 - an optimisation: symbolic shape inference gives up on some graphs (attention reshapes)
+        _note(f"quant_pre_process failed ({one_line(error)}); quantizing the graph as exported")
+        onnx.save(model, path)
+    prepared = onnx.load(path)
+    # Inlined functions (MobileNetV3's HardSwish -> HardSigmoid + Mul) come out unnamed, and quantize_static can
+    # only leave a node float by name: unnamed, they stayed int8 whatever int8-aa chose (10% top-1 at "all float").
+    taken = {node.name for node in prepared.graph.node}
+    for index, node in enumerate(prepared.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{index}"
+            while node.name in taken:
+                node.name += "_"
+            taken.add(node.name)
+    onnx.save(prepared, path)
+    return prepared
+
+
 class _Int8Quantizer:
     """Static QDQ int8 (int16 activations for w8a16) from ranges calibrated once; ``build`` can keep any nodes in float
     (an ``Int8Quantizer``)."""
@@ -164,33 +191,26 @@ class _Int8Quantizer:
     )
     ACTIVATIONS = ("Clip", "Relu", "Sigmoid", "HardSigmoid", "HardSwish")
 
-    def __init__(self, model: onnx.ModelProto, calibration: Calibration, work_dir: Path, activations: QuantType = QuantType.QUInt8):
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        calibration: Calibration,
+        work_dir: Path,
+        activations: QuantType = QuantType.QUInt8,
+        reference: onnx.ModelProto | None = None,
+    ):
+        """``model`` is quantized; ``reference`` (default: ``model``) is the fp32 graph its output and conv means are held to."""
         self.calibration, self.activations = calibration, activations
         work_dir = Path(work_dir).resolve()  # quant_pre_process runs from inside it
         self.prepared, self.cache = work_dir / "prepared.onnx", work_dir / "ranges.json"
         self.output, self.work_dir = work_dir / "int8.onnx", work_dir
-        try:
-            with _working_directory(work_dir):  # on failure, symbolic shape inference dumps its model into the cwd
-                quant_pre_process(model, self.prepared)
-        except Exception as error:  # noqa: BLE001 - an optimisation: symbolic shape inference gives up on some graphs (attention reshapes)
-            _note(f"quant_pre_process failed ({one_line(error)}); quantizing the graph as exported")
-            onnx.save(model, self.prepared)
-        prepared = onnx.load(self.prepared)
-        # Inlined functions (MobileNetV3's HardSwish -> HardSigmoid + Mul) come out unnamed, and quantize_static can
-        # only leave a node float by name: unnamed, they stayed int8 whatever int8-aa chose (10% top-1 at "all float").
-        taken = {node.name for node in prepared.graph.node}
-        for index, node in enumerate(prepared.graph.node):
-            if not node.name:
-                node.name = f"{node.op_type}_{index}"
-                while node.name in taken:
-                    node.name += "_"
-                taken.add(node.name)
-        onnx.save(prepared, self.prepared)
+        prepared = _prepare(model, self.prepared)
+        fp32 = prepared if reference is None else _prepare(reference, work_dir / "reference.onnx")
         self.graph = prepared.graph
         self.softmax = [node.name for node in self.graph.node if node.op_type == "Softmax"]  # the probabilities stay float
         self.layers = self._layers()
         self._inputs = np.concatenate(list(calibration.batches(32, "NCHW")))
-        self.reference = self.predict(prepared, None)
+        self.reference = self.predict(fp32, None)
         extremes = self._extremes()
 
         def quantize_at(percentile: float) -> onnx.ModelProto:
@@ -202,7 +222,7 @@ class _Int8Quantizer:
                 quantize_at,
                 self._inputs,
                 self.reference,
-                fit=lambda model, inputs: _onnx_bias.fit_shifts(model, prepared, inputs, self._session, INPUT_NAME),
+                fit=lambda model, inputs: _onnx_bias.fit_shifts(model, fp32, inputs, self._session, INPUT_NAME),
                 apply=_onnx_bias.apply,
                 predict=self._probabilities,
             )

@@ -18,6 +18,10 @@ w8a16         the same calibration, ranges and bias-correction decision with ai-
               ``static_wi8_ai16``: int8 weights, int16 activations (TFLite's 16x8 kernels, int64
               biases), float32 input/output and a float softmax as in int8.
 
+int8 and w8a16 quantize a copy of the Deployable whose weights ``_weight_rounding`` rounded for each
+layer's output (``options["weight_rounding"]``, on unless False; never for a ``--qat`` run); the fp32
+file stays the reference that ranges and bias correction are held to.
+
 Every quantized bias holds its float value (``_tflite_bias_range``): ai-edge-quantizer clips biases
 at 32 bits, which zeroed near-dead channels and cost w8a16 on a 224 px Lite0 11.5 points of balanced
 accuracy.
@@ -70,7 +74,7 @@ from edgederm.core.preprocess import Preprocess
 from edgederm.core.spec import ModelSpec
 from edgederm.runtime.timing import measure_latency
 
-from . import _accuracy_aware, _bias_correction, _ranges, _tflite_bias, _tflite_bias_range, tflite_metadata
+from . import _accuracy_aware, _bias_correction, _ranges, _tflite_bias, _tflite_bias_range, _weight_rounding, tflite_metadata
 from ._job import ExportJob, check_job, conversion_step, tool_output_hidden
 from ._wrap import deployable, example_input
 from .tflite_metadata import module_path
@@ -160,7 +164,9 @@ _RECIPES = {"fp16": _fp16_weights_recipe, "int8-dynamic": _dynamic_int8_recipe} 
 
 
 def _static_int8(fp32: bytes, job: ExportJob) -> bytes:
-    quantizer: _accuracy_aware.Int8Quantizer[bytes] = _StaticInt8(fp32, job)
+    source = _weight_rounding.for_job(job)
+    quantized = fp32 if source is job.model else _float_model(source, job.spec, bool(job.options.get("nhwc", True)))
+    quantizer: _accuracy_aware.Int8Quantizer[bytes] = _StaticInt8(fp32, job, quantized)
     return _accuracy_aware.for_job(quantizer, job)
 
 
@@ -176,10 +182,12 @@ class _StaticInt8:
         *("PAD", "CONCATENATION", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "MAX_POOL_2D", "TRANSPOSE", "BATCH_MATMUL"),
     )
 
-    def __init__(self, fp32: bytes, job: ExportJob):
+    def __init__(self, fp32: bytes, job: ExportJob, source: bytes | None = None):
+        """``source`` (default: ``fp32``) is quantized; ``fp32`` is what its output and conv means are held to."""
         from ai_edge_quantizer import calibrator, recipe, recipe_manager
 
         self.fp32, self.layout = fp32, "NHWC" if job.options.get("nhwc", True) else "NCHW"
+        self.source = fp32 if source is None else source
         self.rules = recipe.static_wi8_ai16() if job.quant == "w8a16" else recipe.static_wi8_ai8()
         if not job.options.get("int8_io", False):
             self.rules += [{"regex": ".*", "operation": op, "algorithm_key": "no_quantize", "op_config": {}} for op in ("INPUT", "OUTPUT")]
@@ -188,7 +196,7 @@ class _StaticInt8:
             self.rules.append({"regex": ".*", "operation": "SOFTMAX", "algorithm_key": "no_quantize", "op_config": {}})
         manager = recipe_manager.RecipeManager()
         manager.load_quantization_recipe(self.rules)
-        calibration = calibrator.Calibrator(fp32, num_threads=os.cpu_count() or 1, qsv_update_func=_stack_extremes)
+        calibration = calibrator.Calibrator(self.source, num_threads=os.cpu_count() or 1, qsv_update_func=_stack_extremes)
         self.samples = _calibration_samples(fp32, job)
         calibration.calibrate(self.samples, manager)
         extremes = calibration.get_model_qsvs()
@@ -235,7 +243,7 @@ class _StaticInt8:
     def _build(self, qsvs: dict[str, Any], keep_float: list[str]) -> bytes:
         scopes = dict.fromkeys(scope for layer in keep_float for scope in self.regions[layer])
         skip = [{"regex": f"^{re.escape(s)}$", "operation": "*", "algorithm_key": "no_quantize", "op_config": {}} for s in scopes]
-        return _tflite_bias_range.fit_biases(_quantize(self.fp32, self.rules + skip, qsvs), self.fp32)[0]
+        return _tflite_bias_range.fit_biases(_quantize(self.source, self.rules + skip, qsvs), self.fp32)[0]
 
     def _runner(self, model: bytes, threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter

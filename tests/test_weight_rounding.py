@@ -1,0 +1,178 @@
+"""Output-aware rounding of int8 weights: every weight one step at most from its float value, on the grid each
+converter quantizes to (so the file stores exactly the chosen integers), closer to fp32 than nearest rounding."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from edgederm.converters import _weight_rounding
+from edgederm.converters import onnx as onnx_converter
+from edgederm.converters import tflite as tflite_converter
+from edgederm.converters._calibration import load_calibration
+from edgederm.converters._job import ExportJob, tool_output_hidden
+from onnx import numpy_helper
+from torch import nn
+
+from edgederm.core.formats import FORMATS
+from edgederm.export import export_run
+from edgederm.models.checkpoint import load_checkpoint
+
+CALIB = "synthetic:40,seed=5"
+
+
+def _net(num_classes: int) -> nn.Module:
+    """A stem, a depthwise and a pointwise conv and a linear head, no batch norm: the file's weights are the layers' own."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.ReLU6(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.ReLU6(),
+        nn.Conv2d(8, 16, 1),
+        nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, num_classes),
+    ).eval()
+
+
+def _smooth_images(n: int, seed: int) -> np.ndarray:
+    """Noise upsampled 4x: neighbouring pixels correlate, as in photographs."""
+    coarse = torch.from_numpy(np.random.default_rng(seed).standard_normal((n, 3, 8, 8)).astype(np.float32))
+    return nn.functional.interpolate(coarse, scale_factor=4, mode="bilinear").numpy()
+
+
+def _layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def test_every_weight_sits_on_its_channels_int8_grid_one_step_at_most_from_its_value():
+    model = _net(3)
+    rounded, record = _weight_rounding.rounded(model, [_smooth_images(24, 0)])
+    for before, after in zip(_layers(model), _layers(rounded), strict=True):
+        w = before.weight.detach().double().reshape(before.weight.shape[0], -1)
+        q = after.weight.detach().double().reshape(w.shape)
+        scale = w.abs().amax(1, keepdim=True) / _weight_rounding.LEVELS
+        # each channel keeps its largest weight, so a converter's absmax / 127 finds the same scale
+        torch.testing.assert_close(q.abs().amax(1, keepdim=True), w.abs().amax(1, keepdim=True), rtol=1e-6, atol=0)
+        steps = q / scale
+        assert torch.allclose(steps, steps.round(), atol=1e-3)
+        assert ((q - w).abs() <= scale * (1 + 1e-6)).all()
+    assert record.layers == 4 and record.images == 24
+    assert record.weights_moved > 0 and record.error["chosen"] < record.error["nearest"]
+
+
+def test_the_rounded_model_is_closer_to_fp32_than_nearest_rounding_on_other_images():
+    model = _net(3)
+    rounded, _ = _weight_rounding.rounded(model, [_smooth_images(32, 0)])
+    nearest = _net(3)
+    for layer in _layers(nearest):
+        w = layer.weight.data
+        scale = w.abs().amax(dim=tuple(range(1, w.ndim)), keepdim=True) / _weight_rounding.LEVELS
+        layer.weight.data = torch.round(w / scale) * scale
+    held_out = torch.from_numpy(_smooth_images(64, 1))
+    with torch.no_grad():
+        reference = model(held_out)
+        errors = [float((candidate(held_out) - reference).abs().mean()) for candidate in (nearest, rounded)]
+    assert errors[1] < errors[0]
+
+
+@pytest.fixture(scope="module")
+def job(trained_run: Path, tmp_path_factory) -> ExportJob:
+    _, spec = load_checkpoint(trained_run)
+    calibration = load_calibration(CALIB, spec.preprocess, n=40)
+    return ExportJob(
+        _net(len(spec.class_names)),
+        spec,
+        "int8",
+        tmp_path_factory.mktemp("rounding") / "x",
+        calibration,
+        options={"weight_rounding": True},
+    )
+
+
+def _chosen(job: ExportJob) -> list[np.ndarray]:
+    return [layer.weight.detach().numpy() for layer in _layers(_weight_rounding.for_job(job)) if isinstance(layer, nn.Conv2d)]
+
+
+def test_onnx_int8_stores_the_chosen_integers(job: ExportJob, tmp_path: Path):
+    target = tmp_path / "int8.onnx"
+    with tool_output_hidden():
+        onnx_converter.export(ExportJob(job.model, job.spec, "int8", target, job.calibration, dict(job.options)))
+    model = onnx.load(target)
+    initializers = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    stored = []
+    for conv in (node for node in model.graph.node if node.op_type == "Conv"):
+        dequantize = producers[conv.input[1]]
+        assert dequantize.op_type == "DequantizeLinear"
+        q, scale = initializers[dequantize.input[0]], initializers[dequantize.input[1]]
+        assert q.dtype == np.int8
+        stored.append(q.astype(np.float32) * scale.reshape(-1, *[1] * (q.ndim - 1)))
+    chosen = _chosen(job)
+    assert len(stored) == len(chosen)
+    for file_weights, weights in zip(stored, chosen, strict=True):
+        np.testing.assert_allclose(file_weights, weights, rtol=0, atol=np.abs(weights).max() / 127 * 1e-3)
+    stamped = {p.key: p.value for p in model.metadata_props}
+    assert "weight_rounding" in json.dumps(stamped)
+
+
+def test_tflite_int8_stores_the_chosen_integers(job: ExportJob, tmp_path: Path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    target = tmp_path / "int8.tflite"
+    with tool_output_hidden():
+        tflite_converter.export(ExportJob(job.model, job.spec, "int8", target, job.calibration, dict(job.options)))
+    interpreter = Interpreter(model_path=str(target))
+    stored = []
+    for tensor in interpreter.get_tensor_details():
+        scales = tensor["quantization_parameters"]["scales"]
+        if tensor["dtype"] == np.int8 and len(tensor["shape"]) == 4 and len(scales) > 1:
+            q = interpreter.get_tensor(tensor["index"]).astype(np.float32)
+            axis = tensor["quantization_parameters"]["quantized_dimension"]
+            stored.append(q * scales.reshape([-1 if a == axis else 1 for a in range(4)]))
+    for weights in _chosen(job):
+        depthwise = weights.shape[1] == 1 and weights.shape[0] > 1
+        expected = weights.transpose(1, 2, 3, 0) if depthwise else weights.transpose(0, 2, 3, 1)  # 1HWO / OHWI
+        step = np.abs(weights).max() / 127
+        assert any(s.shape == expected.shape and np.abs(s - expected).max() < step * 1e-3 for s in stored)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite", "executorch"])
+def test_int8_exports_round_weights_unless_told_not_to(trained_run: Path, tmp_path: Path, fmt: str):
+    if fmt == "executorch":
+        pytest.importorskip("executorch", reason="ExecuTorch is part of the export extra: pip install -e '.[export]'")
+    for options in ({}, {"weight_rounding": False}):
+        out = tmp_path / str(len(options))
+        records = export_run(trained_run, [FORMATS[fmt]], ["int8"], out, calib_data=CALIB, calib_n=40, options=options)
+        assert records[0].status == "ok", records[0].message
+        details = json.loads((out / "manifest.json").read_text())["artifacts"][0]["details"]
+        assert ("weight_rounding" in details) == (not options)
+        if not options:
+            assert details["weight_rounding"]["images"] == 40
+            assert details["weight_rounding"]["error"]["chosen"] <= details["weight_rounding"]["error"]["nearest"]
+
+
+def test_a_qat_run_keeps_its_nearest_rounding(job: ExportJob):
+    spec = copy.deepcopy(job.spec)
+    spec.training = {**spec.training, "recipe": {**spec.training.get("recipe", {}), "qat": True}}
+    qat_job = ExportJob(job.model, spec, "int8", job.target, job.calibration, dict(job.options))
+    assert _weight_rounding.for_job(qat_job) is job.model
+    assert "--qat" in qat_job.details["weight_rounding"]["skipped"]
+
+
+def test_the_cli_turns_it_off_with_nearest_rounding(trained_run: Path, tmp_path: Path):
+    from edgederm.cli import main
+
+    for flags, rounded in (([], True), (["--nearest-rounding"], False)):
+        out = tmp_path / str(rounded)
+        argv = ["export", str(trained_run), "--formats", "onnx", "--quant", "int8", "--calib-data", CALIB, "--calib-n", "40"]
+        assert main([*argv, "--out", str(out), *flags]) == 0
+        details = json.loads((out / "manifest.json").read_text())["artifacts"][0]["details"]
+        assert ("weight_rounding" in details) == rounded
