@@ -145,16 +145,16 @@ def test_tflite_int8_stores_the_chosen_integers(job: ExportJob, tmp_path: Path):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "tflite", "executorch"])
-def test_int8_exports_round_weights_unless_told_not_to(trained_run: Path, tmp_path: Path, fmt: str):
+def test_int8_exports_round_weights_only_when_asked(trained_run: Path, tmp_path: Path, fmt: str):
     if fmt == "executorch":
         pytest.importorskip("executorch", reason="ExecuTorch is part of the export extra: pip install -e '.[export]'")
-    for options in ({}, {"weight_rounding": False}):
-        out = tmp_path / str(len(options))
-        records = export_run(trained_run, [FORMATS[fmt]], ["int8"], out, calib_data=CALIB, calib_n=40, options=options)
+    for asked in (False, True):
+        out = tmp_path / str(asked)
+        records = export_run(trained_run, [FORMATS[fmt]], ["int8"], out, calib_data=CALIB, calib_n=40, options={"weight_rounding": asked})
         assert records[0].status == "ok", records[0].message
         details = json.loads((out / "manifest.json").read_text())["artifacts"][0]["details"]
-        assert ("weight_rounding" in details) == (not options)
-        if not options:
+        assert ("weight_rounding" in details) == asked
+        if asked:
             assert details["weight_rounding"]["images"] == 40
             assert details["weight_rounding"]["error"]["chosen"] <= details["weight_rounding"]["error"]["nearest"]
 
@@ -167,10 +167,10 @@ def test_a_qat_run_keeps_its_nearest_rounding(job: ExportJob):
     assert "--qat" in qat_job.details["weight_rounding"]["skipped"]
 
 
-def test_the_cli_turns_it_off_with_nearest_rounding(trained_run: Path, tmp_path: Path):
+def test_the_cli_turns_it_on_with_weight_rounding(trained_run: Path, tmp_path: Path):
     from edgederm.cli import main
 
-    for flags, rounded in (([], True), (["--nearest-rounding"], False)):
+    for flags, rounded in (([], False), (["--weight-rounding"], True)):
         out = tmp_path / str(rounded)
         argv = ["export", str(trained_run), "--formats", "onnx", "--quant", "int8", "--calib-data", CALIB, "--calib-n", "40"]
         assert main([*argv, "--out", str(out), *flags]) == 0
