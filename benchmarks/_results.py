@@ -29,6 +29,21 @@ def command_line(script: str, argv: list[str] | None, omit: tuple[str, ...] = ()
     return f"python benchmarks/{script}.py " + shlex.join(kept)
 
 
+def run_header(script: str, argv: list[str] | None, note: str, omit: tuple[str, ...] = ()) -> dict:
+    """What every results file starts with: the command, the date, the machine and the --note."""
+    import os
+    import platform
+    import time
+
+    return {
+        "command": command_line(script, argv, omit),
+        "created": time.strftime("%Y-%m-%d"),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "note": note,
+    }
+
+
 def add_results_options(parser: argparse.ArgumentParser, name: str) -> None:
     """--note and --markdown-only, for a benchmark whose results are benchmarks/results/NAME.{json,md}."""
     parser.add_argument("--note", default="", help="a sentence about the conditions of this run (load, other jobs), kept with the results")

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import time
 from pathlib import Path
 
-from _results import add_results_options, command_line, reread, write_results
+from _results import add_results_options, reread, run_header, write_results
 
 from edgederm.core.log import configure, get_logger
 
@@ -135,14 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown_only:
         payload = reread(RESULTS, args.note)
     else:
-        import os
-
         payload = {
-            "command": command_line("weight_rounding", argv, omit=("--note",)),
-            "created": time.strftime("%Y-%m-%d"),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "note": args.note,
+            **run_header("weight_rounding", argv, args.note, omit=("--note",)),
             **measure(args.run, args.data, args.split, [tuple(row.split(":", 1)) for row in args.rows.split(",")], args.out),
         }
     write_results(RESULTS, payload, markdown(payload))

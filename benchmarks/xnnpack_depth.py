@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from _results import add_results_options, command_line, reread, write_results
+from _results import add_results_options, reread, run_header, write_results
 
 from edgederm.core.log import configure, get_logger
 
@@ -183,15 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown_only:
         payload = reread(RESULTS, args.note)
     else:
-        import os
-
         payload = {
-            "command": command_line("xnnpack_depth", argv),
-            "created": time.strftime("%Y-%m-%d"),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
+            **run_header("xnnpack_depth", argv, args.note),
             "runs": args.runs,
-            "note": args.note,
             **measure(args.run, [int(s) for s in args.stages.split(",")], args.runs),
         }
     write_results(RESULTS, payload, markdown(payload))
