@@ -174,7 +174,9 @@ def _round(weight: torch.Tensor, gram: torch.Tensor, module: nn.Module) -> tuple
     return (q * scale).reshape(weight.shape), (moved, error_before, error_after)
 
 
-_ROUNDED: weakref.WeakKeyDictionary[nn.Module, tuple[nn.Module, WeightRounding]] = weakref.WeakKeyDictionary()
+# Per model: the calibration it was rounded on, the rounded copy and its record (export_run hands every format the
+# same model and calibration, so the Gram matrices are gathered once per export).
+_ROUNDED: weakref.WeakKeyDictionary[nn.Module, tuple[Any, nn.Module, WeightRounding]] = weakref.WeakKeyDictionary()
 
 
 def for_job(job: Any) -> nn.Module:
@@ -187,9 +189,11 @@ def for_job(job: Any) -> nn.Module:
     if job.spec.training.get("recipe", {}).get("qat"):
         job.details["weight_rounding"] = {"skipped": "a --qat run: its weights were trained for nearest rounding"}
         return job.model
-    if job.model not in _ROUNDED:
-        _ROUNDED[job.model] = rounded(job.model, job.calibration.batches(32, "NCHW"))
-        logger.info(f"  {_ROUNDED[job.model][1].summary()}")
-    model, record = _ROUNDED[job.model]
+    cached = _ROUNDED.get(job.model)
+    if cached is None or cached[0] is not job.calibration:  # rounded on other images: not this job's
+        cached = (job.calibration, *rounded(job.model, job.calibration.batches(32, "NCHW")))
+        _ROUNDED[job.model] = cached
+        logger.info(f"  {cached[2].summary()}")
+    _, model, record = cached
     job.details["weight_rounding"] = record.to_dict()
     return model

@@ -159,6 +159,15 @@ def test_int8_exports_round_weights_only_when_asked(trained_run: Path, tmp_path:
             assert details["weight_rounding"]["error"]["chosen"] <= details["weight_rounding"]["error"]["nearest"]
 
 
+def test_one_model_is_rounded_once_per_calibration(job: ExportJob):
+    first = _weight_rounding.for_job(job)
+    assert _weight_rounding.for_job(ExportJob(job.model, job.spec, "w8a16", job.target, job.calibration, dict(job.options))) is first
+    other = load_calibration("synthetic:24,seed=9", job.spec.preprocess, n=24)
+    again = ExportJob(job.model, job.spec, "int8", job.target, other, dict(job.options))
+    assert _weight_rounding.for_job(again) is not first
+    assert again.details["weight_rounding"]["images"] == 24
+
+
 def test_a_qat_run_keeps_its_nearest_rounding(job: ExportJob):
     spec = copy.deepcopy(job.spec)
     spec.training = {**spec.training, "recipe": {**spec.training.get("recipe", {}), "qat": True}}
