@@ -136,6 +136,19 @@ RECIPES = {
             **ISIC_SEGMENTER,
         ),
         Recipe(
+            "tinyseg-isic2017-ham10000",
+            description="tinyseg lesion segmenter (42k parameters) at 256 px, trained on ISIC 2017 and HAM10000 masks",
+            train=command(
+                f"{SEGMENT} --arch tinyseg --img-size 256 --epochs 12 --extra-train {HAM},train_of=zoo:lite0-ham10000 --skip-test --out {{out}}"
+            ),
+            **{
+                **ISIC_SEGMENTER,
+                "data": "ISIC 2017 train (85%) and the HAM10000 masks of lite0-ham10000's train lesions; official ISIC 2017 val for model selection",
+                "license": f"{HAM_LICENSE}; its ISIC 2017 part is CC-0",
+                "external_note": "HAM10000 lesion masks: the images of lite0-ham10000's test split, lesions this entry never trained on",
+            },
+        ),
+        Recipe(
             "mobilegan-isic2017",
             description="MobileGAN-style U-Net segmenter (MobileNetV2 encoder) at 128 px",
             train=command(f"{SEGMENT} --arch mobilegan --img-size 128 --epochs 8 --out {{out}}"),
