@@ -62,6 +62,10 @@ def load_dataset(spec: str) -> SampleSet:
 def _train_of(dataset: SampleSet, run: Path) -> SampleSet:
     """The samples that another run's splits.csv put in its train split, so a second model never trains on its held-out lesions."""
     splits_csv = run / "splits.csv" if run.is_dir() else run
+    if not splits_csv.is_file():
+        raise DataError(
+            "splits.csv not found", path=splits_csv, fix="train_of takes a run directory from edgederm train, zoo:NAME or a splits.csv"
+        )
     rows = read_csv(splits_csv, ("image_id", "group", "split"))
     train = {r["image_id"] for r in rows if r["split"] == "train"}
     held_out = {r["group"] for r in rows if r["split"] != "train"}
