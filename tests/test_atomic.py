@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import cli_env
 
@@ -37,6 +38,21 @@ def test_a_failing_writer_leaves_the_old_file(tmp_path: Path):
         atomic.write_with(target, crash)
     assert target.read_bytes() == b"old and complete"
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+def test_a_written_file_gets_the_umask_permissions_even_when_the_writer_replaces_it(tmp_path: Path):
+    import os
+
+    from safetensors.numpy import save_file
+
+    old = os.umask(0o022)
+    try:
+        atomic.write_with(tmp_path / "model.safetensors", lambda tmp: save_file({"w": np.zeros(2, np.float32)}, str(tmp)))
+        atomic.write_text(tmp_path / "spec.json", "{}")
+    finally:
+        os.umask(old)
+    for name in ("model.safetensors", "spec.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
 
 
 def test_kill_9_mid_write_leaves_no_partial_file(tmp_path: Path):
