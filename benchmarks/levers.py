@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": training_machine(),
             "baseline": args.baseline,
-            "task": rows[0].pop("task"),
+            "task": rows[0]["task"],
             "note": args.note,
             "rows": [{k: v for k, v in row.items() if k != "task"} for row in rows],
         }

@@ -17,6 +17,7 @@ from ..core.errors import DataError, UsageError
 from ..core.labels import DX_CODES
 from .images import is_image_file
 from .samples import SPLITS, Sample, SampleSet
+from .splits import select_split
 
 LayoutReader = Callable[[str, dict[str, str]], SampleSet]
 LAYOUTS: dict[str, LayoutReader] = {}
@@ -62,21 +63,9 @@ def load_dataset(spec: str) -> SampleSet:
 def _train_of(dataset: SampleSet, run: Path) -> SampleSet:
     """The samples that another run's splits.csv put in its train split, so a second model never trains on its held-out lesions."""
     splits_csv = run / "splits.csv" if run.is_dir() else run
-    if not splits_csv.is_file():
-        raise DataError(
-            "splits.csv not found", path=splits_csv, fix="train_of takes a run directory from edgederm train, zoo:NAME or a splits.csv"
-        )
-    rows = read_csv(splits_csv, ("image_id", "group", "split"))
-    train = {r["image_id"] for r in rows if r["split"] == "train"}
-    held_out = {r["group"] for r in rows if r["split"] != "train"}
-    keep = [i for i, s in enumerate(dataset.samples) if s.image_id in train and s.group not in held_out]
-    if not keep:
-        raise DataError(
-            f"none of the train images of {splits_csv} are in {dataset.spec}",
-            path=splits_csv,
-            fix="train_of needs the data that run was trained on",
-        )
-    return dataset.subset(keep, "[train]")
+    train = select_split(dataset, "train", splits_csv)
+    held_out = {r["group"] for r in read_csv(splits_csv, ("group", "split")) if r["split"] != "train"}
+    return train.subset([i for i, s in enumerate(train.samples) if s.group not in held_out])
 
 
 def _check_split(value: str, where: str) -> str:
