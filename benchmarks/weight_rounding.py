@@ -4,10 +4,11 @@
         [--rows tflite:int8,tflite:w8a16,onnx:int8,onnx:w8a16,executorch:int8]
 
 Exports RUN twice per format x mode, from the same calibration images: once with every weight rounded to its
-nearest int8 step (``edgederm export --nearest-rounding``), once with the weights rounded for each layer's
-output (the default, ``converters/_weight_rounding.py``). Both go through the same activation-range choice
-and bias-correction decision. Then each file is verified against torch fp32 on --split. The split is
-validation, not test, because this run decides a default. Writes
+nearest int8 step (``edgederm export --weight-rounding off``), once with the weights rounded for each layer's
+output on every calibration image (``--weight-rounding on``, ``converters/_weight_rounding.py``; the default,
+``auto``, chooses between the two per file on held-out calibration images). Both go through the same
+activation-range choice and bias-correction decision. Then each file is verified against torch fp32 on --split.
+The split is validation, not test, because this run decides a default. Writes
 benchmarks/results/weight_rounding.{json,md}.
 """
 
@@ -48,7 +49,9 @@ def measure(run: str, data: str, split: str, wanted: list[tuple[str, str]], work
         started = time.time()
         for name in dict.fromkeys(fmt for fmt, _ in wanted):
             modes = [quant for fmt, quant in wanted if fmt == name]
-            export_run(run_dir, [FORMATS[name]], modes, out, calib_data=data, options={"weight_rounding": rounding != "nearest"})
+            export_run(
+                run_dir, [FORMATS[name]], modes, out, calib_data=data, options={"weight_rounding": "off" if rounding == "nearest" else "on"}
+            )
         logger.info(f"weight_rounding: {rounding} exports in {time.time() - started:.0f} s; verifying on {data} [{split}]")
         options = VerifyOptions(data=data, split=split, threads=[1], runs=1, warmup=0, saliency_images=0, reference=run_dir)
         result = to_json(verify_export(out, options))

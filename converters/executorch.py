@@ -24,8 +24,8 @@ int8  PT2E static quantization: ``XNNPACKQuantizer`` with ``get_symmetric_quanti
       int8 output as ReLU is (``_relu6_fused_like_relu``). The final softmax/sigmoid is not
       annotated by the quantizer and stays float.
 
-With ``options["weight_rounding"]`` the weights quantized are those ``_weight_rounding`` rounded for each
-layer's output, as for TFLite and ONNX. Activation ranges and bias correction are chosen as for them
+The weights quantized are those ``_weight_rounding`` rounded for each layer's output where that brings
+held-out calibration images closer to fp32 (``options["weight_rounding"]``), as for TFLite and ONNX. Activation ranges and bias correction are chosen as for them
 (``_bias_correction.full_int8``).
 The activations are observed by min and max, read and reset after every calibration image, so each
 candidate range of ``_ranges`` (percentiles of the per-image extremes, absolute min/max first) is set
@@ -145,25 +145,43 @@ def _relu6_fused_like_relu() -> Iterator[None]:
 
 def _int8(job: ExportJob) -> nn.Module:
     """The Deployable quantized by PT2E for XNNPACK, calibrated on ``job.calibration`` one image at a time,
-    with its activation ranges and bias correction chosen as for TFLite and ONNX (``_bias_correction.full_int8``)."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
-
-    source = _weight_rounding.for_job(job)
-    prepared = _prepared(source, job)
-    with conversion_step("PT2E calibration"):
-        extremes = _extremes(prepared, job.calibration.batches(1, "NCHW"))
+    with its weight rounding, activation ranges and bias correction chosen as for TFLite and ONNX."""
     job.details["quantizer"] = {
         "name": "XNNPACKQuantizer",
         "weights": "int8 per-channel symmetric (PerChannelMinMaxObserver)",
         "activations": "int8 per-tensor, ranges from per-image extremes (activation_ranges)",
     }
-    # fp32 with the batch norms folded as in the int8 graph: the original weights, not the rounded ones
-    original = _pte_bias.float_twin(prepared if source is job.model else _prepared(job.model, job))
-    inputs = np.concatenate(list(job.calibration.batches(32, "NCHW")))
 
-    def quantize_at(percentile: float) -> fx.GraphModule:
-        candidate = copy.deepcopy(prepared)
-        for name, (mins, maxs) in extremes.items():
+    def build(weights: nn.Module) -> _Pt2eInt8:
+        return _Pt2eInt8(weights, job, None if weights is job.model else _prepared(job.model, job))
+
+    quantizer = _weight_rounding.choose(job, build).settle()
+    job.details["activation_ranges"] = quantizer.range_choice.to_dict()
+    _accuracy_aware.log(quantizer.range_choice.summary(), tag="int8")
+    job.details["bias_correction"] = quantizer.bias_correction.to_dict()
+    _accuracy_aware.log(quantizer.bias_correction.summary(), tag="int8")
+    return quantizer.full_int8
+
+
+class _Pt2eInt8:
+    """PT2E for XNNPACK calibrated once on one set of weights (a ``_weight_rounding.Candidate``); ``settle`` chooses the
+    activation ranges and bias correction (``_bias_correction.full_int8``)."""
+
+    def __init__(self, weights: nn.Module, job: ExportJob, original: fx.GraphModule | None = None):
+        """``original`` (default: ``weights``' own graph) is the prepared fp32 graph the int8 one is held to."""
+        self.prepared = _prepared(weights, job)
+        with conversion_step("PT2E calibration"):
+            self.extremes = _extremes(self.prepared, job.calibration.batches(1, "NCHW"))
+        # fp32 with the batch norms folded as in the int8 graph: the original weights, not rounded ones
+        self.original = _pte_bias.float_twin(self.prepared if original is None else original)
+        self.inputs = np.concatenate(list(job.calibration.batches(32, "NCHW")))
+        self.reference = _pte_bias.predict(self.original, self.inputs)
+
+    def _quantize_at(self, percentile: float) -> fx.GraphModule:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+        candidate = copy.deepcopy(self.prepared)
+        for name, (mins, maxs) in self.extremes.items():
             low, high = _ranges.from_extremes(mins, maxs, percentile)
             observer = getattr(candidate, name)
             observer.min_val.copy_(torch.as_tensor(np.asarray(low)))
@@ -171,20 +189,23 @@ def _int8(job: ExportJob) -> nn.Module:
         with conversion_step("PT2E convert"):
             return convert_pt2e(candidate)
 
-    with conversion_step("activation ranges and bias correction"):
-        _, converted, range_choice, correction = _bias_correction.full_int8(
-            quantize_at,
-            inputs,
-            _pte_bias.predict(original, inputs),
-            fit=lambda model, images: _pte_bias.fit_shifts(model, original, images),
-            apply=_pte_bias.apply,
-            predict=_pte_bias.predict,
-        )
-    job.details["activation_ranges"] = range_choice.to_dict()
-    _accuracy_aware.log(range_choice.summary(), tag="int8")
-    job.details["bias_correction"] = correction.to_dict()
-    _accuracy_aware.log(correction.summary(), tag="int8")
-    return converted
+    def plain(self) -> fx.GraphModule:
+        return self._quantize_at(100.0)
+
+    def held_out(self, model: fx.GraphModule) -> np.ndarray:
+        return _pte_bias.predict(model, self.inputs[1::2])
+
+    def settle(self) -> _Pt2eInt8:
+        with conversion_step("activation ranges and bias correction"):
+            _, self.full_int8, self.range_choice, self.bias_correction = _bias_correction.full_int8(
+                self._quantize_at,
+                self.inputs,
+                self.reference,
+                fit=lambda model, images: _pte_bias.fit_shifts(model, self.original, images),
+                apply=_pte_bias.apply,
+                predict=_pte_bias.predict,
+            )
+        return self
 
 
 def _prepared(model: nn.Module, job: ExportJob) -> fx.GraphModule:

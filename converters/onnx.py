@@ -4,7 +4,7 @@ Every mode starts from the same simplified fp32 graph: input ``image`` (normalis
 dynamic batch), output ``probabilities`` (softmax in the graph). fp16 converts weights and
 compute but keeps float32 inputs/outputs so callers feed the same array to every mode. int8 is
 static QDQ with per-channel int8 weights (rounded for each layer's output by ``_weight_rounding``
-with ``options["weight_rounding"]``) and uint8 activations, the fastest onnxruntime CPU layout
+where that helps, ``options["weight_rounding"]``) and uint8 activations, the fastest onnxruntime CPU layout
 measured here, with activation ranges chosen by ``_ranges`` and conv biases corrected by
 ``_bias_correction`` where that measurably helps; the softmax stays float. w8a16 is the same static
 QDQ with int16 activations (per-channel int8 weights, the same ranges and bias-correction decision):
@@ -63,12 +63,16 @@ def export(job: ExportJob) -> None:
         model = _to_fp16(model)
     elif fmt.needs_calibration(job.quant):  # static int8 (all layers, or accuracy-aware) or w8a16
         activations = QuantType.QInt16 if job.quant == "w8a16" else QuantType.QUInt8
-        source = _weight_rounding.for_job(job)
-        quantized = model if source is job.model else _fp32_model(job, source)[0]
         with tempfile.TemporaryDirectory(prefix="onnx-int8-", dir=job.target.parent) as tmp:
-            quantizer: _accuracy_aware.Int8Quantizer[onnx.ModelProto] = _Int8Quantizer(
-                quantized, job.calibration, Path(tmp), activations, reference=None if quantized is model else model
-            )
+            fp32 = model
+
+            def build(weights: torch.nn.Module) -> _Int8Quantizer:
+                if weights is job.model:
+                    return _Int8Quantizer(fp32, job.calibration, Path(tmp) / "nearest", activations)
+                rounded = _fp32_model(job, weights)[0]
+                return _Int8Quantizer(rounded, job.calibration, Path(tmp) / "rounded", activations, reference=fp32)
+
+            quantizer: _accuracy_aware.Int8Quantizer[onnx.ModelProto] = _weight_rounding.choose(job, build).settle()
             model = _accuracy_aware.for_job(quantizer, job)
         notes.update({key: job.details[key] for key in DECISIONS if key in job.details})
         notes["opset"] = max(opset.version for opset in model.opset_import if opset.domain in ("", "ai.onnx"))
@@ -182,8 +186,8 @@ def _prepare(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
 
 
 class _Int8Quantizer:
-    """Static QDQ int8 (int16 activations for w8a16) from ranges calibrated once; ``build`` can keep any nodes in float
-    (an ``Int8Quantizer``)."""
+    """Static QDQ int8 (int16 activations for w8a16) from ranges calibrated once; after ``settle``, ``build`` can keep any
+    nodes in float (an ``Int8Quantizer``)."""
 
     QUANTIZABLE = (
         *("Conv", "Gemm", "MatMul", "Add", "Mul", "GlobalAveragePool", "AveragePool", "ReduceMean", "Reshape", "Flatten"),
@@ -203,6 +207,7 @@ class _Int8Quantizer:
         """``model`` is quantized; ``reference`` (default: ``model``) is the fp32 graph its output and conv means are held to."""
         self.calibration, self.activations = calibration, activations
         work_dir = Path(work_dir).resolve()  # quant_pre_process runs from inside it
+        work_dir.mkdir(parents=True, exist_ok=True)
         self.prepared, self.cache = work_dir / "prepared.onnx", work_dir / "ranges.json"
         self.output, self.work_dir = work_dir / "int8.onnx", work_dir
         prepared = _prepare(model, self.prepared)
@@ -211,23 +216,33 @@ class _Int8Quantizer:
         self.softmax = [node.name for node in self.graph.node if node.op_type == "Softmax"]  # the probabilities stay float
         self.layers = self._layers()
         self._inputs = np.concatenate(list(calibration.batches(32, "NCHW")))
+        self.fp32 = fp32
         self.reference = self.predict(fp32, None)
-        extremes = self._extremes()
+        self.extremes = self._extremes()
 
-        def quantize_at(percentile: float) -> onnx.ModelProto:
-            self._write_ranges(extremes, percentile)
-            return self._build([])
+    def _quantize_at(self, percentile: float) -> onnx.ModelProto:
+        self._write_ranges(self.extremes, percentile)
+        return self._build([])
 
+    def plain(self) -> onnx.ModelProto:
+        return self._quantize_at(100.0)
+
+    def held_out(self, model: onnx.ModelProto) -> np.ndarray:
+        return self._probabilities(model, self._inputs[1::2])
+
+    def settle(self) -> _Int8Quantizer:
+        """Chooses the activation ranges and bias correction (``_bias_correction.full_int8``)."""
         with conversion_step("activation ranges and bias correction"):
             percentile, self.full_int8, self.range_choice, self.bias_correction = _bias_correction.full_int8(
-                quantize_at,
+                self._quantize_at,
                 self._inputs,
                 self.reference,
-                fit=lambda model, inputs: _onnx_bias.fit_shifts(model, fp32, inputs, self._session, INPUT_NAME),
+                fit=lambda model, inputs: _onnx_bias.fit_shifts(model, self.fp32, inputs, self._session, INPUT_NAME),
                 apply=_onnx_bias.apply,
                 predict=self._probabilities,
             )
-        self._write_ranges(extremes, percentile)  # what int8-aa's variants quantize with
+        self._write_ranges(self.extremes, percentile)  # what int8-aa's variants quantize with
+        return self
 
     def _extremes(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Every float tensor's min and max on each calibration image (onnxruntime's MinMax calibration graph)."""

@@ -18,9 +18,9 @@ w8a16         the same calibration, ranges and bias-correction decision with ai-
               ``static_wi8_ai16``: int8 weights, int16 activations (TFLite's 16x8 kernels, int64
               biases), float32 input/output and a float softmax as in int8.
 
-With ``options["weight_rounding"]``, int8 and w8a16 quantize a copy of the Deployable whose weights
-``_weight_rounding`` rounded for each layer's output (never for a ``--qat`` run); the fp32 file stays
-the reference that ranges and bias correction are held to.
+int8 and w8a16 quantize a copy of the Deployable whose weights ``_weight_rounding`` rounded for each
+layer's output where that brings held-out calibration images closer to fp32 (``options["weight_rounding"]``,
+never for a ``--qat`` run); the fp32 file stays the reference that ranges and bias correction are held to.
 
 Every quantized bias holds its float value (``_tflite_bias_range``): ai-edge-quantizer clips biases
 at 32 bits, which zeroed near-dead channels and cost w8a16 on a 224 px Lite0 11.5 points of balanced
@@ -164,15 +164,17 @@ _RECIPES = {"fp16": _fp16_weights_recipe, "int8-dynamic": _dynamic_int8_recipe} 
 
 
 def _static_int8(fp32: bytes, job: ExportJob) -> bytes:
-    source = _weight_rounding.for_job(job)
-    quantized = fp32 if source is job.model else _float_model(source, job.spec, bool(job.options.get("nhwc", True)))
-    quantizer: _accuracy_aware.Int8Quantizer[bytes] = _StaticInt8(fp32, job, quantized)
+    def build(weights: nn.Module) -> _StaticInt8:
+        source = fp32 if weights is job.model else _float_model(weights, job.spec, bool(job.options.get("nhwc", True)))
+        return _StaticInt8(fp32, job, source)
+
+    quantizer: _accuracy_aware.Int8Quantizer[bytes] = _weight_rounding.choose(job, build).settle()
     return _accuracy_aware.for_job(quantizer, job)
 
 
 class _StaticInt8:
-    """ai-edge-quantizer ``static_wi8_ai8`` (``static_wi8_ai16`` for w8a16) calibrated once; ``build`` can keep any layers
-    in float (an ``Int8Quantizer``)."""
+    """ai-edge-quantizer ``static_wi8_ai8`` (``static_wi8_ai16`` for w8a16) calibrated once; after ``settle``, ``build`` can
+    keep any layers in float (an ``Int8Quantizer``)."""
 
     LAYER_OPS = (
         *("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "MEAN", "AVERAGE_POOL_2D", "RESHAPE"),
@@ -199,23 +201,33 @@ class _StaticInt8:
         calibration = calibrator.Calibrator(self.source, num_threads=os.cpu_count() or 1, qsv_update_func=_stack_extremes)
         self.samples = _calibration_samples(fp32, job)
         calibration.calibrate(self.samples, manager)
-        extremes = calibration.get_model_qsvs()
+        self.extremes = calibration.get_model_qsvs()
         self.regions = _accuracy_aware.float_regions(self._layers())
         self.reference = self.predict(fp32, None)
+        self.fit_images = W8A16_FIT_IMAGES if job.quant == "w8a16" else _bias_correction.FIT_IMAGES
 
-        def ranges_at(percentile: float) -> dict[str, Any]:
-            return {name: _qsv_at(qsv, percentile) for name, qsv in extremes.items()}
+    def _ranges_at(self, percentile: float) -> dict[str, Any]:
+        return {name: _qsv_at(qsv, percentile) for name, qsv in self.extremes.items()}
 
+    def plain(self) -> bytes:
+        return self._build(self._ranges_at(100.0), [])
+
+    def held_out(self, model: bytes) -> np.ndarray:
+        return self._probabilities(model, self._inputs[1::2])
+
+    def settle(self) -> _StaticInt8:
+        """Chooses the activation ranges and bias correction (``_bias_correction.full_int8``)."""
         percentile, self.full_int8, self.range_choice, self.bias_correction = _bias_correction.full_int8(
-            lambda percentile: self._build(ranges_at(percentile), []),
+            lambda percentile: self._build(self._ranges_at(percentile), []),
             self._inputs,
             self.reference,
-            fit=lambda model, inputs: _tflite_bias.fit_shifts(model, fp32, inputs),
+            fit=lambda model, inputs: _tflite_bias.fit_shifts(model, self.fp32, inputs),
             apply=_tflite_bias.apply,
             predict=self._probabilities,
-            fit_images=W8A16_FIT_IMAGES if job.quant == "w8a16" else _bias_correction.FIT_IMAGES,
+            fit_images=self.fit_images,
         )
-        self.qsvs = ranges_at(percentile)
+        self.qsvs = self._ranges_at(percentile)
+        return self
 
     def _layers(self) -> list[_accuracy_aware.Layer]:
         from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl

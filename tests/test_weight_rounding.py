@@ -93,12 +93,13 @@ def job(trained_run: Path, tmp_path_factory) -> ExportJob:
         "int8",
         tmp_path_factory.mktemp("rounding") / "x",
         calibration,
-        options={"weight_rounding": True},
+        options={"weight_rounding": "on"},
     )
 
 
 def _chosen(job: ExportJob) -> list[np.ndarray]:
-    return [layer.weight.detach().numpy() for layer in _layers(_weight_rounding.for_job(job)) if isinstance(layer, nn.Conv2d)]
+    model, _ = _weight_rounding.rounded_on(job.model, job.calibration)
+    return [layer.weight.detach().numpy() for layer in _layers(model) if isinstance(layer, nn.Conv2d)]
 
 
 def test_onnx_int8_stores_the_chosen_integers(job: ExportJob, tmp_path: Path):
@@ -145,43 +146,76 @@ def test_tflite_int8_stores_the_chosen_integers(job: ExportJob, tmp_path: Path):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "tflite", "executorch"])
-def test_int8_exports_round_weights_only_when_asked(trained_run: Path, tmp_path: Path, fmt: str):
+def test_int8_exports_decide_weight_rounding_on_held_out_images(trained_run: Path, tmp_path: Path, fmt: str):
     if fmt == "executorch":
         pytest.importorskip("executorch", reason="ExecuTorch is part of the export extra: pip install -e '.[export]'")
-    for asked in (False, True):
-        out = tmp_path / str(asked)
-        records = export_run(trained_run, [FORMATS[fmt]], ["int8"], out, calib_data=CALIB, calib_n=40, options={"weight_rounding": asked})
+    for mode in ("off", "on", "auto"):
+        out = tmp_path / mode
+        records = export_run(trained_run, [FORMATS[fmt]], ["int8"], out, calib_data=CALIB, calib_n=40, options={"weight_rounding": mode})
         assert records[0].status == "ok", records[0].message
         details = json.loads((out / "manifest.json").read_text())["artifacts"][0]["details"]
-        assert ("weight_rounding" in details) == asked
-        if asked:
-            assert details["weight_rounding"]["images"] == 40
-            assert details["weight_rounding"]["error"]["chosen"] <= details["weight_rounding"]["error"]["nearest"]
+        if mode == "off":
+            assert "weight_rounding" not in details
+            continue
+        decision = details["weight_rounding"]
+        assert decision["mode"] == mode
+        assert decision["rounding"]["error"]["chosen"] <= decision["rounding"]["error"]["nearest"]
+        if mode == "on":
+            assert decision["applied"] and decision["images"] == {"fit": 40, "judge": 0}
+        else:  # fitted on the even images, judged on the odd ones, kept only if clearly closer there
+            assert decision["images"] == {"fit": 20, "judge": 20}
+            error = decision["mean_abs_dp"]
+            assert decision["applied"] == (error["rounded"] < (1 - _weight_rounding.MIN_GAIN) * error["nearest"])
 
 
-def test_one_model_is_rounded_once_per_calibration(job: ExportJob):
-    first = _weight_rounding.for_job(job)
-    assert _weight_rounding.for_job(ExportJob(job.model, job.spec, "w8a16", job.target, job.calibration, dict(job.options))) is first
+class _Candidate:
+    """A quantizer whose all-int8 model is off from fp32 by ``error`` on every image."""
+
+    def __init__(self, weights: nn.Module, error: float):
+        self.weights, self.error = weights, error
+        self.reference = np.full((40, 3), 1 / 3)
+
+    def plain(self) -> float:
+        return self.error
+
+    def held_out(self, model: float) -> np.ndarray:
+        return self.reference[1::2] + model
+
+
+@pytest.mark.parametrize(("rounded_error", "kept"), [(0.5, True), (0.97, False), (1.5, False)])
+def test_auto_keeps_rounded_weights_only_when_clearly_closer_on_held_out_images(job: ExportJob, rounded_error: float, kept: bool):
+    auto = ExportJob(job.model, job.spec, "int8", job.target, job.calibration, {"weight_rounding": "auto"})
+    chosen = _weight_rounding.choose(auto, lambda weights: _Candidate(weights, 1.0 if weights is job.model else rounded_error))
+    assert (chosen.weights is not job.model) == kept
+    assert auto.details["weight_rounding"]["applied"] == kept
+    assert auto.details["weight_rounding"]["rounding"]["images"] == 20  # the even calibration images only
+
+
+def test_one_model_is_rounded_once_per_calibration_and_subset(job: ExportJob):
+    first, _ = _weight_rounding.rounded_on(job.model, job.calibration)
+    assert _weight_rounding.rounded_on(job.model, job.calibration)[0] is first
+    even, record = _weight_rounding.rounded_on(job.model, job.calibration, every=2)
+    assert even is not first and record.images == 20
     other = load_calibration("synthetic:24,seed=9", job.spec.preprocess, n=24)
-    again = ExportJob(job.model, job.spec, "int8", job.target, other, dict(job.options))
-    assert _weight_rounding.for_job(again) is not first
-    assert again.details["weight_rounding"]["images"] == 24
+    again, record = _weight_rounding.rounded_on(job.model, other)
+    assert again is not first and record.images == 24
 
 
 def test_a_qat_run_keeps_its_nearest_rounding(job: ExportJob):
     spec = copy.deepcopy(job.spec)
     spec.training = {**spec.training, "recipe": {**spec.training.get("recipe", {}), "qat": True}}
-    qat_job = ExportJob(job.model, spec, "int8", job.target, job.calibration, dict(job.options))
-    assert _weight_rounding.for_job(qat_job) is job.model
-    assert "--qat" in qat_job.details["weight_rounding"]["skipped"]
+    for mode in ("on", "auto"):
+        qat_job = ExportJob(job.model, spec, "int8", job.target, job.calibration, {"weight_rounding": mode})
+        assert _weight_rounding.choose(qat_job, lambda weights: weights) is job.model
+        assert "--qat" in qat_job.details["weight_rounding"]["skipped"]
 
 
-def test_the_cli_turns_it_on_with_weight_rounding(trained_run: Path, tmp_path: Path):
+def test_the_cli_keeps_nearest_rounding_unless_told(trained_run: Path, tmp_path: Path):
     from edgederm.cli import main
 
-    for flags, rounded in (([], False), (["--weight-rounding"], True)):
-        out = tmp_path / str(rounded)
+    for flags, mode in (([], None), (["--weight-rounding", "auto"], "auto"), (["--weight-rounding", "on"], "on")):
+        out = tmp_path / str(mode)
         argv = ["export", str(trained_run), "--formats", "onnx", "--quant", "int8", "--calib-data", CALIB, "--calib-n", "40"]
         assert main([*argv, "--out", str(out), *flags]) == 0
         details = json.loads((out / "manifest.json").read_text())["artifacts"][0]["details"]
-        assert ("weight_rounding" in details) == rounded
+        assert details.get("weight_rounding", {}).get("mode") == mode
