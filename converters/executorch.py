@@ -24,8 +24,8 @@ int8  PT2E static quantization: ``XNNPACKQuantizer`` with ``get_symmetric_quanti
       int8 output as ReLU is (``_relu6_fused_like_relu``). The final softmax/sigmoid is not
       annotated by the quantizer and stays float.
 
-The weights quantized are those ``_weight_rounding`` rounded for each layer's output where that brings
-held-out calibration images closer to fp32 (``options["weight_rounding"]``), as for TFLite and ONNX. Activation ranges and bias correction are chosen as for them
+With ``options["weight_rounding"]`` the weights quantized are those ``_weight_rounding`` rounded for each
+layer's output, as for TFLite and ONNX. Activation ranges and bias correction are chosen as for them
 (``_bias_correction.full_int8``).
 The activations are observed by min and max, read and reset after every calibration image, so each
 candidate range of ``_ranges`` (percentiles of the per-image extremes, absolute min/max first) is set

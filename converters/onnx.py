@@ -4,7 +4,7 @@ Every mode starts from the same simplified fp32 graph: input ``image`` (normalis
 dynamic batch), output ``probabilities`` (softmax in the graph). fp16 converts weights and
 compute but keeps float32 inputs/outputs so callers feed the same array to every mode. int8 is
 static QDQ with per-channel int8 weights (rounded for each layer's output by ``_weight_rounding``
-where that helps, ``options["weight_rounding"]``) and uint8 activations, the fastest onnxruntime CPU layout
+with ``options["weight_rounding"]``) and uint8 activations, the fastest onnxruntime CPU layout
 measured here, with activation ranges chosen by ``_ranges`` and conv biases corrected by
 ``_bias_correction`` where that measurably helps; the softmax stays float. w8a16 is the same static
 QDQ with int16 activations (per-channel int8 weights, the same ranges and bias-correction decision):

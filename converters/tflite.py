@@ -18,9 +18,10 @@ w8a16         the same calibration, ranges and bias-correction decision with ai-
               ``static_wi8_ai16``: int8 weights, int16 activations (TFLite's 16x8 kernels, int64
               biases), float32 input/output and a float softmax as in int8.
 
-int8 and w8a16 quantize a copy of the Deployable whose weights ``_weight_rounding`` rounded for each
-layer's output where that brings held-out calibration images closer to fp32 (``options["weight_rounding"]``,
-never for a ``--qat`` run); the fp32 file stays the reference that ranges and bias correction are held to.
+With ``options["weight_rounding"]`` ("on", or "auto" where held-out calibration images come closer to
+fp32), int8 and w8a16 quantize a copy of the Deployable whose weights ``_weight_rounding`` rounded for
+each layer's output (never for a ``--qat`` run); the fp32 file stays the reference that ranges and
+bias correction are held to.
 
 Every quantized bias holds its float value (``_tflite_bias_range``): ai-edge-quantizer clips biases
 at 32 bits, which zeroed near-dead channels and cost w8a16 on a 224 px Lite0 11.5 points of balanced
