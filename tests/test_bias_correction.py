@@ -46,7 +46,7 @@ def _gaps(target: dict[str, np.ndarray], before: dict[str, np.ndarray], after: d
 
 def test_onnx_conv_means_are_brought_back_to_fp32(job: ExportJob):
     fp32, _ = onnx_converter._fp32_model(job)
-    quantizer = onnx_converter._Int8Quantizer(fp32, job.calibration, job.target.parent)
+    quantizer = onnx_converter._Int8Quantizer(fp32, job.calibration, job.target.parent).settle()
     raw = quantizer.build([])  # all-int8 at the chosen ranges, uncorrected
     prepared, inputs = onnx.load(quantizer.prepared), quantizer._inputs[0::2]
     shifts = _onnx_bias.fit_shifts(raw, prepared, inputs, quantizer._session, onnx_converter.INPUT_NAME)
@@ -71,7 +71,7 @@ def test_onnx_conv_means_are_brought_back_to_fp32(job: ExportJob):
 def test_tflite_conv_means_are_brought_back_to_fp32(job: ExportJob):
     with tool_output_hidden():
         fp32 = tflite_converter._float_model(job.model, job.spec, True)
-        quantizer = tflite_converter._StaticInt8(fp32, job)
+        quantizer = tflite_converter._StaticInt8(fp32, job).settle()
     raw = quantizer.build([])  # all-int8 at the chosen ranges, uncorrected
     inputs = quantizer._inputs[0::2]
     shifts = _tflite_bias.fit_shifts(raw, fp32, inputs)
@@ -228,7 +228,7 @@ def test_a_near_dead_channel_keeps_its_bias_in_w8a16(job: ExportJob):
     w8a16 = dataclasses.replace(job, model=model, quant="w8a16")
     with tool_output_hidden():
         fp32 = tflite_converter._float_model(model, job.spec, True)
-        quantizer = tflite_converter._StaticInt8(fp32, w8a16)
+        quantizer = tflite_converter._StaticInt8(fp32, w8a16).settle()
     raw = tflite_converter._quantize(fp32, quantizer.rules, quantizer.qsvs)
     fixed = quantizer.build([])
     floats, clipped, kept = _tflite_bias_range._float_biases(fp32), _quantized_biases(raw), _quantized_biases(fixed)
