@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "weight_rounding")
     add_results_options(parser, RESULTS.stem)
     args = parser.parse_args(argv)
+    unknown = set(args.roundings.split(",")) - set(ROUNDINGS)
+    if unknown:
+        parser.error(f"--roundings: unknown mode(s) {', '.join(sorted(unknown))}; use {', '.join(ROUNDINGS)}")
     if args.markdown_only:
         payload = reread(RESULTS, args.note)
     else:
