@@ -17,17 +17,17 @@ Measured on ``zoo:lite0-ham10000`` (int8 weights, float activations, against fp3
 images not used to fit): mean |Δp| 0.0044 with nearest rounding, 0.0010 with this; the first
 depthwise conv alone held most of the nearest-rounding error.
 
-A closer layer output is not always a closer model: on the quickstart's head-trained Lite0 at 160 px
-(100 synthetic calibration images) rounding every layer this way moved TFLite int8's mean |Δp| on the
-96 test images from 0.0027 to 0.0033, where ONNX and ExecuTorch improved slightly. With
+A closer layer output is not always a closer model: on a head-trained Lite0 of 480 synthetic images at
+160 px (100 synthetic calibration images) rounding every layer this way moved TFLite int8's mean |Δp|
+on its 96 test images from 0.0027 to 0.0033, where ONNX and ExecuTorch improved slightly. With
 ``weight_rounding="auto"`` each format decides for itself, as ``_bias_correction`` does for the bias
 shifts: the Gram matrices are gathered on the even calibration images, and the rounded weights are
 kept only if that format's all-int8 model (min/max ranges, no bias correction) comes closer to fp32
 on the odd ones (mean |Δp|) by more than MIN_GAIN. ``"on"`` rounds on every calibration image without
-asking. The default, ``"off"``, keeps nearest rounding: on that same quickstart model ``auto`` kept the
-rounded weights in TFLite (held-out mean |Δp| 0.0060 -> 0.0035, with the ranges and bias correction
-then chosen for them), and the file still disagreed with fp32 on 2 of the 96 test images, 3.6 points of
-balanced accuracy against the quickstart's 2-point bound. ONNX and ExecuTorch agreed on all 96.
+asking. The default, ``"off"``, keeps nearest rounding: on that same model ``auto`` kept the rounded
+weights in TFLite (held-out mean |Δp| 0.0060 -> 0.0035, with the ranges and bias correction then chosen
+for them), and the file still disagreed with fp32 on 2 of the 96 test images, where ONNX and ExecuTorch
+agreed on all 96 (benchmarks/README.md, "Weight rounding for int8", has the quickstart's own model too).
 """
 
 from __future__ import annotations
