@@ -7,7 +7,8 @@ by the same amount (to within one int32 step). Conv nodes keep their names from 
 (batch norms folded) to ``convert_pt2e``, which pairs each quantized conv with its float original in
 the prepared module. The exported graphs take batch 1 only, so :func:`walk` runs one graph over many
 images node by node: a conv's output over every image is complete before the next node runs, which
-is what correcting conv by conv in one pass needs.
+is what correcting conv by conv in one pass needs. As in ``_onnx_bias``, a conv's means are read where the
+next layer reads them: after its ReLU/ReLU6 and its output's quantize/dequantize (:func:`as_read`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ import torch
 from torch import fx
 
 _CONV = torch.ops.aten.conv2d.default
+_ACTIVATIONS = (
+    torch.ops.aten.hardtanh.default,
+    torch.ops.aten.hardtanh_.default,
+    torch.ops.aten.relu.default,
+    torch.ops.aten.relu_.default,
+)
 
 
 class _PerImage(list):
@@ -42,13 +49,30 @@ def biased_convs(module: fx.GraphModule) -> dict[str, str]:
     return convs
 
 
+def as_read(conv: fx.Node) -> list[fx.Node]:
+    """The nodes between a conv and the value the next layer reads: the activation and quantize/dequantize
+    that only the conv feeds (the first dequantize, where each reader has its own)."""
+    # torch registers these ops once PT2E's quantization is imported, which any graph read here has gone through
+    dequantize = torch.ops.quantized_decomposed.dequantize_per_tensor.default
+    followed = (*_ACTIVATIONS, torch.ops.quantized_decomposed.quantize_per_tensor.default, dequantize)
+    chain, node = [], conv
+    while True:
+        users = list(node.users)
+        if not users or any(user.op != "call_function" or user.target not in followed for user in users):
+            return chain
+        if len(users) > 1 and any(user.target != dequantize for user in users):
+            return chain
+        node = users[0]
+        chain.append(node)
+
+
 def walk(
     module: fx.GraphModule,
     inputs: Sequence[np.ndarray],
     convs: Sequence[str],
     correct: Callable[[str, torch.Tensor], torch.Tensor | None] | None = None,
 ) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
-    """``module``'s outputs on ``inputs`` (N, ...) and each named conv's output mean per channel.
+    """``module``'s outputs on ``inputs`` (N, ...) and each named conv's mean per channel as the next layer reads it.
 
     ``correct(name, means)``, where given, returns a per-channel shift to subtract from that conv's
     output on every image before any later node reads it (or None)."""
@@ -60,7 +84,20 @@ def walk(
     images = _PerImage(torch.from_numpy(np.ascontiguousarray(x[None])) for x in inputs)
 
     def value(i: int) -> Callable[[fx.Node], object]:
-        return lambda node: env[node][i] if isinstance(env[node], _PerImage) else env[node]
+        def of(node: fx.Node) -> object:
+            if node.op == "get_attr" and node not in env:  # a constant the graph fetches after the conv being read
+                return _attr(module, node.target)
+            return env[node][i] if isinstance(env[node], _PerImage) else env[node]
+
+        return of
+
+    def read(conv: fx.Node, output: torch.Tensor, i: int) -> torch.Tensor:
+        """The conv's output on image ``i`` as the next layer reads it (``as_read``), leaving ``output`` as it was."""
+        computed, last = {conv: output.clone()}, conv  # ReLU6 runs in place
+        for last in as_read(conv):
+            args = fx.node.map_arg(last.args, lambda n: computed[n] if n in computed else value(i)(n))
+            computed[last] = last.target(*args, **last.kwargs)
+        return computed[last]
 
     result = None
     with torch.no_grad():
@@ -77,7 +114,7 @@ def walk(
                     call(*fx.node.map_arg(node.args, value(i)), **fx.node.map_arg(node.kwargs, value(i))) for i in range(len(images))
                 )
                 if node.name in wanted:
-                    means[node.name] = torch.stack([o.mean(dim=(0, 2, 3)) for o in outputs]).mean(0)
+                    means[node.name] = torch.stack([read(node, o, i).float().mean(dim=(0, 2, 3)) for i, o in enumerate(outputs)]).mean(0)
                     shift = correct(node.name, means[node.name]) if correct else None
                     if shift is not None:
                         outputs = _PerImage(o - shift[None, :, None, None] for o in outputs)
