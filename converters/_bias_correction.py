@@ -2,8 +2,9 @@
 
 Quantizing a conv's weights and inputs shifts the mean of its output, channel by channel, and the
 shifts add up through a deep network. Conv by conv in graph order, each format's mechanics
-(``_onnx_bias``, ``_tflite_bias``) move the int32 bias so that the int8 model's mean output per
-channel on calibration images equals fp32's (Nagel et al., "Data-Free Quantization Through Weight
+(``_onnx_bias``, ``_tflite_bias``, ``_pte_bias``) move the int32 bias so that the int8 model's mean output per
+channel on calibration images, read where the next layer reads it (after the conv's ReLU6 and its
+output's quantization), equals fp32's (Nagel et al., "Data-Free Quantization Through Weight
 Equalization and Bias Correction", 2019, section 4.2; OpenVINO's FastBiasCorrection does the same).
 One conv at a time, because correcting every conv from one pass over-corrects: each conv's shift
 includes what the convs before it passed on (measured in ONNX: one pass took a MobileNetV3-Large

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgederm.core.formats import WEIGHT_ROUNDING
 from edgederm.core.log import get_logger
 
 logger = get_logger(__name__)
@@ -51,7 +52,6 @@ logger = get_logger(__name__)
 LEVELS = 127  # symmetric int8 weights: -127..127
 PASSES = 4
 BATCH = 8  # images per forward pass while the Gram matrices are gathered (a 112 px depthwise input unfolds 9x)
-MODES = ("auto", "on", "off")
 MIN_GAIN = 0.05  # share of the held-out mean |Δp| that rounding must remove to be kept (as for bias correction)
 MIN_IMAGES = 8
 
@@ -230,8 +230,8 @@ class RoundingDecision:
 
 def _mode(options: dict[str, Any]) -> str:
     mode = options.get("weight_rounding") or "off"
-    if mode not in MODES:
-        raise ValueError(f"weight_rounding must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode not in WEIGHT_ROUNDING:
+        raise ValueError(f"weight_rounding must be one of {', '.join(WEIGHT_ROUNDING)}, not {mode!r}")
     return mode
 
 

@@ -95,6 +95,7 @@ def test_evaluate_writes_metrics_and_a_report(trained_run: Path, tmp_path: Path)
         (["predict", "/no/model", "x.jpg", "--out", "OUT"], "/no/model: no such model file or run directory"),
         (["train", "classify", "--data", "synthetic:20"], "the following arguments are required: --out"),
         (["train", "classify", "--data", "synthetic:20", "--out", "OUT", "--epochs", "0"], "must be positive"),
+        (["export", "zoo:tinyseg-isic2017", "--weight-rounding", "sometimes", "--out", "OUT"], "invalid choice: 'sometimes'"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(argv, expected, tmp_path: Path):

@@ -10,7 +10,7 @@ from .parser import model_path
 
 
 def add_parser(sub) -> None:
-    from ..core.formats import FORMATS, QUANT_MODES
+    from ..core.formats import FORMATS, QUANT_MODES, WEIGHT_ROUNDING
 
     p = sub.add_parser("export", help="export a run to TFLite / ONNX / CoreML / ExecuTorch artifacts + manifest.json")
     p.add_argument("run_dir", type=model_path, help="a run directory (model.safetensors + spec.json) or zoo:NAME")
@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--weight-rounding",
-        choices=("off", "auto", "on"),
+        choices=WEIGHT_ROUNDING,
         default="off",
         help="int8 and w8a16: round each weight up or down for its layer's output on the calibration images instead of to "
         "its nearest int8 step. off (default): nearest; auto: keep it where each format's int8 model comes closer to fp32 "

@@ -46,6 +46,9 @@ QUANT_MODES: dict[str, QuantMode] = {
     )
 }
 
+# How static int8 and w8a16 round their weights (export --weight-rounding; converters/_weight_rounding.py).
+WEIGHT_ROUNDING = ("off", "auto", "on")
+
 # Run directories and checkpoints: the fp32 PyTorch reference that every artifact is verified against.
 TORCH_BACKEND = "edgederm.models.torch_backend:TorchPredictor"
 
