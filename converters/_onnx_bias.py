@@ -27,7 +27,7 @@ ACTIVATIONS = ("Clip", "Relu")
 
 def fit_shifts(qdq: onnx.ModelProto, fp32: onnx.ModelProto, inputs: np.ndarray, session: Session, input_name: str) -> dict[str, np.ndarray]:
     """Per conv node name, the float shift of its output mean that its bias must take back (conv by conv)."""
-    fp32_readers = _readers(fp32)
+    fp32_readers = readers(fp32.graph)
     fp32_outputs = {node.name: _as_read(node.output[0], fp32_readers) for node in fp32.graph.node if node.op_type == "Conv"}
     # quantize_static keeps node names; a conv's output tensor is renamed where it folded the ReLU after it.
     convs = [node for node in qdq.graph.node if node.name in fp32_outputs and _quantized_bias(qdq, node)]
@@ -35,10 +35,10 @@ def fit_shifts(qdq: onnx.ModelProto, fp32: onnx.ModelProto, inputs: np.ndarray, 
         return {}
     fp32_names = [fp32_outputs[node.name] for node in convs]
     targets = _channel_means(session(_probe(fp32, fp32_names)), inputs, input_name, fp32_names)
-    readers = _readers(qdq)  # moving biases changes initializers only, not which node reads what
+    qdq_readers = readers(qdq.graph)  # moving biases changes initializers only, not which node reads what
     working, shifts = copy.deepcopy(qdq), {}
     for node, target in zip(convs, targets, strict=True):
-        output = _as_read(node.output[0], readers)
+        output = _as_read(node.output[0], qdq_readers)
         # Each step runs only the part of the graph that the conv's output needs.
         probe = _probe(working, [output], prune=True)
         (means,) = _channel_means(session(probe), inputs, input_name, [output])
@@ -47,19 +47,20 @@ def fit_shifts(qdq: onnx.ModelProto, fp32: onnx.ModelProto, inputs: np.ndarray, 
     return shifts
 
 
-def _readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
+def readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Per tensor name, the nodes that read it."""
+    found: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
         for name in node.input:
-            readers.setdefault(name, []).append(node)
-    return readers
+            found.setdefault(name, []).append(node)
+    return found
 
 
-def _as_read(tensor: str, readers: dict[str, list[onnx.NodeProto]]) -> str:
+def _as_read(tensor: str, read_by: dict[str, list[onnx.NodeProto]]) -> str:
     """The float tensor that the layers after ``tensor`` read: past the ReLU/ReLU6 that only ``tensor`` feeds
     and, in a QDQ graph, past its QuantizeLinear and DequantizeLinear (the first, where each reader has its own)."""
     while True:
-        after = readers.get(tensor, [])
+        after = read_by.get(tensor, [])
         if after and all(node.op_type == "DequantizeLinear" for node in after):
             tensor = after[0].output[0]
         elif len(after) == 1 and after[0].op_type in ("QuantizeLinear", *ACTIVATIONS):

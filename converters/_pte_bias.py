@@ -91,10 +91,10 @@ def walk(
 
         return of
 
-    def read(conv: fx.Node, output: torch.Tensor, i: int) -> torch.Tensor:
-        """The conv's output on image ``i`` as the next layer reads it (``as_read``), leaving ``output`` as it was."""
+    def read(conv: fx.Node, chain: list[fx.Node], output: torch.Tensor, i: int) -> torch.Tensor:
+        """The conv's output on image ``i`` through ``chain`` (``as_read``), leaving ``output`` as it was."""
         computed, last = {conv: output.clone()}, conv  # ReLU6 runs in place
-        for last in as_read(conv):
+        for last in chain:
             args = fx.node.map_arg(last.args, lambda n: computed[n] if n in computed else value(i)(n))
             computed[last] = last.target(*args, **last.kwargs)
         return computed[last]
@@ -114,7 +114,10 @@ def walk(
                     call(*fx.node.map_arg(node.args, value(i)), **fx.node.map_arg(node.kwargs, value(i))) for i in range(len(images))
                 )
                 if node.name in wanted:
-                    means[node.name] = torch.stack([read(node, o, i).float().mean(dim=(0, 2, 3)) for i, o in enumerate(outputs)]).mean(0)
+                    chain = as_read(node)
+                    means[node.name] = torch.stack(
+                        [read(node, chain, o, i).float().mean(dim=(0, 2, 3)) for i, o in enumerate(outputs)]
+                    ).mean(0)
                     shift = correct(node.name, means[node.name]) if correct else None
                     if shift is not None:
                         outputs = _PerImage(o - shift[None, :, None, None] for o in outputs)

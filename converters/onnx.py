@@ -267,10 +267,7 @@ class _Int8Quantizer:
     def _layers(self) -> dict[str, list[str]]:
         """Each quantizable node with the activation onnxruntime folds into its output range (a ReLU6
         Clip: keeping the conv float but not its Clip would quantize the unclipped output)."""
-        readers: dict[str, list[onnx.NodeProto]] = {}
-        for node in self.graph.node:
-            for name in node.input:
-                readers.setdefault(name, []).append(node)
+        readers = _onnx_bias.readers(self.graph)
         layers = []
         for node in self.graph.node:
             if node.op_type in self.QUANTIZABLE and node.name:

@@ -54,7 +54,7 @@ def test_onnx_conv_means_are_brought_back_to_fp32(job: ExportJob):
 
     # Each conv is read as the next layer reads it: past its ReLU6 in fp32, and past its output's QDQ pair in int8.
     def read_from(model: onnx.ModelProto) -> set[str]:
-        readers, made_by = _onnx_bias._readers(model), {out: n.op_type for n in model.graph.node for out in n.output}
+        readers, made_by = _onnx_bias.readers(model.graph), {out: n.op_type for n in model.graph.node for out in n.output}
         return {made_by[_onnx_bias._as_read(n.output[0], readers)] for n in model.graph.node if n.name in shifts}
 
     assert read_from(raw) == {"DequantizeLinear"} and read_from(prepared) & {"Clip", "Relu"}
@@ -62,7 +62,7 @@ def test_onnx_conv_means_are_brought_back_to_fp32(job: ExportJob):
     def means(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         # One probe per conv, as fit_shifts reads them: onnxruntime fuses a QDQ group into its int8 kernel only where
         # no tensor inside the group is a graph output, so a probe exposing every conv would read float convs upstream.
-        readers = _onnx_bias._readers(model)
+        readers = _onnx_bias.readers(model.graph)
         outputs = {n.name: _onnx_bias._as_read(n.output[0], readers) for n in model.graph.node if n.name in shifts}
         return {
             name: _onnx_bias._channel_means(
