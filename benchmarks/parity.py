@@ -164,7 +164,7 @@ def _markdown(
 ) -> str:
     from _markdown import conditions_and_targets
 
-    from edgederm.evaluate.verify.report import PLOTS, TASK_PLOTS, markdown_table, saliency_lines, table_rows
+    from edgederm.evaluate.verify.report import PLOTS, TASK_PLOTS, class_change_lines, markdown_table, saliency_lines, table_rows
 
     header, rows = table_rows(result)
     cpu = f" ({machine['cpu']})" if machine.get("cpu") else ""
@@ -182,6 +182,7 @@ def _markdown(
         "",
         *markdown_table(header, rows),
         "",
+        *class_change_lines(result),
         *saliency_lines(result),
         "## Latency against input size (batch 1, 1 thread, median ms)",
         "",

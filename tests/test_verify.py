@@ -122,6 +122,47 @@ def test_impossible_bound_exits_1_and_sane_bound_exits_0(export_dir: Path, tmp_p
     assert "onnx int8" in (tmp_path / "good" / "verify.md").read_text()
 
 
+def test_class_changes_count_each_disagreement_once(result: dict):
+    n = result["n_images"]
+    for row in result["artifacts"]:
+        changes = (row.get("agreement") or {}).get("class_changes")
+        if changes is None:
+            continue
+        assert len(changes) == len(result["reference"]["metrics"]["confusion_matrix"])
+        disagreeing = round((1 - row["agreement"]["top1"]) * n)
+        assert sum(c["lost"] for c in changes.values()) == sum(c["gained"] for c in changes.values()) == disagreeing
+        for change in changes.values():
+            assert 0 <= change["lost_true"] <= change["lost"] and 0 <= change["gained_true"] <= change["gained"]
+
+
+def test_class_changes_name_the_class_an_artifact_loses():
+    from edgederm.core.spec import ModelSpec, Preprocess
+    from edgederm.evaluate.verify.report import class_change_lines, class_change_table
+    from edgederm.evaluate.verify.scoring import Truth, agreement
+
+    spec = ModelSpec("classification", "x", ["mel", "nv", "bcc"], Preprocess(input_size=32))
+    reference = np.array([[0.6, 0.3, 0.1], [0.55, 0.4, 0.05], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7]])
+    moved = np.array([[0.6, 0.3, 0.1], [0.45, 0.5, 0.05], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7]])  # image 1: mel -> nv
+    truth = Truth(labels=np.array([0, 0, 1, 2]))
+    changes = agreement(spec, truth, reference, moved)["class_changes"]
+    assert changes["mel"] == {
+        "lost": 1,
+        "gained": 0,
+        "lost_true": 1,
+        "gained_true": 0,
+        "mean_dlogp": pytest.approx(np.log(0.45 / 0.55) / 4),
+    }
+    assert (changes["nv"]["lost"], changes["nv"]["gained"], changes["nv"]["gained_true"]) == (0, 1, 0)
+    assert changes["bcc"]["lost"] == changes["bcc"]["gained"] == 0
+    same = {"format": "onnx", "quant": "fp32", "agreement": agreement(spec, truth, reference, reference)}
+    int8 = {"format": "tflite", "quant": "int8", "agreement": agreement(spec, truth, reference, moved)}
+    header, rows = class_change_table({"reference": {}, "artifacts": [same, int8]})
+    assert header == ["artifact", "mel", "nv", "bcc"]
+    assert [r[0] for r in rows] == ["tflite int8"]  # an artifact that changes nothing gets no row
+    assert rows[0][1].startswith("-1 +0 (-1 +0)")
+    assert class_change_lines({"reference": {}, "artifacts": [same]}) == []
+
+
 def test_guard_breaks_only_when_the_metric_drops_more():
     guard = parse_guard("mel_sensitivity=0.02")
     assert guard.check({"mel_sensitivity": 0.80}, {"mel_sensitivity": 0.79}) is None

@@ -233,6 +233,42 @@ def saliency_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+CLASS_CHANGES = (
+    "Where the named class changes",
+    "Each cell: images torch names this class and the artifact does not (-), and the reverse (+); in brackets, how many of "
+    "them truly are that class, which is what moves its sensitivity. Then the class's mean change of log-probability.",
+)
+
+
+def class_change_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Which classes each artifact names differently from the reference; no rows where none does."""
+    rows = [a for a in result["artifacts"] if any(c["lost"] or c["gained"] for c in _changes(a).values())]
+    if not rows:
+        return [], []
+    header = ["artifact", *_changes(rows[0])]
+    cells = []
+    for row in rows:
+        line = [_name(result, row)]
+        for change in _changes(row).values():
+            moved = f"-{change['lost']} +{change['gained']}"
+            if "lost_true" in change:
+                moved += f" (-{change['lost_true']} +{change['gained_true']})"
+            line.append(f"{moved}; {change['mean_dlogp']:+.3f}")
+        cells.append(line)
+    return header, cells
+
+
+def _changes(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return (row.get("agreement") or {}).get("class_changes") or {}
+
+
+def class_change_lines(result: dict[str, Any]) -> list[str]:
+    header, rows = class_change_table(result)
+    if not rows:
+        return []
+    return [f"## {CLASS_CHANGES[0]}", "", CLASS_CHANGES[1], "", *markdown_table(header, rows), ""]
+
+
 def _summary_lines(result: dict[str, Any]) -> list[str]:
     counts = {s: sum(a["status"] == s for a in result["artifacts"]) for s in ("pass", "fail", "error", "unverified")}
     op = result.get("operating_point")
@@ -334,13 +370,14 @@ def write_report(result: dict[str, Any], spec: ModelSpec, out_dir: Path) -> tupl
     figures = [PLOTS[key] for key in keys]
     header, rows = table_rows(result)
     title = f"edgederm verify: {result['export_dir']}"
-    markdown = [f"# {title}", "", *_summary_lines(result), "", *markdown_table(header, rows), "", *saliency_lines(result)]
+    markdown = [f"# {title}", "", *_summary_lines(result), "", *markdown_table(header, rows), "", *class_change_lines(result)]
+    markdown += saliency_lines(result)
     for file, caption in figures:
         markdown += [f"## {caption}", "", f"![{caption}]({file})", ""]
     markdown_path = out_dir / "verify.md"
     atomic.write_text(markdown_path, "\n".join(markdown))
     html_path = out_dir / "verify.html"
-    atomic.write_text(html_path, _html(title, _summary_lines(result), header, rows, out_dir, figures))
+    atomic.write_text(html_path, _html(title, _summary_lines(result), header, rows, out_dir, figures, class_change_table(result)))
     return markdown_path, html_path
 
 
@@ -348,7 +385,15 @@ def _inline_png(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def _html(title: str, summary: list[str], header: list[str], rows: list[list[str]], out_dir: Path, plots: list[tuple[str, str]]) -> str:
+def _html(
+    title: str,
+    summary: list[str],
+    header: list[str],
+    rows: list[list[str]],
+    out_dir: Path,
+    plots: list[tuple[str, str]],
+    changes: tuple[list[str], list[list[str]]] = ([], []),
+) -> str:
     status_class = {"pass": "pass", "fail": "fail", "error": "fail", "unverified": "unverified"}
 
     def cell(text: str, index: int) -> str:
@@ -358,6 +403,11 @@ def _html(title: str, summary: list[str], header: list[str], rows: list[list[str
     table = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
     table += ["<tr>" + "".join(cell(c, i) for i, c in enumerate(r)) + "</tr>" for r in rows]
     table.append("</table>")
+    if changes[1]:
+        table += [f"<h2>{html.escape(CLASS_CHANGES[0])}</h2><p>{html.escape(CLASS_CHANGES[1])}</p><table>"]
+        table += ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in changes[0]) + "</tr>"]
+        table += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in changes[1]]
+        table.append("</table>")
     figures = [
         f'<h2>{html.escape(caption)}</h2><img alt="{html.escape(caption)}" src="{_inline_png(out_dir / file)}">' for file, caption in plots
     ]

@@ -95,4 +95,22 @@ def agreement(spec: ModelSpec, truth: Truth, reference: np.ndarray, probs: np.nd
     if spec.task == "segmentation":
         ious = [mask_iou(a, b) for a, b in zip(masks_of(spec, truth, reference), masks_of(spec, truth, probs), strict=True)]
         return {"mask_iou": float(np.mean(ious)), "mask_iou_per_image": [round(v, 4) for v in ious], **common}
-    return {"top1": float((decide(spec.decision, probs) == decide(spec.decision, reference)).mean()), **common}
+    named, ref_named = decide(spec.decision, probs), decide(spec.decision, reference)
+    return {"top1": float((named == ref_named).mean()), "class_changes": class_changes(spec, truth, reference, probs), **common}
+
+
+def class_changes(spec: ModelSpec, truth: Truth, reference: np.ndarray, probs: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per class: images the reference names it and the artifact does not (lost), the reverse (gained), how many of each
+    were truly that class, and the mean change of its log-probability. An overall agreement figure hides whether the
+    changes fall on one class; a sensitivity moves by (gained_true - lost_true) / class count."""
+    named, ref_named = decide(spec.decision, probs), decide(spec.decision, reference)
+    dlogp = np.log(np.clip(probs.astype(np.float64), 1e-12, None)) - np.log(np.clip(reference.astype(np.float64), 1e-12, None))
+    labels = truth.labels if truth.labels is not None and len(truth.labels) == len(named) else None
+    changes = {}
+    for index, name in enumerate(spec.class_names):
+        lost, gained = (ref_named == index) & (named != index), (named == index) & (ref_named != index)
+        entry: dict[str, Any] = {"lost": int(lost.sum()), "gained": int(gained.sum()), "mean_dlogp": float(dlogp[:, index].mean())}
+        if labels is not None:
+            entry["lost_true"], entry["gained_true"] = int((lost & (labels == index)).sum()), int((gained & (labels == index)).sum())
+        changes[name] = entry
+    return changes
