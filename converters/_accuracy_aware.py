@@ -10,7 +10,8 @@ is not reached, and the error says so and points at quantization-aware training.
 
 Top-1 disagreement with fp32 is the criterion because it needs no labels and bounds the accuracy
 drop from above (an image whose answer did not change cannot lose accuracy); ``edgederm verify``
-then measures the real metric drops on held-out labelled images.
+then measures the real metric drops on held-out labelled images. For a segmenter the decisions are
+its mask pixels (``_ranges.disagreement``).
 
 A converter supplies an ``Int8Quantizer`` (its static int8 calibrated once; the Protocol below says
 what it offers) and calls ``for_job``.
@@ -35,7 +36,7 @@ import numpy as np
 from edgederm.core.log import get_logger, progress
 
 from ._bias_correction import BiasCorrection
-from ._ranges import RangeChoice
+from ._ranges import RangeChoice, decisions, disagreement
 
 if TYPE_CHECKING:
     from ._job import ExportJob  # torch: this module stays numpy-only
@@ -109,7 +110,7 @@ class AwareResult:
     max_drop: float
     candidates: int
     kept_float: list[str]
-    disagreement: float  # final model, top-1 vs fp32 on the calibration images
+    disagreement: float  # final model against fp32 on the calibration images (``measure``)
     full_int8_disagreement: float
     reached: bool
     latency_ms: float | None = None  # 1 thread, batch 1
@@ -121,6 +122,7 @@ class AwareResult:
     over_size: bool = False  # the bound needs more float layers than max_size allows
     within_size: int | None = None  # ranked layers that can be float together within max_size
     ranking: list[dict[str, Any]] = field(default_factory=list)  # the 10 most sensitive layers
+    measure: str = "top-1"  # the decisions compared: each image's class, or a segmenter's mask pixels
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,7 +134,7 @@ class AwareResult:
         outcome = "within" if self.reached else "NOT within"
         size = f", {self.size_ratio:.2f}x the fp32 size" if self.size_ratio is not None else ""
         return (
-            f"{len(self.kept_float)}/{self.candidates} layers kept float, top-1 disagreement with fp32 "
+            f"{len(self.kept_float)}/{self.candidates} layers kept float, {self.measure} disagreement with fp32 "
             f"{self.disagreement:.1%} (all-int8 {self.full_int8_disagreement:.1%}), {outcome} {self.max_drop:.1%}{size}{latency}"
         )
 
@@ -156,10 +158,6 @@ def float_regions(layers: Sequence[Layer]) -> dict[str, list[str]]:
         readers = [other for other in layers if other is not layer and other.inputs & layer.outputs]
         regions[layer.name] = list(dict.fromkeys([*layer.nodes, *(n for r in readers for n in r.nodes)]))
     return regions
-
-
-def _disagreement(probs: np.ndarray, reference: np.ndarray) -> float:
-    return float((probs.argmax(1) != reference.argmax(1)).mean())
 
 
 def _console():
@@ -208,11 +206,14 @@ def search(
     max_bytes = max_size * float_bytes if max_size is not None and float_bytes else None
 
     full, full_probs = (start, predict(start, None)) if start is not None else evaluate([])
-    full_gap = _disagreement(full_probs, reference)
+    full_gap = disagreement(full_probs, reference)
     result = AwareResult(max_drop, len(candidates), [], full_gap, full_gap, full_gap <= max_drop, max_size=max_size)
+    result.measure = decisions(reference)
     full_latency = latency(full)
     result.full_int8_latency_ms = result.latency_ms = full_latency
-    log(f"all-int8 disagrees with fp32 on {full_gap:.1%} of {len(reference)} calibration images (bound {max_drop:.1%})")
+    log(
+        f"all-int8 disagrees with fp32 on {full_gap:.1%} of the {result.measure} decisions of {len(reference)} calibration images (bound {max_drop:.1%})"
+    )
     full_bytes = nbytes(full)
     if result.reached or not candidates or (max_bytes is not None and full_bytes is not None and full_bytes > max_bytes):
         result.over_size = not result.reached and bool(candidates)
@@ -221,7 +222,7 @@ def search(
 
     if start is not None:
         full, full_probs = evaluate([])
-        gap = _disagreement(full_probs, reference)
+        gap = disagreement(full_probs, reference)
         log(f"without bias correction, all-int8 disagrees on {gap:.1%}")
         if gap <= max_drop:
             result.disagreement, result.reached = gap, True
@@ -258,7 +259,7 @@ def search(
     def step(k: int) -> tuple[Model, float, int | None]:
         if k not in cache:
             model, probs = evaluate(ranked[:k])
-            cache[k] = (model, _disagreement(probs, reference), nbytes(model))
+            cache[k] = (model, disagreement(probs, reference), nbytes(model))
             log(f"{k} layer(s) float: disagreement {cache[k][1]:.1%}")
         return cache[k]
 
@@ -336,14 +337,14 @@ def for_job(quantizer: Int8Quantizer[Model], job: ExportJob) -> Model:
         )
     if result.over_size:
         raise ConversionError(
-            f"int8-aa cannot bring top-1 disagreement with fp32 within {result.max_drop:.1%} in an int8-sized file "
+            f"int8-aa cannot bring {result.measure} disagreement with fp32 within {result.max_drop:.1%} in an int8-sized file "
             f"(at most {result.max_size:.2f}x the fp32 size): {result.disagreement:.1%} with the {len(result.kept_float)} most "
             f"sensitive of {result.candidates} layers float (all-int8: {result.full_int8_disagreement:.1%}); {_REMEDY}, "
             "or allow a larger file (--max-size)"
         )
     if not result.reached:
         raise ConversionError(
-            f"int8-aa cannot bring top-1 disagreement with fp32 within {result.max_drop:.1%}: {result.disagreement:.1%} even with "
+            f"int8-aa cannot bring {result.measure} disagreement with fp32 within {result.max_drop:.1%}: {result.disagreement:.1%} even with "
             f"{len(result.kept_float)}/{result.candidates} layers float (all-int8: {result.full_int8_disagreement:.1%}); "
             f"post-training quantization does not get there for this model: {_REMEDY}"
         )

@@ -43,11 +43,25 @@ def from_extremes(mins: np.ndarray, maxs: np.ndarray, percentile: float) -> tupl
     return np.percentile(mins, 100 - percentile, axis=0).astype(np.float32), np.percentile(maxs, percentile, axis=0).astype(np.float32)
 
 
+def disagreement(probs: np.ndarray, reference: np.ndarray) -> float:
+    """The share of decisions that differ from fp32's: each image's top-1 class for class probabilities (N, C), each
+    pixel's lesion mask (probability >= 0.5) for a segmenter's lesion probabilities, whatever their channel axis."""
+    if reference.ndim == 2:
+        return float((probs.argmax(1) != reference.argmax(1)).mean())
+    return float(((probs >= 0.5) != (reference >= 0.5)).mean())
+
+
+def decisions(reference: np.ndarray) -> str:
+    """What ``disagreement`` compares, for messages."""
+    return "top-1" if reference.ndim == 2 else "mask pixel"
+
+
 @dataclass
 class RangeChoice:
     percentile: float
-    scores: dict[str, dict[str, float]]  # per candidate: mean |Δp| and top-1 disagreement with fp32
+    scores: dict[str, dict[str, float]]  # per candidate: mean |Δp| and disagreement with fp32 (``decisions``)
     seconds: float
+    measure: str = "top-1"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,7 +70,7 @@ class RangeChoice:
         chosen = self.scores[label(self.percentile)]
         return (
             f"activation ranges at the {label(self.percentile)} of per-image extremes "
-            f"(mean |dp| {chosen['mean_abs_dp']:.4f}, top-1 disagreement {chosen['disagreement']:.1%} on the calibration images)"
+            f"(mean |dp| {chosen['mean_abs_dp']:.4f}, {self.measure} disagreement {chosen['disagreement']:.1%} on the calibration images)"
         )
 
 
@@ -84,9 +98,9 @@ def choose(
         errors.append(error)
         scores[label(percentile)] = {
             "mean_abs_dp": round(error, 6),
-            "disagreement": round(float((probs.argmax(1) != reference.argmax(1)).mean()), 6),
+            "disagreement": round(disagreement(probs, reference), 6),
         }
     best = int(np.argmin(errors))
     if errors[best] > (1 - CLEAR_GAIN) * errors[0]:
         best = 0
-    return percentiles[best], models[best], RangeChoice(percentiles[best], scores, round(time.time() - started, 1))
+    return percentiles[best], models[best], RangeChoice(percentiles[best], scores, round(time.time() - started, 1), decisions(reference))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from edgederm.converters._ranges import PERCENTILES, choose, from_extremes
+from edgederm.converters._ranges import PERCENTILES, choose, decisions, disagreement, from_extremes
 
 
 def test_min_max_is_the_hundredth_percentile_and_lower_ones_clip_an_outlier_image():
@@ -42,3 +42,24 @@ def test_min_max_stays_unless_a_clipped_range_is_clearly_closer():
 
 def test_the_candidates_start_at_min_max():
     assert PERCENTILES[0] == 100 and list(PERCENTILES) == sorted(PERCENTILES, reverse=True)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "nhw"])
+def test_a_segmenter_is_judged_by_its_mask_pixels_in_any_layout(layout: str):
+    reference = np.full((3, 8, 8), 0.2)
+    reference[:, 2:6, 2:6] = 0.9  # a 16-pixel lesion in each image
+    moved = reference.copy()
+    moved[0, 2, 2:6] = 0.4  # 4 of image 0's lesion pixels fall below 0.5
+    moved[1, 0, 0] = 0.3  # a background pixel moves, still below 0.5
+    shape = {"nchw": (3, 1, 8, 8), "nhwc": (3, 8, 8, 1), "nhw": (3, 8, 8)}[layout]
+    reference, moved = reference.reshape(shape), moved.reshape(shape)
+    assert disagreement(moved, reference) == pytest.approx(4 / (3 * 64))
+    percentile, _, choice = choose(lambda p: p, lambda p: moved if p < 100 else reference, reference, (100.0, 99.0))
+    assert percentile == 100.0 and choice.scores["p99"]["disagreement"] == pytest.approx(4 / 192, abs=1e-6)
+    assert "mask pixel disagreement 0.0%" in choice.summary()
+
+
+def test_a_classifier_is_judged_by_its_top1_class():
+    reference = np.array([[0.6, 0.4], [0.3, 0.7]])
+    assert disagreement(np.array([[0.4, 0.6], [0.3, 0.7]]), reference) == 0.5
+    assert decisions(reference) == "top-1"
