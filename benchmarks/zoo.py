@@ -313,7 +313,7 @@ def numerics(entry: Path, recipe: Recipe, shared: Path, predictors: dict, run: P
             result["storage"] = {
                 "dtype": recipe.storage,
                 "what": f"the {recipe.storage}-stored weights against the float32 run they came from, on the test images",
-                **{k: v for k, v in agreement(spec, truth, float32.probs, torch_fp32.probs).items() if not isinstance(v, list)},
+                **{k: v for k, v in agreement(spec, truth, float32.probs, torch_fp32.probs).items() if not isinstance(v, (list, dict))},
             }
     return result
 

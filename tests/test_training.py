@@ -286,6 +286,7 @@ def test_extra_train_joins_the_train_split_only_and_a_fine_tune_may_add_it(tmp_p
     rows = list(csv.DictReader(open(tuned.run_dir / "splits.csv")))
     extra = [r for r in rows if r["source"] == "synthetic:16,seed=9"]
     assert len(rows) == 48 and len(extra) == 16 and {r["split"] for r in extra} == {"train"}
+    assert {r["source"] for r in rows if r not in extra} == {""}  # the run's own --data, which its spec.json names
     assert [r for r in rows if r["split"] != "train"] == [
         r for r in csv.DictReader(open(source.run_dir / "splits.csv")) if r["split"] != "train"
     ]

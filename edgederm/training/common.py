@@ -93,11 +93,13 @@ def _join_extra_train(dataset: SampleSet, external_val: SampleSet | None, spec: 
 
 
 def write_splits(path: Path, dataset: SampleSet, external_val: SampleSet | None) -> None:
+    """One row per image. ``source`` is blank for the run's own --data (its spec.json names it) and names the spec of
+    --extra-train and --val-data rows; nothing reads it back, and a blank keeps the machine's paths out of shipped files."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["image_id", "group", "label", "split", "source"])
     for sample in dataset.samples:
-        writer.writerow([sample.image_id, sample.group, sample.label, sample.split, sample.source or dataset.spec])
+        writer.writerow([sample.image_id, sample.group, sample.label, sample.split, sample.source or ""])
     for sample in external_val.samples if external_val else []:
         writer.writerow([sample.image_id, sample.group, sample.label, "val", external_val.spec])
     atomic.write_text(path, buffer.getvalue())
