@@ -107,6 +107,7 @@ def with_ranges(
     apply: Callable[[Model, Shifts], Model],
     predict: Callable[[Model, Sequence[Any]], np.ndarray],
     fit_images: int = FIT_IMAGES,
+    percentiles: Sequence[float] = PERCENTILES,
 ) -> tuple[float, Model, Shifts, BiasCorrection]:
     """The activation ranges and bias correction together: (percentile, its uncorrected model, shifts, record).
 
@@ -120,7 +121,7 @@ def with_ranges(
         shifts, result = decide(chosen, inputs, reference, fit, apply, predict, fit_images)
         return percentile, chosen, (shifts if percentile >= 100 else {}), result
     started, best, candidates = time.time(), None, {}
-    for candidate in sorted(PERCENTILES, reverse=True):
+    for candidate in sorted(percentiles, reverse=True):
         model = chosen if candidate == percentile else build_at(candidate)
         shifts, result = decide(model, inputs, reference, fit, apply, predict, fit_images)
         error = result.mean_abs_dp["on" if result.applied else "off"]
@@ -141,14 +142,18 @@ def full_int8(
     apply: Callable[[Model, Shifts], Model],
     predict: Callable[[Model, Sequence[Any]], np.ndarray],
     fit_images: int = FIT_IMAGES,
+    percentiles: Sequence[float] = PERCENTILES,
 ) -> tuple[float, Model, RangeChoice, BiasCorrection]:
     """The all-int8 model with its activation ranges and bias correction chosen: (percentile, corrected model, records).
 
     ``build_at(percentile)`` quantizes every layer at those ranges; ``reference`` is fp32's probabilities on ``inputs``
-    (the calibration images); ``fit``, ``apply`` and ``predict`` are the format's, as for ``decide``.
+    (the calibration images); ``fit``, ``apply`` and ``predict`` are the format's, as for ``decide``; ``percentiles``
+    are the candidate ranges (``_ranges.candidates``).
     """
     build_at = functools.cache(build_at)  # with_ranges comes back to the candidates choose built
-    percentile, chosen, range_choice = choose(build_at, lambda model: predict(model, inputs), reference)
-    percentile, chosen, shifts, correction = with_ranges(percentile, chosen, build_at, inputs, reference, fit, apply, predict, fit_images)
+    percentile, chosen, range_choice = choose(build_at, lambda model: predict(model, inputs), reference, percentiles)
+    percentile, chosen, shifts, correction = with_ranges(
+        percentile, chosen, build_at, inputs, reference, fit, apply, predict, fit_images, percentiles
+    )
     range_choice.percentile = percentile
     return percentile, apply(chosen, shifts), range_choice, correction

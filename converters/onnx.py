@@ -206,6 +206,7 @@ class _Int8Quantizer:
     ):
         """``model`` is quantized; ``reference`` (default: ``model``) is the fp32 graph its output and conv means are held to."""
         self.calibration, self.activations = calibration, activations
+        self.percentiles = _ranges.candidates("w8a16" if activations == QuantType.QInt16 else "int8")
         work_dir = Path(work_dir).resolve()  # quant_pre_process runs from inside it
         work_dir.mkdir(parents=True, exist_ok=True)
         self.prepared, self.cache = work_dir / "prepared.onnx", work_dir / "ranges.json"
@@ -240,6 +241,7 @@ class _Int8Quantizer:
                 fit=lambda model, inputs: _onnx_bias.fit_shifts(model, self.fp32, inputs, self._session, INPUT_NAME),
                 apply=_onnx_bias.apply,
                 predict=self._probabilities,
+                percentiles=self.percentiles,
             )
         self._write_ranges(self.extremes, percentile)  # what int8-aa's variants quantize with
         return self

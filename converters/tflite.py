@@ -206,6 +206,7 @@ class _StaticInt8:
         self.regions = _accuracy_aware.float_regions(self._layers())
         self.reference = self.predict(fp32, None)
         self.fit_images = W8A16_FIT_IMAGES if job.quant == "w8a16" else _bias_correction.FIT_IMAGES
+        self.percentiles = _ranges.candidates(job.quant)
 
     def _ranges_at(self, percentile: float) -> dict[str, Any]:
         return {name: _qsv_at(qsv, percentile) for name, qsv in self.extremes.items()}
@@ -226,6 +227,7 @@ class _StaticInt8:
             apply=_tflite_bias.apply,
             predict=self._probabilities,
             fit_images=self.fit_images,
+            percentiles=self.percentiles,
         )
         self.qsvs = self._ranges_at(percentile)
         return self

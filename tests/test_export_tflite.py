@@ -240,6 +240,7 @@ def test_w8a16_has_int16_activations_and_int8_weights(exported):
     details = records["w8a16"].details
     assert details["calibration"]["images"] == 40
     assert details["bias_correction"]["images"]["fit"] == min(20, W8A16_FIT_IMAGES)  # the even half of the 40, at most
+    assert list(details["activation_ranges"]["scores"]) == ["min/max"]  # 16-bit activations: no clipped candidates
 
 
 def test_int8_input_output_are_quantized_on_request(run_dir: Path, tmp_path: Path, pixels: np.ndarray, reference: np.ndarray):
