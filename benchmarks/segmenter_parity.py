@@ -153,6 +153,8 @@ def collect() -> dict:
                     "message": a["message"] or "; ".join(a["checks"]),
                 }
             )
+        order = list(FORMATS)  # the formats table's order, whatever order the manifest gathered them in
+        rows.sort(key=lambda r: (order.index(r["format"]) if r["format"] in order else len(order), _quant_order(r["quant"])))
         onnx_int8 = next((r for r in rows if r["format"] == "onnx" and r["quant"] == "int8" and r["path"]), None)
         tflite_int8 = next((r for r in rows if r["format"] == "tflite" and r["quant"] == "int8" and r["path"]), None)
         models.append(
@@ -181,6 +183,10 @@ def collect() -> dict:
         "commands": [shlex.join(c(n)).replace(EDGEDERM, "edgederm") for n in MODELS for c in (export_command, verify_command)],
         "models": models,
     }
+
+
+def _quant_order(quant: str) -> int:
+    return QUANTS.index(quant) if quant in QUANTS else len(QUANTS)
 
 
 def _complexity(run: Path) -> dict:
