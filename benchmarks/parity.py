@@ -1,6 +1,6 @@
 """The reference recipe end to end: export every format x quant, verify on the lesion-disjoint test split, and time by input size.
 
-    python benchmarks/parity.py [--run zoo:lite0-ham10000] [--data ham10000:../shared/data/ham10000]
+    python benchmarks/parity.py [--run zoo:lite0-ham10000] [--data ham10000:../shared/data/ham10000] [--weight-rounding auto]
 
 Reuses RUN, a zoo entry or a run directory (made by ``benchmarks/train_reference.py --out RUN``;
 trained first when a run directory is missing),
@@ -27,6 +27,7 @@ from pathlib import Path
 
 from _results import add_results_options, command_line, reread, write_results
 
+from edgederm.core.formats import WEIGHT_ROUNDING
 from edgederm.core.log import configure, get_logger
 
 REPO = Path(__file__).resolve().parents[1]
@@ -231,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=f"ham10000:{SHARED / 'ham10000'}")
     parser.add_argument("--split", default="test")
     parser.add_argument("--max-drop", type=float, default=0.01, help="int8-aa's bound on top-1 disagreement with fp32")
+    parser.add_argument(
+        "--weight-rounding", choices=WEIGHT_ROUNDING, default="off", help="static int8 and w8a16 weight rounding (edgederm export's)"
+    )
     parser.add_argument("--sizes", default="128,160,192,224,256")
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "parity")
@@ -253,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     for fmt in FORMATS.values():  # every mode of every format; earlier formats stay in the manifest
         # --data is the local copy of the run's training data: calibration still takes only its train split.
-        export_run(args.run, [fmt], list(fmt.quant_modes), export_dir, calib_data=args.data, options={"max_drop": args.max_drop})
+        export_options = {"max_drop": args.max_drop, "weight_rounding": args.weight_rounding}
+        export_run(args.run, [fmt], list(fmt.quant_modes), export_dir, calib_data=args.data, options=export_options)
     export_seconds = time.time() - started
     _log(f"exported in {export_seconds:.0f} s; verifying on {args.data} [{args.split}]")
     options = VerifyOptions(
