@@ -207,8 +207,9 @@ def search(
 
     full, full_probs = (start, predict(start, None)) if start is not None else evaluate([])
     full_gap = disagreement(full_probs, reference)
-    result = AwareResult(max_drop, len(candidates), [], full_gap, full_gap, full_gap <= max_drop, max_size=max_size)
-    result.measure = decisions(reference)
+    result = AwareResult(
+        max_drop, len(candidates), [], full_gap, full_gap, full_gap <= max_drop, max_size=max_size, measure=decisions(reference)
+    )
     full_latency = latency(full)
     result.full_int8_latency_ms = result.latency_ms = full_latency
     log(

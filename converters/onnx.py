@@ -62,15 +62,14 @@ def export(job: ExportJob) -> None:
     if job.quant == "fp16":
         model = _to_fp16(model)
     elif fmt.needs_calibration(job.quant):  # static int8 (all layers, or accuracy-aware) or w8a16
-        activations = QuantType.QInt16 if job.quant == "w8a16" else QuantType.QUInt8
         with tempfile.TemporaryDirectory(prefix="onnx-int8-", dir=job.target.parent) as tmp:
             fp32 = model
 
             def build(weights: torch.nn.Module) -> _Int8Quantizer:
                 if weights is job.model:
-                    return _Int8Quantizer(fp32, job.calibration, Path(tmp) / "nearest", activations)
+                    return _Int8Quantizer(fp32, job.calibration, Path(tmp) / "nearest", job.quant)
                 rounded = _fp32_model(job, weights)[0]
-                return _Int8Quantizer(rounded, job.calibration, Path(tmp) / "rounded", activations, reference=fp32)
+                return _Int8Quantizer(rounded, job.calibration, Path(tmp) / "rounded", job.quant, reference=fp32)
 
             quantizer: _accuracy_aware.Int8Quantizer[onnx.ModelProto] = _weight_rounding.choose(job, build).settle()
             model = _accuracy_aware.for_job(quantizer, job)
@@ -201,12 +200,14 @@ class _Int8Quantizer:
         model: onnx.ModelProto,
         calibration: Calibration,
         work_dir: Path,
-        activations: QuantType = QuantType.QUInt8,
+        quant: str = "int8",
         reference: onnx.ModelProto | None = None,
     ):
-        """``model`` is quantized; ``reference`` (default: ``model``) is the fp32 graph its output and conv means are held to."""
-        self.calibration, self.activations = calibration, activations
-        self.percentiles = _ranges.candidates("w8a16" if activations == QuantType.QInt16 else "int8")
+        """``model`` is quantized (``quant``: int8, int8-aa or w8a16); ``reference`` (default: ``model``) is the fp32 graph
+        its output and conv means are held to."""
+        self.calibration = calibration
+        self.activations = QuantType.QInt16 if quant == "w8a16" else QuantType.QUInt8
+        self.percentiles = _ranges.candidates(quant)
         work_dir = Path(work_dir).resolve()  # quant_pre_process runs from inside it
         work_dir.mkdir(parents=True, exist_ok=True)
         self.prepared, self.cache = work_dir / "prepared.onnx", work_dir / "ranges.json"
