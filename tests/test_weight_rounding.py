@@ -210,10 +210,10 @@ def test_a_qat_run_keeps_its_nearest_rounding(job: ExportJob):
         assert "--qat" in qat_job.details["weight_rounding"]["skipped"]
 
 
-def test_the_cli_keeps_nearest_rounding_unless_told(trained_run: Path, tmp_path: Path):
+def test_the_cli_decides_weight_rounding_unless_told(trained_run: Path, tmp_path: Path):
     from edgederm.cli import main
 
-    for flags, mode in (([], None), (["--weight-rounding", "auto"], "auto"), (["--weight-rounding", "on"], "on")):
+    for flags, mode in (([], "auto"), (["--weight-rounding", "off"], None), (["--weight-rounding", "on"], "on")):
         out = tmp_path / str(mode)
         argv = ["export", str(trained_run), "--formats", "onnx", "--quant", "int8", "--calib-data", CALIB, "--calib-n", "40"]
         assert main([*argv, "--out", str(out), *flags]) == 0

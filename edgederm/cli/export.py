@@ -10,7 +10,7 @@ from .parser import model_path
 
 
 def add_parser(sub) -> None:
-    from ..core.formats import FORMATS, QUANT_MODES, WEIGHT_ROUNDING
+    from ..core.formats import DEFAULT_WEIGHT_ROUNDING, FORMATS, QUANT_MODES, WEIGHT_ROUNDING
 
     p = sub.add_parser("export", help="export a run to TFLite / ONNX / CoreML / ExecuTorch artifacts + manifest.json")
     p.add_argument("run_dir", type=model_path, help="a run directory (model.safetensors + spec.json) or zoo:NAME")
@@ -33,11 +33,10 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--weight-rounding",
         choices=WEIGHT_ROUNDING,
-        default="off",
+        default=DEFAULT_WEIGHT_ROUNDING,
         help="int8 and w8a16: round each weight up or down for its layer's output on the calibration images instead of to "
-        "its nearest int8 step. off (default): nearest; auto: keep it where each format's int8 model comes closer to fp32 "
-        "on held-out calibration images; on: always (about a minute for a 224 px Lite0; never for --qat runs). "
-        "Check the result with verify",
+        "its nearest int8 step. auto (default): keep it where each format's int8 model comes closer to fp32 on held-out "
+        "calibration images; on: always; off: nearest (the quickest export). Never for --qat runs. Check the result with verify",
     )
     p.add_argument("--nchw", action="store_true", help="TFLite: keep NCHW input instead of the phone-friendly NHWC")
     p.add_argument("--out", required=True, type=Path)

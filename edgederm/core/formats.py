@@ -48,6 +48,7 @@ QUANT_MODES: dict[str, QuantMode] = {
 
 # How static int8 and w8a16 round their weights (export --weight-rounding; converters/_weight_rounding.py).
 WEIGHT_ROUNDING = ("off", "auto", "on")
+DEFAULT_WEIGHT_ROUNDING = "auto"
 
 # Run directories and checkpoints: the fp32 PyTorch reference that every artifact is verified against.
 TORCH_BACKEND = "edgederm.models.torch_backend:TorchPredictor"
