@@ -4,9 +4,9 @@
         [--rows tflite:int8,tflite:w8a16,onnx:int8,onnx:w8a16,executorch:int8] [--roundings off,on[,auto]]
 
 Exports RUN once per rounding and format x mode, from the same calibration images: with every weight rounded to
-its nearest int8 step (``edgederm export --weight-rounding off``, the default), with the weights rounded for each
+its nearest int8 step (``edgederm export --weight-rounding off``), with the weights rounded for each
 layer's output on every calibration image (``on``, ``converters/_weight_rounding.py``), and, where --roundings
-names it, with the choice between the two made per file on held-out calibration images (``auto``). All go through the same
+names it, with the choice between the two made per file on held-out calibration images (``auto``, the default). All go through the same
 activation-range choice and bias-correction decision. Then each file is verified against torch fp32 on --split.
 The split is validation, not test, because this run decides a default. Writes
 benchmarks/results/weight_rounding.{json,md}.
