@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import operator
 from collections import Counter
 from collections.abc import Iterator
@@ -174,6 +175,8 @@ class _Pt2eInt8:
         self.original = _pte_bias.float_twin(self.prepared if original is None else original)
         self.inputs = np.concatenate(list(job.calibration.batches(32, "NCHW")))
         self.reference = _pte_bias.predict(self.original, self.inputs)
+        # every layer int8 at a percentile's ranges, built once: plain() (weight rounding) and settle() both build min/max
+        self._all_int8 = functools.cache(self._quantize_at)
 
     def _quantize_at(self, percentile: float) -> fx.GraphModule:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
@@ -188,7 +191,7 @@ class _Pt2eInt8:
             return convert_pt2e(candidate)
 
     def plain(self) -> fx.GraphModule:
-        return self._quantize_at(100.0)
+        return self._all_int8(100.0)
 
     def held_out(self, model: fx.GraphModule) -> np.ndarray:
         return _pte_bias.predict(model, self.inputs[1::2])
@@ -196,7 +199,7 @@ class _Pt2eInt8:
     def settle(self) -> _Pt2eInt8:
         with conversion_step("activation ranges and bias correction"):
             _, self.full_int8, self.range_choice, self.bias_correction = _bias_correction.full_int8(
-                self._quantize_at,
+                self._all_int8,
                 self.inputs,
                 self.reference,
                 fit=lambda model, images: _pte_bias.fit_shifts(model, self.original, images),

@@ -17,6 +17,7 @@ run once by onnxruntime before it is written.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import tempfile
@@ -221,13 +222,15 @@ class _Int8Quantizer:
         self.fp32 = fp32
         self.reference = self.predict(fp32, None)
         self.extremes = self._extremes()
+        # every layer int8 at a percentile's ranges, built once: plain() (weight rounding) and settle() both build min/max
+        self._all_int8 = functools.cache(self._quantize_at)
 
     def _quantize_at(self, percentile: float) -> onnx.ModelProto:
         self._write_ranges(self.extremes, percentile)
         return self._build([])
 
     def plain(self) -> onnx.ModelProto:
-        return self._quantize_at(100.0)
+        return self._all_int8(100.0)
 
     def held_out(self, model: onnx.ModelProto) -> np.ndarray:
         return self._probabilities(model, self._inputs[1::2])
@@ -236,7 +239,7 @@ class _Int8Quantizer:
         """Chooses the activation ranges and bias correction (``_bias_correction.full_int8``)."""
         with conversion_step("activation ranges and bias correction"):
             percentile, self.full_int8, self.range_choice, self.bias_correction = _bias_correction.full_int8(
-                self._quantize_at,
+                self._all_int8,
                 self._inputs,
                 self.reference,
                 fit=lambda model, inputs: _onnx_bias.fit_shifts(model, self.fp32, inputs, self._session, INPUT_NAME),

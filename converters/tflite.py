@@ -61,6 +61,7 @@ and ``ModelSpec.input_preprocess`` applies it. NCHW files keep the model's own n
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import weakref
@@ -207,12 +208,17 @@ class _StaticInt8:
         self.reference = self.predict(fp32, None)
         self.fit_images = W8A16_FIT_IMAGES if job.quant == "w8a16" else _bias_correction.FIT_IMAGES
         self.percentiles = _ranges.candidates(job.quant)
+        # every layer int8 at a percentile's ranges, built once: plain() (weight rounding) and settle() both build min/max
+        self._all_int8 = functools.cache(self._quantize_at)
 
     def _ranges_at(self, percentile: float) -> dict[str, Any]:
         return {name: _qsv_at(qsv, percentile) for name, qsv in self.extremes.items()}
 
+    def _quantize_at(self, percentile: float) -> bytes:
+        return self._build(self._ranges_at(percentile), [])
+
     def plain(self) -> bytes:
-        return self._build(self._ranges_at(100.0), [])
+        return self._all_int8(100.0)
 
     def held_out(self, model: bytes) -> np.ndarray:
         return self._probabilities(model, self._inputs[1::2])
@@ -220,7 +226,7 @@ class _StaticInt8:
     def settle(self) -> _StaticInt8:
         """Chooses the activation ranges and bias correction (``_bias_correction.full_int8``)."""
         percentile, self.full_int8, self.range_choice, self.bias_correction = _bias_correction.full_int8(
-            lambda percentile: self._build(self._ranges_at(percentile), []),
+            self._all_int8,
             self._inputs,
             self.reference,
             fit=lambda model, inputs: _tflite_bias.fit_shifts(model, self.fp32, inputs),
