@@ -233,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--max-drop", type=float, default=0.01, help="int8-aa's bound on top-1 disagreement with fp32")
     parser.add_argument(
-        "--weight-rounding", choices=WEIGHT_ROUNDING, default=DEFAULT_WEIGHT_ROUNDING, help="static int8 and w8a16 weight rounding (edgederm export's)"
+        "--weight-rounding",
+        choices=WEIGHT_ROUNDING,
+        default=DEFAULT_WEIGHT_ROUNDING,
+        help="static int8 and w8a16 weight rounding (edgederm export's)",
     )
     parser.add_argument("--sizes", default="128,160,192,224,256")
     parser.add_argument("--runs", type=int, default=50)
