@@ -18,6 +18,7 @@ import json
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from edgederm.core.formats import FORMATS
@@ -153,8 +154,8 @@ def collect() -> dict:
                     "message": a["message"] or "; ".join(a["checks"]),
                 }
             )
-        order = list(FORMATS)  # the formats table's order, whatever order the manifest gathered them in
-        rows.sort(key=lambda r: (order.index(r["format"]) if r["format"] in order else len(order), _quant_order(r["quant"])))
+        # the formats table's order, whatever order the manifest gathered them in
+        rows.sort(key=lambda r: (_position(list(FORMATS), r["format"]), _position(QUANTS, r["quant"])))
         onnx_int8 = next((r for r in rows if r["format"] == "onnx" and r["quant"] == "int8" and r["path"]), None)
         tflite_int8 = next((r for r in rows if r["format"] == "tflite" and r["quant"] == "int8" and r["path"]), None)
         models.append(
@@ -185,8 +186,9 @@ def collect() -> dict:
     }
 
 
-def _quant_order(quant: str) -> int:
-    return QUANTS.index(quant) if quant in QUANTS else len(QUANTS)
+def _position(order: Sequence[str], name: str) -> int:
+    """``name``'s place in ``order``; names it does not hold sort last."""
+    return order.index(name) if name in order else len(order)
 
 
 def _complexity(run: Path) -> dict:
