@@ -22,7 +22,7 @@ import torch
 from torch import fx
 
 _CONV = torch.ops.aten.conv2d.default
-_ACTIVATIONS = (
+ACTIVATIONS = (
     torch.ops.aten.hardtanh.default,
     torch.ops.aten.hardtanh_.default,
     torch.ops.aten.relu.default,
@@ -34,7 +34,7 @@ class _PerImage(list):
     """A node's value on each image (constants are shared, not wrapped)."""
 
 
-def _attr(module: torch.nn.Module, target: str) -> torch.Tensor:
+def attribute(module: torch.nn.Module, target: str) -> torch.Tensor:
     return functools.reduce(getattr, target.split("."), module)
 
 
@@ -54,7 +54,7 @@ def as_read(conv: fx.Node) -> list[fx.Node]:
     that only the conv feeds (the first dequantize, where each reader has its own)."""
     # torch registers these ops once PT2E's quantization is imported, which any graph read here has gone through
     dequantize = torch.ops.quantized_decomposed.dequantize_per_tensor.default
-    followed = (*_ACTIVATIONS, torch.ops.quantized_decomposed.quantize_per_tensor.default, dequantize)
+    followed = (*ACTIVATIONS, torch.ops.quantized_decomposed.quantize_per_tensor.default, dequantize)
     chain, node = [], conv
     while True:
         users = list(node.users)
@@ -86,7 +86,7 @@ def walk(
     def value(i: int) -> Callable[[fx.Node], object]:
         def of(node: fx.Node) -> object:
             if node.op == "get_attr" and node not in env:  # a constant the graph fetches after the conv being read
-                return _attr(module, node.target)
+                return attribute(module, node.target)
             return env[node][i] if isinstance(env[node], _PerImage) else env[node]
 
         return of
@@ -105,11 +105,11 @@ def walk(
             if node.op == "placeholder":
                 env[node] = images
             elif node.op == "get_attr":
-                env[node] = _attr(module, node.target)
+                env[node] = attribute(module, node.target)
             elif node.op == "output":
                 result = torch.cat([fx.node.map_arg(node.args[0], value(i))[0] for i in range(len(images))])
             else:
-                call = node.target if node.op == "call_function" else _attr(module, node.target)
+                call = node.target if node.op == "call_function" else attribute(module, node.target)
                 outputs = _PerImage(
                     call(*fx.node.map_arg(node.args, value(i)), **fx.node.map_arg(node.kwargs, value(i))) for i in range(len(images))
                 )
@@ -165,7 +165,7 @@ def apply(int8: fx.GraphModule, shifts: dict[str, np.ndarray]) -> fx.GraphModule
     corrected = copy.deepcopy(int8)
     for name, target in biased_convs(corrected).items():
         if name in shifts:
-            bias = _attr(corrected, target)
+            bias = attribute(corrected, target)
             bias.data = bias.data - torch.from_numpy(shifts[name]).to(bias.dtype)
     return corrected
 

@@ -34,9 +34,9 @@ HAM10000 val images against fp32 (300 calibration images): histogram ranges 96.7
 mean |dp| 0.0067, balanced accuracy -2.14 pt and melanoma sensitivity -3.52 pt (bias correction did
 not pass its gate); min/max ranges with bias correction (which then passes it) 97.0%, 0.0055,
 +0.05 pt and -0.70 pt. Keeping the classifier's linear layer float added 0.2 pt of agreement.
-int8-aa does not join, and the formats table lists no int8-aa for ExecuTorch: each float layer would be
-a new prepare/calibrate/convert/lower.
-w8a16 is not offered either: XNNPACK's quantizer has no 16-bit activation configuration.
+int8-aa joins through ``_accuracy_aware``'s search: a conv or linear is kept float by removing observers from the
+calibrated graph before ``convert_pt2e`` (``_float_regions``), so no candidate calibrates again.
+w8a16 is not offered: XNNPACK's quantizer has no 16-bit activation configuration.
 
 The artifact's ModelSpec travels inside the program as the constant method ``edgederm_spec``
 (``constant_methods``), returning the spec's JSON string, which ``edgederm.runtime.executorch_backend``
@@ -50,9 +50,11 @@ import copy
 import dataclasses
 import functools
 import operator
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,6 +65,7 @@ from edgederm.core import atomic
 from edgederm.core.formats import FORMATS
 from edgederm.core.metadata import SPEC_KEY, artifact_spec
 from edgederm.runtime.executorch_backend import captured_log, import_notices_silenced
+from edgederm.runtime.timing import measure_latency
 
 from . import _accuracy_aware, _bias_correction, _pte_bias, _ranges, _weight_rounding
 from ._job import ConversionError, ConversionSkipped, ExportJob, check_job, conversion_step
@@ -98,7 +101,7 @@ def export(job: ExportJob) -> None:
 def _graph(job: ExportJob) -> nn.Module:
     if job.quant == "fp16":
         return _Float16(deployable(copy.deepcopy(job.model), job.spec)).eval()
-    if job.quant == "int8":
+    if job.quant in ("int8", "int8-aa"):
         return _int8(job)
     return deployable(job.model, job.spec)
 
@@ -144,7 +147,8 @@ def _relu6_fused_like_relu() -> Iterator[None]:
 
 def _int8(job: ExportJob) -> nn.Module:
     """The Deployable quantized by PT2E for XNNPACK, calibrated on ``job.calibration`` one image at a time,
-    with its weight rounding, activation ranges and bias correction chosen as for TFLite and ONNX."""
+    with its weight rounding, activation ranges and bias correction chosen as for TFLite and ONNX; for
+    int8-aa, with the layers ``_accuracy_aware``'s search keeps in float."""
     job.details["quantizer"] = {
         "name": "XNNPACKQuantizer",
         "weights": "int8 per-channel symmetric (PerChannelMinMaxObserver)",
@@ -154,20 +158,18 @@ def _int8(job: ExportJob) -> nn.Module:
     def build(weights: nn.Module) -> _Pt2eInt8:
         return _Pt2eInt8(weights, job, None if weights is job.model else _prepared(job.model, job))
 
-    quantizer = _weight_rounding.choose(job, build).settle()
-    job.details["activation_ranges"] = quantizer.range_choice.to_dict()
-    _accuracy_aware.log(quantizer.range_choice.summary(), tag="int8")
-    job.details["bias_correction"] = quantizer.bias_correction.to_dict()
-    _accuracy_aware.log(quantizer.bias_correction.summary(), tag="int8")
-    return quantizer.full_int8
+    quantizer: _accuracy_aware.Int8Quantizer[fx.GraphModule] = _weight_rounding.choose(job, build).settle()
+    return _accuracy_aware.for_job(quantizer, job)
 
 
 class _Pt2eInt8:
     """PT2E for XNNPACK calibrated once on one set of weights (a ``_weight_rounding.Candidate``); ``settle`` chooses the
-    activation ranges and bias correction (``_bias_correction.full_int8``)."""
+    activation ranges and bias correction (``_bias_correction.full_int8``), after which ``build`` can keep any
+    conv or linear layer in float (an ``_accuracy_aware.Int8Quantizer``)."""
 
     def __init__(self, weights: nn.Module, job: ExportJob, original: fx.GraphModule | None = None):
         """``original`` (default: ``weights``' own graph) is the prepared fp32 graph the int8 one is held to."""
+        self.job = job
         self.prepared = _prepared(weights, job)
         with conversion_step("PT2E calibration"):
             self.extremes = _extremes(self.prepared, job.calibration.batches(1, "NCHW"))
@@ -175,10 +177,12 @@ class _Pt2eInt8:
         self.original = _pte_bias.float_twin(self.prepared if original is None else original)
         self.inputs = np.concatenate(list(job.calibration.batches(32, "NCHW")))
         self.reference = _pte_bias.predict(self.original, self.inputs)
+        self.regions = _float_regions(self.prepared)
+        self.percentile = 100.0
         # every layer int8 at a percentile's ranges, built once: plain() (weight rounding) and settle() both build min/max
         self._all_int8 = functools.cache(self._quantize_at)
 
-    def _quantize_at(self, percentile: float) -> fx.GraphModule:
+    def _quantize_at(self, percentile: float, keep_float: tuple[str, ...] = ()) -> fx.GraphModule:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
         candidate = copy.deepcopy(self.prepared)
@@ -187,6 +191,7 @@ class _Pt2eInt8:
             observer = getattr(candidate, name)
             observer.min_val.copy_(torch.as_tensor(np.asarray(low)))
             observer.max_val.copy_(torch.as_tensor(np.asarray(high)))
+        _unobserved(candidate, [observer for layer in keep_float for observer in self.regions[layer]])
         with conversion_step("PT2E convert"):
             return convert_pt2e(candidate)
 
@@ -198,7 +203,7 @@ class _Pt2eInt8:
 
     def settle(self) -> _Pt2eInt8:
         with conversion_step("activation ranges and bias correction"):
-            _, self.full_int8, self.range_choice, self.bias_correction = _bias_correction.full_int8(
+            self.percentile, self.full_int8, self.range_choice, self.bias_correction = _bias_correction.full_int8(
                 self._all_int8,
                 self.inputs,
                 self.reference,
@@ -207,6 +212,99 @@ class _Pt2eInt8:
                 predict=_pte_bias.predict,
             )
         return self
+
+    def candidates(self) -> list[str]:
+        return list(self.regions)
+
+    def build(self, keep_float: list[str]) -> fx.GraphModule:
+        return self._quantize_at(self.percentile, tuple(keep_float))  # without bias correction: see _accuracy_aware
+
+    def predict(self, model: fx.GraphModule, n: int | None) -> np.ndarray:
+        return _pte_bias.predict(model, self.inputs[:n])
+
+    @property
+    def float_size(self) -> int:
+        return _constant_bytes(self.original)
+
+    def size(self, model: fx.GraphModule) -> int:
+        """The weights' bytes as the program stores them (the XNNPACK program adds the same few kilobytes to every model)."""
+        return _constant_bytes(model)
+
+    def latency(self, model: fx.GraphModule) -> float:
+        from edgederm.runtime.executorch_backend import ExecuTorchPredictor
+
+        with torch.no_grad():
+            program = torch.export.export(model, (example_input(self.job.spec),))
+        edge = _lower(program, artifact_spec(self.job.spec, "executorch", self.job.quant, _io(self.job)).to_json())
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "candidate.pte"
+            path.write_bytes(edge.to_executorch().buffer)
+            predictor = ExecuTorchPredictor(path, threads=1)
+            side = self.job.spec.preprocess.input_size
+            pixels = np.zeros((1, side, side, 3), np.uint8)
+            return measure_latency(lambda: predictor.predict_pixels(pixels), runs=30, warmup=3)["median_ms"]
+
+
+def _float_regions(prepared: fx.GraphModule) -> dict[str, list[str]]:
+    """Per layer (by module path), the observers to remove so that it computes in float and its output stays float, as
+    ``_accuracy_aware.float_regions`` keeps a layer's readers float with it.
+
+    A layer is an op whose output (after its ReLU/ReLU6) is observed, or whose weights are: convs, linears, adds, the
+    pooling. Removed: its weight observers, the observer of its output, and the weight observers of the layers that
+    read that output; the image's observer too where the layer alone reads it. A reader's own output observer stays,
+    so the int8 layers after it read int8 as before. XNNPACK lowers the result in one delegate: a float conv between
+    a dequantize and a quantize is a float conv.
+    """
+    from torchao.quantization.pt2e import ObserverBase
+
+    def observer(node: Any) -> bool:
+        return isinstance(node, fx.Node) and node.op == "call_module" and isinstance(getattr(prepared, node.target), ObserverBase)
+
+    def weights(layer: fx.Node) -> list[fx.Node]:
+        return [arg for arg in layer.args if observer(arg) and arg.args[0].op == "get_attr"]
+
+    def producer(observed: fx.Node) -> fx.Node:  # the op whose output this is, through an activation fused into it
+        while observed.op == "call_function" and observed.target in _pte_bias.ACTIVATIONS and not observer(observed.args[0]):
+            observed = observed.args[0]
+        return observed
+
+    outputs: dict[fx.Node, fx.Node] = {}
+    for node in prepared.graph.nodes:
+        if observer(node) and node.args[0].op not in ("get_attr", "placeholder"):
+            outputs[producer(node.args[0])] = node
+    layers = [node for node in prepared.graph.nodes if node in outputs or (node.op == "call_function" and weights(node))]
+    regions: dict[str, list[str]] = {}
+    for layer in layers:
+        drop = weights(layer)
+        drop += [arg for arg in layer.args if observer(arg) and arg.args[0].op == "placeholder" and set(arg.users) == {layer}]
+        if layer in outputs:
+            drop.append(outputs[layer])
+            drop += [weight for reader in outputs[layer].users for weight in weights(reader)]
+        name = _module_path(layer)
+        regions[name if name not in regions else f"{name}#{len(regions)}"] = list(dict.fromkeys(node.name for node in drop))
+    return regions
+
+
+def _module_path(node: fx.Node) -> str:
+    """``model.blocks.1.0.conv_dw``: the module a node of the exported Deployable was traced in."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return next(reversed(stack.values()))[0] if stack else node.name
+
+
+def _unobserved(prepared: fx.GraphModule, names: list[str]) -> None:
+    """Removes the named observers from the graph, so that ``convert_pt2e`` leaves the tensors they watched in float."""
+    nodes = {node.name: node for node in prepared.graph.nodes}
+    for name in dict.fromkeys(names):
+        node = nodes[name]
+        node.replace_all_uses_with(node.args[0])
+        prepared.graph.erase_node(node)
+    if names:
+        prepared.recompile()
+
+
+def _constant_bytes(module: fx.GraphModule) -> int:
+    tensors = (_pte_bias.attribute(module, node.target) for node in module.graph.nodes if node.op == "get_attr")
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
 def _prepared(model: nn.Module, job: ExportJob) -> fx.GraphModule:
@@ -318,7 +416,7 @@ def _io(job: ExportJob) -> dict[str, Any]:
         "output": output,
         "method": METHOD,
         "delegate": "XnnpackBackend",
-        "compute": {"fp16": "float16", "int8": "int8"}.get(job.quant, "float32"),
+        "compute": {"fp16": "float16", "int8": "int8", "int8-aa": "int8"}.get(job.quant, "float32"),
     }
 
 

@@ -99,6 +99,39 @@ def test_int8_calibration_keeps_each_images_extremes():
     assert all(mins.shape == (3,) and (mins <= maxs).all() for mins, maxs in extremes.values())
 
 
+def test_a_layer_kept_float_takes_its_readers_and_lowers_to_one_delegate():
+    from edgederm.converters.executorch import _delegation, _float_regions, _quantizer, _relu6_fused_like_relu, _unobserved
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU6(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    example = torch.randn(1, 3, 12, 12)
+    with torch.no_grad(), _relu6_fused_like_relu():
+        prepared = prepare_pt2e(torch.export.export(model, (example,)).module(), _quantizer())
+        prepared(example)
+    regions = _float_regions(prepared)
+    assert list(regions) == ["0", "2", "4"]  # module paths, in graph order
+    observed = {node.name: node.args[0] for node in prepared.graph.nodes if node.op == "call_module"}
+
+    def watched(name: str) -> str:
+        node = observed[name]
+        return node.op if node.op in ("placeholder", "get_attr") else node.target.__name__
+
+    # the first conv: the image, its weights, its ReLU6 output and the second conv's weights
+    assert sorted(watched(name) for name in regions["0"]) == ["get_attr", "get_attr", "hardtanh.default", "placeholder"]
+    assert sorted(watched(name) for name in regions["4"]) == ["conv2d.default", "get_attr"]  # the last: no reader
+    _unobserved(prepared, regions["2"])
+    with torch.no_grad():
+        converted = convert_pt2e(prepared)
+        program = torch.export.export(converted, (example,))
+        float_conv = next(n for n in converted.graph.nodes if n.name == "conv2d_1")
+        assert all(arg.op == "get_attr" and arg.meta["val"].dtype == torch.float32 for arg in float_conv.args[1:])
+        assert np.allclose(converted(example).numpy(), model(example).numpy(), atol=0.1)
+    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    assert _delegation(edge) == {"delegates": 1, "casts_outside": 0, "outside": {}}
+
+
 def test_int8_weights_are_int8_and_fp16_weights_fp16(exported: dict[str, Path]):
     size = {mode: path.stat().st_size for mode, path in exported.items()}
     assert size["int8"] < 0.35 * size["fp32"]

@@ -1,4 +1,4 @@
-"""Accuracy-aware int8: the search, the float regions, and real TFLite/ONNX exports within the bound."""
+"""Accuracy-aware int8: the search, the float regions, and real TFLite/ONNX/ExecuTorch exports within the bound."""
 
 from __future__ import annotations
 
@@ -107,14 +107,14 @@ def test_float_region_takes_the_readers_of_the_output():
 @pytest.fixture(scope="module")
 def exported(trained_run: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("int8aa")
-    formats = [FORMATS["tflite"], FORMATS["onnx"]]
+    formats = [FORMATS["tflite"], FORMATS["onnx"], FORMATS["executorch"]]
     records = export_run(trained_run, formats, ["fp32", "int8-aa"], out, calib_data=CALIB, calib_n=40, options={"max_drop": 0.0})
     assert all(r.status == "ok" for r in records), [(r.format, r.quant, r.message) for r in records]
     return out
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+@pytest.mark.parametrize("fmt", ["tflite", "onnx", "executorch"])
 def test_int8_aa_meets_a_zero_bound_on_the_calibration_images(exported: Path, trained_run: Path, fmt: str):
     manifest = json.loads((exported / "manifest.json").read_text())
     row = next(a for a in manifest["artifacts"] if a["format"] == fmt and a["quant"] == "int8-aa")
@@ -131,7 +131,7 @@ def test_int8_aa_meets_a_zero_bound_on_the_calibration_images(exported: Path, tr
     assert Predictor.load(exported / row["path"]).spec.artifact["quant"] == "int8-aa"
 
 
-@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+@pytest.mark.parametrize("fmt", ["tflite", "onnx", "executorch"])
 def test_the_activation_ranges_closest_to_fp32_are_chosen_and_recorded(exported: Path, fmt: str):
     manifest = json.loads((exported / "manifest.json").read_text())
     row = next(a for a in manifest["artifacts"] if a["format"] == fmt and a["quant"] == "int8-aa")
@@ -200,7 +200,7 @@ def test_an_unreachable_bound_is_a_clear_conversion_error():
     assert job.details["int8_aa"]["reached"] is False
 
 
-@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+@pytest.mark.parametrize("fmt", ["tflite", "onnx", "executorch"])
 def test_every_candidate_float_is_the_float_model(trained_run: Path, tmp_path: Path, monkeypatch, fmt: str):
     """What int8-aa can keep float must cover everything the quantizer touches (pads, inlined HardSwish nodes):
     with every candidate float, the 'int8' model gives the fp32 model's probabilities (of its own weights: nearest

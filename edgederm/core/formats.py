@@ -102,11 +102,11 @@ FORMATS: dict[str, Format] = {
             platforms=("darwin",),
             emulated_backend="coreml_emulator:EmulatedCoreMLPredictor",
         ),
-        # XNNPACK has no 16-bit activation quantizer (w8a16), and int8-aa's search is not offered (converters/executorch.py).
+        # XNNPACK has no 16-bit activation quantizer (w8a16).
         Format(
             "executorch",
             ".pte",
-            ("fp32", "fp16", "int8"),
+            ("fp32", "fp16", "int8", "int8-aa"),
             "executorch (XNNPACK delegate)",
             "executorch",
             "executorch_backend:ExecuTorchPredictor",
