@@ -40,11 +40,12 @@ AWARE_KEYS = (
 
 
 def _exported(folder: Path, fmt: str, quant: str) -> dict | None:
+    """The manifest row of a file already exported to ``folder``; a failed export counts, since it would fail again."""
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
     except FileNotFoundError:
         return None
-    return next((a for a in manifest["artifacts"] if (a["format"], a["quant"], a["status"]) == (fmt, quant, "ok")), None)
+    return next((a for a in manifest["artifacts"] if (a["format"], a["quant"]) == (fmt, quant)), None)
 
 
 def export(run: str, data: str, formats: list[str], bounds: list[float], work: Path) -> dict[str, Path]:
@@ -60,7 +61,7 @@ def export(run: str, data: str, formats: list[str], bounds: list[float], work: P
     for name, (folder, quant, options) in settings.items():
         for fmt in formats:
             if _exported(folder, fmt, quant):
-                logger.info(f"int8_aa: {fmt} {name} already in {folder}, kept")
+                logger.info(f"int8_aa: {fmt} {name} already exported to {folder}, kept")
                 continue
             started = time.time()
             export_run(run_dir, [FORMATS[fmt]], [quant], folder, calib_data=data, options=options)
