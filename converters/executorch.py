@@ -34,8 +34,9 @@ HAM10000 val images against fp32 (300 calibration images): histogram ranges 96.7
 mean |dp| 0.0067, balanced accuracy -2.14 pt and melanoma sensitivity -3.52 pt (bias correction did
 not pass its gate); min/max ranges with bias correction (which then passes it) 97.0%, 0.0055,
 +0.05 pt and -0.70 pt. Keeping the classifier's linear layer float added 0.2 pt of agreement.
-int8-aa joins through ``_accuracy_aware``'s search: a conv or linear is kept float by removing observers from the
-calibrated graph before ``convert_pt2e`` (``_float_regions``), so no candidate calibrates again.
+int8-aa joins through ``_accuracy_aware``'s search: a layer is kept float by removing observers from the
+calibrated graph before ``convert_pt2e`` (``_float_regions``), so no candidate calibrates again. Measuring a
+candidate's latency resizes the runtime's process-wide threadpool to one thread, as any ``threads=1`` predictor does.
 w8a16 is not offered: XNNPACK's quantizer has no 16-bit activation configuration.
 
 The artifact's ModelSpec travels inside the program as the constant method ``edgederm_spec``
@@ -165,7 +166,7 @@ def _int8(job: ExportJob) -> nn.Module:
 class _Pt2eInt8:
     """PT2E for XNNPACK calibrated once on one set of weights (a ``_weight_rounding.Candidate``); ``settle`` chooses the
     activation ranges and bias correction (``_bias_correction.full_int8``), after which ``build`` can keep any
-    conv or linear layer in float (an ``_accuracy_aware.Int8Quantizer``)."""
+    layer in float (an ``_accuracy_aware.Int8Quantizer``)."""
 
     def __init__(self, weights: nn.Module, job: ExportJob, original: fx.GraphModule | None = None):
         """``original`` (default: ``weights``' own graph) is the prepared fp32 graph the int8 one is held to."""
