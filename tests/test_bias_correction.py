@@ -114,7 +114,7 @@ def test_executorch_conv_means_are_brought_back_to_fp32(job: ExportJob):
     assert shifts and all(np.isfinite(s).all() for s in shifts.values())
     chains = [_pte_bias.as_read(node) for node in raw.graph.nodes if node.name in shifts]
     assert all(chain[-1].target == torch.ops.quantized_decomposed.dequantize_per_tensor.default for chain in chains)
-    assert any(chain[0].target in _pte_bias._ACTIVATIONS for chain in chains)
+    assert any(chain[0].target in _pte_bias.ACTIVATIONS for chain in chains)
 
     def means(model) -> dict[str, np.ndarray]:
         return {name: m.numpy() for name, m in _pte_bias.walk(model, inputs[0::2], list(shifts))[1].items()}
