@@ -16,8 +16,9 @@ import json
 import time
 from pathlib import Path
 
+from _markdown import header
 from _results import add_results_options, reread, run_header, write_results
-from weight_rounding import wilson
+from weight_rounding import fidelity
 
 from edgederm.core.log import configure, get_logger
 
@@ -86,17 +87,12 @@ def measure(run: str, data: str, split: str, formats: list[str], folders: dict[s
                 continue
             details = artifact.get("details") or {}
             aware = details.get("int8_aa") or {}
-            agreement = artifact["agreement"]["top1"]
             record = _exported(folder, artifact["format"], artifact["quant"]) or {}
             rows.append(
                 {
                     "format": artifact["format"],
                     "setting": setting,
-                    "balanced_accuracy_delta": artifact["deltas"]["balanced_accuracy"],
-                    "mel_sensitivity_delta": artifact["deltas"]["mel_sensitivity"],
-                    "agreement": agreement,
-                    "agreement_ci95": wilson(agreement, images),
-                    "mean_abs_dp": artifact["agreement"]["mean_abs_prob_diff"],
+                    **fidelity(artifact, images),
                     "size_bytes": artifact["size_bytes"],
                     "export_seconds": record.get("seconds"),
                     "int8_aa": {key: aware.get(key) for key in AWARE_KEYS} if aware else None,
@@ -106,21 +102,14 @@ def measure(run: str, data: str, split: str, formats: list[str], folders: dict[s
 
 
 def markdown(payload: dict) -> str:
-    lines = [
-        f"# Accuracy-aware int8 at tighter bounds ({payload['split']} split)",
-        "",
-        f"Command: `{payload['command']}`",
-        "",
-        f"Run on {payload['created']} on `{payload['platform']}` ({payload['cpus']} CPUs). Model `{payload['run']}`; "
-        f"{payload['images']} images of {payload['data']} [{payload['split']}]; every file against torch fp32 on them. "
+    lines = header(
+        f"Accuracy-aware int8 at tighter bounds ({payload['split']} split)",
+        payload,
         "Every file calibrates on the same 300 training images, with the default weight rounding, activation-range "
         "choice and bias-correction decision; Δ are percentage points against fp32. The bound is top-1 disagreement "
         "with fp32 on those calibration images; the layers kept float, the calibration disagreement and the 1-thread "
         "latency are what the export measured.",
-        "",
-    ]
-    if payload.get("note"):
-        lines += [f"Conditions: {payload['note']}", ""]
+    )
     lines += [
         "| file | bal. acc. Δ | mel. sens. Δ | top-1 agreement [95% CI] | mean \\|Δp\\| | layers kept float | calibration "
         "disagreement | size | latency, 1 thread (all-int8) | export |",

@@ -19,6 +19,7 @@ import math
 import time
 from pathlib import Path
 
+from _markdown import header
 from _results import add_results_options, reread, run_header, write_results
 
 from edgederm.core.log import configure, get_logger
@@ -34,6 +35,18 @@ def wilson(share: float, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (share + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return centre - half, centre + half
+
+
+def fidelity(artifact: dict, images: int) -> dict:
+    """A verified file against torch fp32: the metric drops, top-1 agreement with its 95% interval, and mean |Δp|."""
+    agreement = artifact["agreement"]["top1"]
+    return {
+        "balanced_accuracy_delta": artifact["deltas"]["balanced_accuracy"],
+        "mel_sensitivity_delta": artifact["deltas"]["mel_sensitivity"],
+        "agreement": agreement,
+        "agreement_ci95": wilson(agreement, images),
+        "mean_abs_dp": artifact["agreement"]["mean_abs_prob_diff"],
+    }
 
 
 ROUNDINGS = {"off": "nearest", "on": "output-aware", "auto": "auto"}  # --weight-rounding -> the results' name
@@ -66,17 +79,12 @@ def measure(run: str, data: str, split: str, wanted: list[tuple[str, str]], roun
                 continue
             details = artifact.get("details") or {}
             correction = details.get("bias_correction") or {}
-            agreement = artifact["agreement"]["top1"]
             rows.append(
                 {
                     "format": artifact["format"],
                     "quant": artifact["quant"],
                     "rounding": rounding,
-                    "balanced_accuracy_delta": artifact["deltas"]["balanced_accuracy"],
-                    "mel_sensitivity_delta": artifact["deltas"]["mel_sensitivity"],
-                    "agreement": agreement,
-                    "agreement_ci95": wilson(agreement, images),
-                    "mean_abs_dp": artifact["agreement"]["mean_abs_prob_diff"],
+                    **fidelity(artifact, images),
                     "calibration_mean_abs_dp": correction.get("mean_abs_dp"),
                     "bias_correction_applied": correction.get("applied"),
                     "weight_rounding": details.get("weight_rounding"),
@@ -86,19 +94,12 @@ def measure(run: str, data: str, split: str, wanted: list[tuple[str, str]], roun
 
 
 def markdown(payload: dict) -> str:
-    lines = [
-        "# Output-aware weight rounding against nearest rounding",
-        "",
-        f"Command: `{payload['command']}`",
-        "",
-        f"Run on {payload['created']} on `{payload['platform']}` ({payload['cpus']} CPUs). Model `{payload['run']}`; "
-        f"{payload['images']} images of {payload['data']} [{payload['split']}]; every file against torch fp32 on them. "
+    lines = header(
+        "Output-aware weight rounding against nearest rounding",
+        payload,
         "Every rounding of a row calibrates on the same 300 training images and goes through the same activation-range "
         "choice and bias-correction decision; Δ are percentage points against fp32.",
-        "",
-    ]
-    if payload.get("note"):
-        lines += [f"Conditions: {payload['note']}", ""]
+    )
     lines += [
         "| file | rounding | bal. acc. Δ | mel. sens. Δ | top-1 agreement [95% CI] | mean \\|Δp\\| | calibration mean \\|Δp\\| off → on "
         "(bias correction) |",
