@@ -215,13 +215,14 @@ def test_every_candidate_float_is_the_float_model(trained_run: Path, tmp_path: P
         everything = quantizer.build(quantizer.candidates())
         seen["gap"] = float(np.abs(quantizer.predict(everything, None) - quantizer.reference).max())
         seen["candidates"] = len(quantizer.candidates())
+        seen["mixed_ms"] = quantizer.latency(quantizer.build(quantizer.candidates()[:1]))  # a mixed model runs in the format's runtime
         return quantizer.full_int8
 
     monkeypatch.setattr(converter._accuracy_aware, "for_job", probe)
     options = {"weight_rounding": "off"}
     records = export_run(trained_run, [FORMATS[fmt]], ["int8"], tmp_path, calib_data=CALIB, calib_n=16, options=options)
     assert records[0].status == "ok", records[0].message
-    assert seen["candidates"] > 0 and seen["gap"] < 1e-5, seen
+    assert seen["candidates"] > 0 and seen["gap"] < 1e-5 and seen["mixed_ms"] > 0, seen
 
 
 def test_a_bound_met_only_past_the_size_budget_is_a_clear_conversion_error():
