@@ -84,12 +84,7 @@ def export(job: ExportJob) -> None:
         conversion_step(f"ExecuTorch {job.quant} conversion", needs="executorch (pip install executorch==1.5.1)"),
         import_notices_silenced(),
     ):
-        graph = _graph(job)
-        example = (example_input(job.spec),)
-        with torch.no_grad():
-            program = torch.export.export(graph, example)
-        spec_json = artifact_spec(job.spec, "executorch", job.quant, _io(job)).to_json()
-        edge = _lower(program, spec_json)
+        edge, spec_json = _lowered(_graph(job), job)
         job.details["xnnpack"] = _delegation(edge)
         if job.quant == "fp16" and job.details["xnnpack"]["outside"]:
             outside = ", ".join(f"{op} x{n}" for op, n in job.details["xnnpack"]["outside"].items())
@@ -234,9 +229,7 @@ class _Pt2eInt8:
     def latency(self, model: fx.GraphModule) -> float:
         from edgederm.runtime.executorch_backend import ExecuTorchPredictor
 
-        with torch.no_grad():
-            program = torch.export.export(model, (example_input(self.job.spec),))
-        edge = _lower(program, artifact_spec(self.job.spec, "executorch", self.job.quant, _io(self.job)).to_json())
+        edge, _ = _lowered(model, self.job)
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "candidate.pte"
             path.write_bytes(edge.to_executorch().buffer)
@@ -344,12 +337,17 @@ def _extremes(prepared: fx.GraphModule, images: Iterator[np.ndarray]) -> dict[st
     return {name: (np.stack(mins), np.stack(maxs)) for name, (mins, maxs) in seen.items()}
 
 
-def _lower(program: torch.export.ExportedProgram, spec_json: str) -> Any:
+def _lowered(graph: nn.Module, job: ExportJob) -> tuple[Any, str]:
+    """``graph`` captured by ``torch.export`` and lowered to XNNPACK with the spec as a constant method; and that spec's JSON."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
+    with torch.no_grad():
+        program = torch.export.export(graph, (example_input(job.spec),))
+    spec_json = artifact_spec(job.spec, "executorch", job.quant, _io(job)).to_json()
     with conversion_step("XNNPACK lowering"), _conv_weights_kept_in_fp16():
-        return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()], constant_methods={SPEC_KEY: spec_json})
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()], constant_methods={SPEC_KEY: spec_json})
+    return edge, spec_json
 
 
 @contextmanager
