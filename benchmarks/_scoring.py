@@ -6,8 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def export_and_measure(run: Path, images, work: Path, calib: str, quants: tuple[str, ...] = ("int8",), latency_runs: int | None = None):
-    """(spec, {name: (Predictor, Measurement)}) for torch fp32 and every TFLite and ONNX artifact at ``quants``.
+def export_and_measure(
+    run: Path,
+    images,
+    work: Path,
+    calib: str,
+    quants: tuple[str, ...] = ("int8",),
+    latency_runs: int | None = None,
+    formats: tuple[str, ...] = ("tflite", "onnx"),
+    calib_n: int = 100,
+):
+    """(spec, {name: (Predictor, Measurement)}) for torch fp32 and every artifact of ``formats`` at ``quants``.
 
     With ``latency_runs``, each is timed at batch 1 on 1 thread (the artifacts are loaded so; torch's
     thread count is the caller's to set).
@@ -23,7 +32,7 @@ def export_and_measure(run: Path, images, work: Path, calib: str, quants: tuple[
     spec = reference.spec
     pixels = load_pixels(images, spec.preprocess, desc=None)
     truth = load_truth(spec, images, pixels)
-    records = export_run(run, [FORMATS["tflite"], FORMATS["onnx"]], list(quants), work / run.name, calib_data=calib, calib_n=100)
+    records = export_run(run, [FORMATS[name] for name in formats], list(quants), work / run.name, calib_data=calib, calib_n=calib_n)
     timing = {"threads": [1], "runs": latency_runs} if latency_runs else {}
     torch_fp32 = measure(reference, pixels.pixels, truth, **timing)
     measured = {"torch fp32": (reference, torch_fp32)}
