@@ -56,7 +56,7 @@ def markdown(payload: dict) -> str:
         f"Command: `{payload['command']}`",
         "",
         f"Run on {payload['created']} on `{payload['platform']}` ({payload['cpus']} CPUs), int8 calibrated on "
-        f"{payload['calib_n']} train-split images as `edgederm export` does. Every row of a pair is scored on the same images. `agreement` and `max |dprob|` "
+        f"{payload['calib_n']} images of the runs' train split. Every row of a pair is scored on the same images. `agreement` and `max |dprob|` "
         "compare an artifact with its own run's torch fp32 model; `drop` is its balanced accuracy / melanoma sensitivity "
         "minus that fp32 model's (negative: worse).",
         *(["", f"Conditions: {payload['note']}"] if payload.get("note") else []),
