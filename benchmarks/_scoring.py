@@ -1,8 +1,10 @@
 """What the benchmarks that compare runs share: export a run, then measure its torch fp32 model and every
-artifact on the same pixels with ``edgederm.evaluate.verify.measure``, each against that torch model."""
+artifact on the same pixels with ``edgederm.evaluate.verify.measure``, each against that torch model; and
+the fidelity row (drops, top-1 agreement with its Wilson interval, mean |Δp|) of a verified file."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 
@@ -56,4 +58,23 @@ def metric_row(measured) -> dict:
         "macro_auc": metrics["macro_auc"],
         "agreement": agreement["top1"],
         "max_abs_dprob": agreement["max_abs_prob_diff"],
+    }
+
+
+def wilson(share: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% interval of a proportion (top-1 agreement over n images)."""
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def fidelity(artifact: dict, images: int) -> dict:
+    """A verified file against torch fp32: the metric drops, top-1 agreement with its 95% interval, and mean |Δp|."""
+    agreement = artifact["agreement"]["top1"]
+    return {
+        "balanced_accuracy_delta": artifact["deltas"]["balanced_accuracy"],
+        "mel_sensitivity_delta": artifact["deltas"]["mel_sensitivity"],
+        "agreement": agreement,
+        "agreement_ci95": wilson(agreement, images),
+        "mean_abs_dp": artifact["agreement"]["mean_abs_prob_diff"],
     }

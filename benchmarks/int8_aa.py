@@ -18,7 +18,7 @@ from pathlib import Path
 
 from _markdown import header
 from _results import add_results_options, reread, run_header, write_results
-from weight_rounding import fidelity
+from _scoring import fidelity
 
 from edgederm.core.log import configure, get_logger
 

@@ -15,12 +15,12 @@ benchmarks/results/weight_rounding.{json,md}.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
 from _markdown import header
 from _results import add_results_options, reread, run_header, write_results
+from _scoring import fidelity
 
 from edgederm.core.log import configure, get_logger
 
@@ -28,25 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "weight_rounding.json"
 SHARED = REPO.parent / "shared" / "data"
 logger = get_logger("benchmarks.weight_rounding")
-
-
-def wilson(share: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% interval of a proportion (top-1 agreement over n images)."""
-    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
-
-
-def fidelity(artifact: dict, images: int) -> dict:
-    """A verified file against torch fp32: the metric drops, top-1 agreement with its 95% interval, and mean |Δp|."""
-    agreement = artifact["agreement"]["top1"]
-    return {
-        "balanced_accuracy_delta": artifact["deltas"]["balanced_accuracy"],
-        "mel_sensitivity_delta": artifact["deltas"]["mel_sensitivity"],
-        "agreement": agreement,
-        "agreement_ci95": wilson(agreement, images),
-        "mean_abs_dp": artifact["agreement"]["mean_abs_prob_diff"],
-    }
 
 
 ROUNDINGS = {"off": "nearest", "on": "output-aware", "auto": "auto"}  # --weight-rounding -> the results' name
