@@ -1,6 +1,7 @@
 """What quantization-aware training buys: int8 artifacts of a run and of its QAT fine-tune, side by side.
 
     python benchmarks/qat.py --pair zoo:lite0-ham10000:runs/lite0_qat --split val
+    python benchmarks/qat.py --pair zoo:lite0-ham10000:runs/lite0_qat --pair zoo:lite0-ham10000:runs/lite0_qat3 --resume
 
 For each pair (the post-training-quantized run or zoo entry, and the run fine-tuned from it with
 ``edgederm train classify --init-from RUN --qat``), both are exported to int8 in every format of
@@ -8,7 +9,9 @@ For each pair (the post-training-quantized run or zoo entry, and the run fine-tu
 the run's lesion-disjoint ``--split``, or ``--eval NAME=SPEC`` for a run trained with an external
 validation set. Each int8 artifact is compared with its own run's torch fp32 model (the drop PTQ
 causes); the absolute columns compare the two runs (what a user switching to the QAT run gets).
-Judge a recipe on ``--split val``; the test split is for the model kept.
+Judge a recipe on ``--split val``; the test split is for the model kept. With ``--resume``, a run that
+qat.json already scored on the same images, formats and calibration count keeps its rows, so adding a
+second recipe exports only the new run.
 
 Writes benchmarks/results/qat.{json,md}.
 """
@@ -16,6 +19,7 @@ Writes benchmarks/results/qat.{json,md}.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -89,17 +93,39 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines)
 
 
-def measure_all(args: argparse.Namespace, argv: list[str] | None) -> dict:
+def scored_before(path: Path, args: argparse.Namespace) -> dict[tuple[str, str], dict]:
+    """{(run name, images): side} from the committed results, for every side measured as this invocation would."""
+    if not (args.resume and path.is_file()):
+        return {}
+    payload = json.loads(path.read_text())
+    wanted = {"torch fp32", *(f"{name} int8" for name in args.formats.split(","))}
+    if payload.get("calib_n") != args.calib_n:
+        return {}
+    return {
+        (side["run"], pair["images"]): side
+        for pair in payload["pairs"]
+        for side in (pair["ptq"], pair["qat"])
+        if set(side["rows"]) == wanted
+    }
+
+
+def measure_all(args: argparse.Namespace, argv: list[str] | None, path: Path) -> dict:
     from edgederm.core.zoo import resolve
 
     evals = dict(item.split("=", 1) for item in args.eval)
     calibs = dict(item.split("=", 1) for item in args.calib)
+    scored = scored_before(path, args)
     pairs = []
     for item in args.pair:
         ptq_run, qat_run = (resolve(p) for p in item.rsplit(":", 1))
         images, described = _images(ptq_run, evals.get(ptq_run.name), args.data, args.split)
         calib = calibs.get(ptq_run.name, args.data)
-        pair = {"images": described, "ptq": score(ptq_run, images, args, calib), "qat": score(qat_run, images, args, calib)}
+        for run in (ptq_run, qat_run):
+            if (run.name, described) in scored:
+                logger.info(f"qat: {run.name} on {described}: kept from {path.name}")
+            else:
+                scored[run.name, described] = score(run, images, args, calib)
+        pair = {"images": described, "ptq": scored[ptq_run.name, described], "qat": scored[qat_run.name, described]}
         scores = (f"{s['run']} {k} BMA {v['balanced_accuracy']:.3f}" for s in (pair["ptq"], pair["qat"]) for k, v in s["rows"].items())
         logger.info(f"qat: {item}: " + ", ".join(scores))
         pairs.append(pair)
@@ -117,10 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=f"ham10000:{SHARED / 'ham10000'}", help="the data the runs' splits.csv index")
     parser.add_argument("--calib", action="append", default=[], help="RUN_NAME=SPEC: calibration data (default --data)")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "qat_bench")
+    parser.add_argument("--resume", action="store_true", help="keep the rows of runs that qat.json already scored the same way")
     add_results_options(parser, "qat")
     args = parser.parse_args(argv)
     path = RESULTS / "qat.json"
-    payload = reread(path, args.note) if args.markdown_only else measure_all(args, argv)
+    payload = reread(path, args.note) if args.markdown_only else measure_all(args, argv, path)
     write_results(path, payload, markdown(payload))
     return 0
 
