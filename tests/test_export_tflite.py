@@ -45,7 +45,9 @@ def run_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def exported(run_dir: Path) -> tuple[Path, dict]:
     out = run_dir.parent / "export"
-    records = export_run(run_dir, [FORMATS["tflite"]], MODES, out, calib_data="synthetic:40,seed=5", calib_n=40)
+    records = export_run(
+        run_dir, [FORMATS["tflite"]], MODES, out, calib_data="synthetic:40,seed=5", calib_n=40, options={"weight_rounding": "off"}
+    )
     return out, {r.quant: r for r in records}
 
 

@@ -19,8 +19,13 @@ def test_executorch_and_w8a16_rows_are_verified_and_timed_at_each_thread_count(t
     from edgederm.evaluate.verify.report import table_rows
 
     out = tmp_path / "export"
-    export_run(trained_run, [FORMATS["tflite"], FORMATS["onnx"]], ["w8a16"], out, calib_data="synthetic:40,seed=5", calib_n=40)
-    export_run(trained_run, [FORMATS["executorch"]], ["fp32", "fp16", "int8", "w8a16"], out, calib_data="synthetic:40,seed=5", calib_n=40)
+    calibrated = {
+        "calib_data": "synthetic:40,seed=5",
+        "calib_n": 40,
+        "options": {"weight_rounding": "off"},
+    }  # rounding: test_weight_rounding
+    export_run(trained_run, [FORMATS["tflite"], FORMATS["onnx"]], ["w8a16"], out, **calibrated)
+    export_run(trained_run, [FORMATS["executorch"]], ["fp32", "fp16", "int8", "w8a16"], out, **calibrated)
     manifest = json.loads((out / "manifest.json").read_text())["artifacts"]
     statuses = {(a["format"], a["quant"]): a["status"] for a in manifest}
     assert statuses == {

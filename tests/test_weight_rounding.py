@@ -149,23 +149,15 @@ def test_tflite_int8_stores_the_chosen_integers(job: ExportJob, tmp_path: Path):
 def test_int8_exports_decide_weight_rounding_on_held_out_images(trained_run: Path, tmp_path: Path, fmt: str):
     if fmt == "executorch":
         pytest.importorskip("executorch", reason="ExecuTorch is part of the export extra: pip install -e '.[export]'")
-    for mode in ("off", "on", "auto"):
-        out = tmp_path / mode
-        records = export_run(trained_run, [FORMATS[fmt]], ["int8"], out, calib_data=CALIB, calib_n=40, options={"weight_rounding": mode})
-        assert records[0].status == "ok", records[0].message
-        details = json.loads((out / "manifest.json").read_text())["artifacts"][0]["details"]
-        if mode == "off":
-            assert "weight_rounding" not in details
-            continue
-        decision = details["weight_rounding"]
-        assert decision["mode"] == mode
-        assert decision["rounding"]["error"]["chosen"] <= decision["rounding"]["error"]["nearest"]
-        if mode == "on":
-            assert decision["applied"] and decision["images"] == {"fit": 40, "judge": 0}
-        else:  # fitted on the even images, judged on the odd ones, kept only if clearly closer there
-            assert decision["images"] == {"fit": 20, "judge": 20}
-            error = decision["mean_abs_dp"]
-            assert decision["applied"] == (error["rounded"] < (1 - _weight_rounding.MIN_GAIN) * error["nearest"])
+    records = export_run(trained_run, [FORMATS[fmt]], ["int8"], tmp_path, calib_data=CALIB, calib_n=40, options={"weight_rounding": "auto"})
+    assert records[0].status == "ok", records[0].message
+    decision = json.loads((tmp_path / "manifest.json").read_text())["artifacts"][0]["details"]["weight_rounding"]
+    assert decision["mode"] == "auto"
+    assert decision["rounding"]["error"]["chosen"] <= decision["rounding"]["error"]["nearest"]
+    # fitted on the even images, judged on the odd ones, kept only if clearly closer there
+    assert decision["images"] == {"fit": 20, "judge": 20}
+    error = decision["mean_abs_dp"]
+    assert decision["applied"] == (error["rounded"] < (1 - _weight_rounding.MIN_GAIN) * error["nearest"])
 
 
 class _Candidate:
@@ -219,3 +211,7 @@ def test_the_cli_decides_weight_rounding_unless_told(trained_run: Path, tmp_path
         assert main([*argv, "--out", str(out), *flags]) == 0
         details = json.loads((out / "manifest.json").read_text())["artifacts"][0]["details"]
         assert details.get("weight_rounding", {}).get("mode") == mode
+        if mode == "on":  # fitted on every calibration image and applied without a judge
+            decision = details["weight_rounding"]
+            assert decision["applied"] and decision["images"] == {"fit": 40, "judge": 0}
+            assert decision["rounding"]["error"]["chosen"] <= decision["rounding"]["error"]["nearest"]
