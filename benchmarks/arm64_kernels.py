@@ -197,7 +197,7 @@ def markdown(payload: dict) -> str:
         "emulated by QEMU user mode (numerics only). On the same preprocessed pixels, 1 thread, each `.tflite` runs with "
         "ai-edge-litert's XNNPACK delegate and with TFLite's builtin reference kernels, and each `.onnx` in onnxruntime "
         "with every graph optimization (`fused`: QLinearConv, QLinearAdd and QGemm integer kernels) and with none "
-        "(`unfused`: each DequantizeLinear -> op -> QuantizeLinear in float). A step is one unit of a tensor's int8 scale.",
+        "(`unfused`: each DequantizeLinear -> op -> QuantizeLinear in float). A step is one quantization level of the tensor compared.",
         "",
     ]
     if payload.get("note"):
