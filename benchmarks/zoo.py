@@ -44,6 +44,7 @@ from _machine import training_machine, where
 from _results import command_line
 
 from edgederm.core.log import configure, get_logger
+from edgederm.runtime.readout import describe
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -91,7 +92,7 @@ ISIC_SEGMENTER = {
     "external_note": "HAM10000 lesion masks (another source): the images of lite0-ham10000's test split",
 }
 # the reference's split (seed 0, 15% val, 15% test lesions) and regularisation, so its students share its test split
-CLASSIFY = f"-m edgederm train classify --data {HAM} --mode full --augment affine --test-fraction 0.15 --weight-decay 0.01"
+CLASSIFY = f"-m edgederm train classify --data {HAM} --mode full --augment affine --test-fraction 0.15 --weight-decay 0.01 --min-sensitivity mel=0.75"
 SEGMENT = f"-m edgederm train segment --data {ISIC_TRAIN} --val-data {ISIC_VAL} --test-fraction 0.15 --adversarial off"
 
 
@@ -465,7 +466,8 @@ def table() -> dict:
     for entry in zoo.entries().values():
         numbers = json.loads(entry.file("numerics.json").read_text())
         speed = json.loads(entry.file("perf.json").read_text())
-        rows.append({"card": entry.to_dict(), "size_bytes": entry.size_bytes, "numerics": numbers, "perf": speed})
+        decision = json.loads(entry.file("spec.json").read_text()).get("decision")
+        rows.append({"card": entry.to_dict(), "size_bytes": entry.size_bytes, "decision": decision, "numerics": numbers, "perf": speed})
     result = {"command": command_line("zoo", ["table"]), "entries": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "zoo.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -512,6 +514,7 @@ def markdown(result: dict) -> str:
             f"{card['description']}. {card['arch']} at {card['img_size']} px, {row['size_bytes'] / 1e6:.1f} MB. Trained on {card['data']}. "
             f"License: {card['license']}. Built {numbers['created']} on {where(numbers['machine'])}.",
             "",
+            *([] if seg else [f"Named class: {describe(row.get('decision'))}.", ""]),
             f"Latency measured {speed['created']} on {_cpu(speed['device'])}.",
             "",
             f"Weights stored as {numbers['storage']['dtype']}; against the float32 run on the test images: "

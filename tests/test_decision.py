@@ -9,9 +9,19 @@ import numpy as np
 import pytest
 
 from edgederm.cli import main
+from edgederm.core.errors import UsageError
 from edgederm.core.spec import ModelSpec
 from edgederm.metrics import classification_metrics
-from edgederm.metrics.decision import MIN_GAIN, choose_decision, class_offsets, prior_from_counts
+from edgederm.metrics.decision import (
+    FLOOR_MAX,
+    FLOOR_STEP,
+    MIN_GAIN,
+    add_floor,
+    choose_decision,
+    class_offsets,
+    parse_floor,
+    prior_from_counts,
+)
 from edgederm.runtime.readout import decide, describe
 
 NAMES = ["mel", "nv", "vasc"]
@@ -87,9 +97,76 @@ def test_the_decision_command_stores_the_rule_and_metrics_follow_it(trained_run,
     assert main(["decision", str(run), "--data", data, "--split", "val", "--quiet"]) == 0
     stored = ModelSpec.load(run / "spec.json").decision
     if stored:
-        assert stored["chosen_on"] == f"{data} [val]" and len(stored["offsets"]) == len(spec.class_names)
+        assert stored["chosen_on"] == "validation" and len(stored["offsets"]) == len(spec.class_names)
     out = tmp_path / "eval"
     assert main(["evaluate", str(run), "--data", data, "--split", "val", "--out", str(out), "--quiet"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["decision"] == describe(stored)
     assert (metrics["argmax"] is not None) == bool(stored) == ("(arg-max)" in (out / "report.md").read_text())
+    # A melanoma floor on top of the rule, chosen on the same split and described wherever the rule is
+    assert main(["decision", str(run), "--data", data, "--split", "val", "--min-sensitivity", "mel=1.0", "--quiet"]) == 0
+    floored = ModelSpec.load(run / "spec.json").decision
+    assert floored["floor"]["class"] == "mel" and floored["floor"]["val_sensitivity"]["after"] == 1.0
+    assert floored.get("tau") == stored.get("tau") and floored["chosen_on"] == "validation"
+    assert main(["evaluate", str(run), "--data", data, "--split", "val", "--out", str(tmp_path / "eval2"), "--quiet"]) == 0
+    metrics = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
+    assert metrics["decision"] == describe(floored) and metrics["per_class"]["mel"]["sensitivity"] == 1.0
+    assert "named more readily still" in (tmp_path / "eval2" / "report.md").read_text()
+    assert main(["decision", str(run), "--data", data, "--split", "val", "--min-sensitivity", "akiec=0.7", "--quiet"]) == 2
+
+
+def test_a_floor_names_the_class_at_the_sensitivity_asked_with_the_smallest_step():
+    val_labels, val_probs = _bayes_posteriors(3000, seed=0)
+    plain = classification_metrics(val_labels, val_probs, NAMES)
+    assert plain.per_class["mel"].sensitivity < 0.8
+    decision = add_floor({}, val_labels, val_probs, NAMES, "mel", 0.8)
+    floor = decision["floor"]
+    assert floor["reached"] and floor["val_sensitivity"]["after"] >= 0.8 > floor["val_sensitivity"]["before"]
+    assert floor["extra_offset"] > 0 and decision["offsets"] == [floor["extra_offset"], 0.0, 0.0]  # only mel moves
+    one_step_less = {"offsets": [floor["extra_offset"] - FLOOR_STEP, 0.0, 0.0]}
+    assert (decide(one_step_less, val_probs)[val_labels == 0] == 0).mean() < 0.8
+    # It carries to unseen data, and the probability-based figures stay as they were.
+    test_labels, test_probs = _bayes_posteriors(3000, seed=1)
+    before = classification_metrics(test_labels, test_probs, NAMES)
+    after = classification_metrics(test_labels, test_probs, NAMES, decision=decision)
+    assert after.per_class["mel"].sensitivity > before.per_class["mel"].sensitivity + 0.1
+    assert after.macro_auc == before.macro_auc
+    assert after.decision == describe(decision) == "argmax, mel named at >= 80% sensitivity on validation"
+
+
+def test_a_floor_on_the_balanced_rule_keeps_its_tau_and_adds_to_its_offset():
+    labels, probs = _bayes_posteriors(3000, seed=0)
+    balanced = choose_decision(labels, probs, PRIOR, NAMES)
+    reached = (decide(balanced, probs)[labels == 0] == 0).mean()
+    same = add_floor(balanced, labels, probs, NAMES, "mel", reached)  # already there: a zero step
+    assert same["offsets"] == balanced["offsets"] and same["floor"]["extra_offset"] == 0.0
+    higher = add_floor(balanced, labels, probs, NAMES, "mel", min(1.0, reached + 0.05))
+    assert higher["tau"] == balanced["tau"] and higher["offsets"][1:] == balanced["offsets"][1:]
+    assert higher["offsets"][0] > balanced["offsets"][0]
+    assert describe(higher).startswith("balanced (tau") and describe(higher).endswith("sensitivity on validation")
+
+
+def test_a_floor_out_of_reach_says_so_and_a_class_absent_from_the_data_changes_nothing():
+    labels = np.array([0, 0, 1, 1])
+    probs = np.array([[1e-15, 1.0, 0.0], [0.4, 0.6, 0.0], [0.1, 0.9, 0.0], [0.2, 0.8, 0.0]])
+    floor = add_floor({}, labels, probs, NAMES, "mel", 1.0)["floor"]
+    assert not floor["reached"] and floor["extra_offset"] == FLOOR_MAX and floor["val_sensitivity"]["after"] == 0.5
+    assert add_floor({"offsets": [0.5, 0.0, 0.0]}, labels, probs, NAMES, "vasc", 0.9) == {"offsets": [0.5, 0.0, 0.0]}
+
+
+@pytest.mark.parametrize("text", ["mel", "mel=", "mel=0", "mel=1.5", "=0.7", "mel=high", "akiec=0.7"])
+def test_a_bad_floor_is_a_one_line_usage_error(text):
+    with pytest.raises(UsageError, match="--min-sensitivity"):
+        parse_floor(text, NAMES)
+    assert parse_floor("vasc=0.5", NAMES) == ("vasc", 0.5)
+
+
+def test_training_stores_the_floor_it_was_asked_for(tmp_path):
+    from edgederm.training.classification import TrainConfig, train_classifier
+
+    with pytest.raises(UsageError, match="--min-sensitivity"):
+        TrainConfig(data="synthetic:40,seed=4", out=tmp_path / "bad", min_sensitivity="mel=2")
+    common = dict(data="synthetic:60,seed=4", arch="mobilenetv3_small_100", img_size=64, mode="head", epochs=1, test_fraction=0.2)
+    spec = train_classifier(TrainConfig(out=tmp_path / "run", decision="argmax", min_sensitivity="mel=1.0", **common)).spec
+    assert spec.decision["rule"] == "argmax" and spec.decision["floor"]["val_sensitivity"]["after"] == 1.0
+    assert spec.metrics["val"]["per_class"]["mel"]["sensitivity"] == 1.0  # the stored metrics are the floored rule's

@@ -255,7 +255,7 @@ def test_operating_point_command_rewrites_the_threshold(trained_run: Path, tmp_p
     assert proc.returncode == 0, proc.stderr
     point = json.loads((run / "spec.json").read_text())["operating_point"]
     assert point["target_sensitivity"] == 1.0 and point["sensitivity"] == 1.0
-    assert "refer when" in proc.stdout and "[val]" in point["chosen_on"]
+    assert "refer when" in proc.stdout and point["chosen_on"] == "validation"
     from edgederm.runtime import Predictor
 
     Predictor.load(run)  # the weights' checksum still matches the rewritten spec

@@ -26,6 +26,11 @@ def _add_decision(sub) -> None:
     p.add_argument("--data", help="labelled data, normally the run's own --data with --split val (not needed for --rule argmax)")
     p.add_argument("--split", choices=["train", "val", "test"], help="a split of the run's splits.csv (use val; never test)")
     p.add_argument("--rule", choices=["balanced", "argmax"], default="balanced")
+    p.add_argument(
+        "--min-sensitivity",
+        metavar="CLASS=SENSITIVITY",
+        help="then name this class at least this often on the data (e.g. mel=0.75): its offset rises until it does",
+    )
     p.add_argument("--quiet", action="store_true", help="warnings and errors only: no progress bars")
     p.set_defaults(handler=cmd_decision)
 
@@ -47,16 +52,23 @@ def cmd_decision(args: argparse.Namespace) -> int:
     from ..evaluate.tuning import set_decision
     from ..runtime.readout import describe
 
-    if args.rule == "balanced" and not args.data:
-        raise UsageError("--rule balanced is chosen on labelled data", fix="add --data SPEC --split val")
-    decision = set_decision(args.run_dir, args.data, args.split, args.rule)
-    if decision:
-        scores = decision["balanced_accuracy"]
-        print(
-            f"decision: {describe(decision)}; balanced accuracy {scores['argmax']:.3f} (argmax) -> {scores['balanced']:.3f} on {decision['n']} images"
-        )
-    else:
+    if (args.rule == "balanced" or args.min_sensitivity) and not args.data:
+        raise UsageError("the rule is chosen on labelled data", fix="add --data SPEC --split val")
+    decision = set_decision(args.run_dir, args.data, args.split, args.rule, args.min_sensitivity)
+    if not decision:
         print("decision: argmax" + (" (the balanced rule did not beat it on this data)" if args.rule == "balanced" else ""))
+        return 0
+    print(f"decision: {describe(decision)}")
+    if "balanced_accuracy" in decision:
+        scores = decision["balanced_accuracy"]
+        print(f"  balanced accuracy {scores['argmax']:.3f} (argmax) -> {scores['balanced']:.3f} (balanced) on {decision['n']} images")
+    if floor := decision.get("floor"):
+        sens, bma = floor["val_sensitivity"], floor["balanced_accuracy"]
+        print(
+            f"  {floor['class']} offset +{floor['extra_offset']:.2f}: sensitivity {sens['before']:.3f} -> {sens['after']:.3f} "
+            f"({floor['n']} images), balanced accuracy {bma['before']:.3f} -> {bma['after']:.3f}"
+            + ("" if floor["reached"] else f"; the floor is not reached even at +{floor['extra_offset']:.1f}")
+        )
     return 0
 
 

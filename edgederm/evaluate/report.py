@@ -13,11 +13,18 @@ from . import plots
 DPI = 110
 
 
-RULE_EXPLAINED = (
-    "The model names the class with the highest probability divided by that class's training frequency to the power tau, "
-    "so rare classes such as melanoma are named more often than the most probable class alone would be; "
-    "the probabilities, AUC and calibration are unchanged."
-)
+def explain_rule(rule: str) -> str:
+    """Plain words for a decision rule as ``edgederm.runtime.readout.describe`` names it."""
+    parts = []
+    if rule.startswith("balanced"):
+        parts.append(
+            "The model names the class with the highest probability divided by that class's training frequency to the power tau, "
+            "so rare classes such as melanoma are named more often than the most probable class alone would be."
+        )
+    if rule.endswith("sensitivity on validation"):
+        parts.append("One class is then named more readily still, until validation named that share of its images as it.")
+    parts.append("The probabilities, AUC and calibration are unchanged.")
+    return " ".join(parts)
 
 
 def _fmt(value) -> str:
@@ -58,7 +65,7 @@ def write_classification_report(
         "",
         f"- Images evaluated: {metrics['n']}"
         + (f" ({metrics['failed_images']} could not be read)" if metrics.get("failed_images") else ""),
-        *([f"- Named class: {rule}. {RULE_EXPLAINED}"] if (rule := metrics.get("decision", "argmax")) != "argmax" else []),
+        *([f"- Named class: {rule}. {explain_rule(rule)}"] if (rule := metrics.get("decision", "argmax")) != "argmax" else []),
         f"- Accuracy: {_fmt(metrics['accuracy'])} (share of images whose named class was right)",
         f"- Balanced accuracy: {_fmt(metrics['balanced_accuracy'])} (average of the per-class sensitivities; not flattered by the common classes)",
         f"- Macro AUC: {_fmt(metrics['macro_auc'])} (how well each class is ranked above the others, 0.5 = chance, 1 = perfect)",

@@ -16,7 +16,7 @@ from ..core import atomic
 from ..core.errors import DataError, UsageError
 from ..core.spec import ModelSpec
 from ..data.selection import resolve_inputs
-from ..metrics.decision import RULES, choose_decision, training_prior
+from ..metrics.decision import RULES, add_floor, choose_decision, parse_floor, training_prior
 from ..metrics.operating_point import choose_operating_point
 from ..runtime import Predictor
 from .predict import labelled_rows, run_predictor
@@ -37,24 +37,34 @@ def labelled_probs(predictor: Predictor, run_dir: str | Path, data: str, split: 
     """(labels, probabilities, where) for the labelled images of ``data`` (``split`` of the run's splits.csv)."""
     predictions = run_predictor(predictor, resolve_inputs(data, [], split, Path(run_dir) / "splits.csv"))
     keep, labels = labelled_rows(predictions)
-    return labels, predictions.probs[keep], f"{data}" + (f" [{split}]" if split else "")
+    # the run's own split is named, not the path of the data on this machine (the spec travels in every artifact)
+    where = {"val": "validation", "train": "the training split", "test": "the test split"}[split] if split else data
+    return labels, predictions.probs[keep], where
 
 
 def store_spec(run_dir: str | Path, spec: ModelSpec) -> None:
     atomic.write_text(Path(run_dir) / "spec.json", spec.to_json())
 
 
-def set_decision(run_dir: str | Path, data: str | None, split: str | None, rule: str = "balanced") -> dict[str, Any]:
-    """Choose the rule on ``data`` (normally the run's validation split) and store it in spec.json."""
+def set_decision(
+    run_dir: str | Path, data: str | None, split: str | None, rule: str = "balanced", min_sensitivity: str | None = None
+) -> dict[str, Any]:
+    """Choose the rule on ``data`` (normally the run's validation split) and store it in spec.json.
+
+    ``min_sensitivity`` (``CLASS=SENSITIVITY``) then raises that class's offset until the data reaches it.
+    """
     if rule not in RULES:
         raise UsageError(f"--rule must be one of {RULES}, got {rule!r}")
     predictor = load_classifier_run(run_dir, "a decision rule")
     spec = predictor.spec
+    floor = None if min_sensitivity is None else parse_floor(min_sensitivity, spec.class_names)
     decision: dict[str, Any] = {}
-    if rule == "balanced":
-        prior = training_prior(spec, source=Path(run_dir) / "spec.json")
+    if rule == "balanced" or floor:
         labels, probs, where = labelled_probs(predictor, run_dir, data, split)
-        decision = choose_decision(labels, probs, prior, spec.class_names)
+        if rule == "balanced":
+            decision = choose_decision(labels, probs, training_prior(spec, source=Path(run_dir) / "spec.json"), spec.class_names)
+        if floor:
+            decision = add_floor(decision, labels, probs, spec.class_names, *floor)
         if decision:
             decision["chosen_on"] = where
     spec.decision = decision

@@ -6,6 +6,10 @@ ISIC challenge's metric. For balanced accuracy the Bayes rule is ``argmax p(c|x)
 A class-weighted loss has already divided by part of the prior, so the rest, ``prior ** tau``, is
 chosen on validation data (post-hoc logit adjustment, Menon et al., ICLR 2021).
 
+A screening aid may also need one class named often enough: ``add_floor`` raises that class's
+offset, in small steps, until its sensitivity on the validation data reaches a floor (for melanoma,
+the class a missed call costs most). It is chosen after the rule it sits on and stored with it.
+
 Only the named class moves. The probabilities stay calibrated: ECE, AUC, the malignant score and the
 referral threshold (``edgederm.metrics.operating_point``) are all read from them unchanged. The rule is
 stored in the ModelSpec (``decision``), so it travels into every exported artifact; a client that
@@ -20,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import DataError
+from ..core.errors import DataError, UsageError
 from ..core.spec import ModelSpec
 from ..runtime.readout import decide
 from . import balanced_accuracy
@@ -30,6 +34,8 @@ TAUS = tuple(round(t, 2) for t in np.linspace(0.0, 1.0, 21))
 # lucky point on a small validation split does not decide) before the rule leaves argmax.
 MIN_GAIN = 0.005
 RULES = ("balanced", "argmax")
+FLOOR_STEP = 0.05
+FLOOR_MAX = 6.0  # a class named at e**6 = 400 times its probability's odds is past any useful floor
 
 
 def class_offsets(prior: Sequence[float], tau: float) -> list[float]:
@@ -76,4 +82,67 @@ def choose_decision(labels: np.ndarray, probs: np.ndarray, prior: Sequence[float
         "chosen_on": "validation",
         "balanced_accuracy": {"argmax": round(scores[0], 4), "balanced": round(scores[best], 4)},
         "n": int(len(labels)),
+    }
+
+
+def parse_floor(text: str, class_names: Sequence[str] | None = None) -> tuple[str, float]:
+    """``"mel=0.75"`` -> ("mel", 0.75); a one-line error for anything else."""
+    code, _, value = text.partition("=")
+    try:
+        sensitivity = float(value)
+    except ValueError:
+        sensitivity = -1.0
+    if not code or not 0 < sensitivity <= 1:
+        raise UsageError(f"--min-sensitivity must be CLASS=SENSITIVITY with a sensitivity in (0, 1], got {text!r}", fix="e.g. mel=0.75")
+    if class_names is not None and code not in class_names:
+        raise UsageError(f"--min-sensitivity names {code!r}, which the model does not have", fix=f"one of {', '.join(class_names)}")
+    return code, sensitivity
+
+
+def add_floor(
+    decision: Mapping[str, Any], labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], code: str, sensitivity: float
+) -> dict[str, Any]:
+    """``decision`` with ``code``'s offset raised by the smallest step that names it at ``sensitivity`` on this data.
+
+    A decision that already reaches the floor gains a zero step. One whose class is absent from the
+    data is returned unchanged. Where even ``FLOOR_MAX`` falls short, that is stored, with ``reached: false``.
+    """
+    labels, probs = np.asarray(labels), np.asarray(probs, np.float64)
+    index = list(class_names).index(code)
+    positives = labels == index
+    if not positives.any():
+        return dict(decision)
+    base = np.asarray(decision.get("offsets") or [0.0] * len(class_names), np.float64)
+
+    def named(extra: float) -> np.ndarray:
+        shifted = base.copy()
+        shifted[index] += extra
+        return decide({"offsets": shifted.tolist()}, probs)
+
+    steps = np.round(np.arange(0.0, FLOOR_MAX + FLOOR_STEP / 2, FLOOR_STEP), 6)
+    reached = [float((named(step)[positives] == index).mean()) >= sensitivity for step in steps]
+    extra = float(steps[reached.index(True)]) if any(reached) else float(steps[-1])
+    before, after = named(0.0), named(extra)
+    shifted = base.copy()
+    shifted[index] += extra
+    return {
+        **decision,
+        "rule": decision.get("rule", "argmax"),
+        "chosen_on": decision.get("chosen_on", "validation"),
+        "offsets": [round(float(v), 6) for v in shifted],
+        "floor": {
+            "class": code,
+            "sensitivity": sensitivity,
+            "extra_offset": extra,
+            "reached": bool(any(reached)),
+            "val_sensitivity": {
+                "before": round(float((before[positives] == index).mean()), 4),
+                "after": round(float((after[positives] == index).mean()), 4),
+            },
+            "balanced_accuracy": {
+                "before": round(balanced_accuracy(labels, before, len(class_names)), 4),
+                "after": round(balanced_accuracy(labels, after, len(class_names)), 4),
+            },
+            "n": int(positives.sum()),
+        },
     }

@@ -50,9 +50,14 @@ def decide(decision: Mapping[str, Any] | None, probs: np.ndarray) -> np.ndarray:
 def describe(decision: Mapping[str, Any] | None) -> str:
     if offsets(decision) is None:
         return "argmax"
-    if "tau" not in decision:
-        return "class offsets"
-    return f"balanced (tau {float(decision['tau']):.2f}, chosen on {decision.get('chosen_on', 'validation')})"
+    floor = decision.get("floor")
+    if "tau" in decision:
+        text = f"balanced (tau {float(decision['tau']):.2f}, chosen on {decision.get('chosen_on', 'validation')})"
+    else:
+        text = "argmax" if floor else "class offsets"
+    if floor:
+        text += f", {floor['class']} named at >= {float(floor['sensitivity']):.0%} sensitivity on validation"
+    return text
 
 
 def predicted_class(spec: ModelSpec, probs: np.ndarray) -> str:

@@ -29,7 +29,7 @@ from ..core.spec import ModelSpec
 from ..data.pixels import PixelCache, load_pixels
 from ..data.samples import SampleSet
 from ..metrics import classification_metrics
-from ..metrics.decision import choose_decision, training_prior
+from ..metrics.decision import add_floor, choose_decision, parse_floor, training_prior
 from ..metrics.operating_point import choose_operating_point, sensitivity_specificity
 from ..models import checkpoint, create_model, get_entry, pruning
 from ..models.inference import forward_batches, normalize_tensor, softmax
@@ -457,8 +457,8 @@ class _Trainer:
                 continue
             logits = forward_batches(model.eval(), split.cache.pixels, preprocess, device)
             probs = softmax(logits)
-            if name == "val" and self.config.decision == "balanced":
-                spec.decision = self._balanced_decision(spec, split.labels, probs)
+            if name == "val":
+                spec.decision = self._decision(spec, split.labels, probs)
             result = classification_metrics(split.labels, probs, spec.class_names, decision=spec.decision).to_dict()
             if name == "val":
                 spec.operating_point = choose_operating_point(spec, split.labels, probs, self.config.target_sensitivity)
@@ -472,13 +472,23 @@ class _Trainer:
             )
         return metrics
 
-    def _balanced_decision(self, spec: ModelSpec, labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
-        decision = choose_decision(labels, probs, training_prior(spec), spec.class_names)
-        if decision:
-            before, after = decision["balanced_accuracy"]["argmax"], decision["balanced_accuracy"]["balanced"]
-            logger.info(f"decision rule: {describe(decision)}, val balanced accuracy {before:.3f} -> {after:.3f}")
-        else:
-            logger.info("decision rule: argmax (the balanced rule did not beat it on validation)")
+    def _decision(self, spec: ModelSpec, labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+        decision: dict[str, Any] = {}
+        if self.config.decision == "balanced":
+            decision = choose_decision(labels, probs, training_prior(spec), spec.class_names)
+            if decision:
+                before, after = decision["balanced_accuracy"]["argmax"], decision["balanced_accuracy"]["balanced"]
+                logger.info(f"decision rule: {describe(decision)}, val balanced accuracy {before:.3f} -> {after:.3f}")
+            else:
+                logger.info("decision rule: argmax (the balanced rule did not beat it on validation)")
+        if self.config.min_sensitivity:
+            decision = add_floor(decision, labels, probs, spec.class_names, *parse_floor(self.config.min_sensitivity, spec.class_names))
+            if floor := decision.get("floor"):
+                logger.info(
+                    f"{floor['class']} floor: offset +{floor['extra_offset']:.2f}, val sensitivity "
+                    f"{floor['val_sensitivity']['before']:.3f} -> {floor['val_sensitivity']['after']:.3f}, "
+                    f"balanced accuracy {floor['balanced_accuracy']['before']:.3f} -> {floor['balanced_accuracy']['after']:.3f}"
+                )
         return decision
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..core import zoo
 from ..core.errors import UsageError
+from ..metrics.decision import parse_floor
 
 MODES = ("head", "full")
 BALANCE = ("weighted_loss", "none")
@@ -119,6 +120,11 @@ class TrainConfig:
         help="how the named class is read from the probabilities: balanced = argmax of p / prior**tau, tau chosen on validation "
         "for balanced accuracy (probabilities unchanged); argmax = the most probable class",
     )
+    min_sensitivity: str | None = option(
+        None,
+        metavar="CLASS=SENSITIVITY",
+        help="after the decision rule, raise this class's offset until validation names it at this sensitivity (e.g. mel=0.75)",
+    )
     seed: int = option(0)
     device: str = option("auto", help=DEVICE_HELP)
     amp: str = option("auto", choices=AMP, help="mixed precision (CUDA only)")
@@ -136,6 +142,8 @@ class TrainConfig:
             raise UsageError(f"--balance must be one of {BALANCE}, got {self.balance!r}")
         if self.decision not in DECISION_RULES:
             raise UsageError(f"--decision must be one of {DECISION_RULES}, got {self.decision!r}")
+        if self.min_sensitivity is not None:
+            parse_floor(self.min_sensitivity)
         if self.epochs is None:
             self.epochs = 30 if self.mode == "head" else 10
         if self.warmup_epochs is None:

@@ -14,7 +14,7 @@ from ...core import atomic
 from ...core.spec import ModelSpec
 from ...runtime.readout import describe, malignant_classes, malignant_score
 from .. import plots
-from ..report import RULE_EXPLAINED
+from ..report import explain_rule
 
 PLOTS = {
     "latency": ("latency.png", "Latency per artifact (batch 1, median with p90 whisker)"),
@@ -289,7 +289,7 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
         )
     if result.get("decision"):
         lines.append(
-            f"- Named class (accuracy, balanced accuracy, sensitivities, top-1 agreement): {describe(result['decision'])}. {RULE_EXPLAINED}"
+            f"- Named class (accuracy, balanced accuracy, sensitivities, top-1 agreement): {describe(result['decision'])}. {explain_rule(describe(result['decision']))}"
         )
     emulated = [d for d in result.get("device_results", []) if d.get("emulated")]
     if emulated:
