@@ -112,33 +112,29 @@ def add_floor(
     positives = labels == index
     if not positives.any():
         return dict(decision)
-    base = np.asarray(decision.get("offsets") or [0.0] * len(class_names), np.float64)
+    base = [float(v) for v in decision.get("offsets") or [0.0] * len(class_names)]
 
-    def named(extra: float) -> np.ndarray:
-        shifted = base.copy()
-        shifted[index] += extra
-        return decide({"offsets": shifted.tolist()}, probs)
+    def shifted(extra: float) -> list[float]:
+        return [v + extra if i == index else v for i, v in enumerate(base)]
+
+    def sensitivity_at(named: np.ndarray) -> float:
+        return float((named[positives] == index).mean())
 
     steps = np.round(np.arange(0.0, FLOOR_MAX + FLOOR_STEP / 2, FLOOR_STEP), 6)
-    reached = [float((named(step)[positives] == index).mean()) >= sensitivity for step in steps]
+    reached = [sensitivity_at(decide({"offsets": shifted(step)}, probs)) >= sensitivity for step in steps]
     extra = float(steps[reached.index(True)]) if any(reached) else float(steps[-1])
-    before, after = named(0.0), named(extra)
-    shifted = base.copy()
-    shifted[index] += extra
+    before, after = decide({"offsets": base}, probs), decide({"offsets": shifted(extra)}, probs)
     return {
         **decision,
         "rule": decision.get("rule", "argmax"),
         "chosen_on": decision.get("chosen_on", "validation"),
-        "offsets": [round(float(v), 6) for v in shifted],
+        "offsets": [round(v, 6) for v in shifted(extra)],
         "floor": {
             "class": code,
             "sensitivity": sensitivity,
             "extra_offset": extra,
             "reached": bool(any(reached)),
-            "val_sensitivity": {
-                "before": round(float((before[positives] == index).mean()), 4),
-                "after": round(float((after[positives] == index).mean()), 4),
-            },
+            "val_sensitivity": {"before": round(sensitivity_at(before), 4), "after": round(sensitivity_at(after), 4)},
             "balanced_accuracy": {
                 "before": round(balanced_accuracy(labels, before, len(class_names)), 4),
                 "after": round(balanced_accuracy(labels, after, len(class_names)), 4),
