@@ -21,8 +21,10 @@ def explain_rule(rule: str) -> str:
             "The model names the class with the highest probability divided by that class's training frequency to the power tau, "
             "so rare classes such as melanoma are named more often than the most probable class alone would be."
         )
-    if rule.endswith("sensitivity on validation"):
-        parts.append("One class is then named more readily still, until validation named that share of its images as it.")
+    if " named at >= " in rule:
+        parts.append(
+            "That class is then named more readily still, until at least that share of its images in the choosing data are named as it."
+        )
     parts.append("The probabilities, AUC and calibration are unchanged.")
     return " ".join(parts)
 

@@ -56,7 +56,7 @@ def describe(decision: Mapping[str, Any] | None) -> str:
     else:
         text = "argmax" if floor else "class offsets"
     if floor:
-        text += f", {floor['class']} named at >= {float(floor['sensitivity']):.0%} sensitivity on validation"
+        text += f", {floor['class']} named at >= {float(floor['sensitivity']):.0%} sensitivity on {decision.get('chosen_on', 'validation')}"
     return text
 
 
