@@ -50,6 +50,7 @@ def cmd_operating_point(args: argparse.Namespace) -> int:
 
 def cmd_decision(args: argparse.Namespace) -> int:
     from ..evaluate.tuning import set_decision
+    from ..metrics.decision import describe_floor
     from ..runtime.readout import describe
 
     if (args.rule == "balanced" or args.min_sensitivity) and not args.data:
@@ -63,12 +64,7 @@ def cmd_decision(args: argparse.Namespace) -> int:
         scores = decision["balanced_accuracy"]
         print(f"  balanced accuracy {scores['argmax']:.3f} (argmax) -> {scores['balanced']:.3f} (balanced) on {decision['n']} images")
     if floor := decision.get("floor"):
-        sens, bma = floor["val_sensitivity"], floor["balanced_accuracy"]
-        print(
-            f"  {floor['class']} offset +{floor['extra_offset']:.2f}: sensitivity {sens['before']:.3f} -> {sens['after']:.3f} "
-            f"({floor['n']} images), balanced accuracy {bma['before']:.3f} -> {bma['after']:.3f}"
-            + ("" if floor["reached"] else f"; the floor is not reached even at +{floor['extra_offset']:.1f}")
-        )
+        print(f"  {describe_floor(floor)}")
     return 0
 
 

@@ -142,3 +142,13 @@ def add_floor(
             "n": int(positives.sum()),
         },
     }
+
+
+def describe_floor(floor: Mapping[str, Any]) -> str:
+    """One line for a stored floor: its step, and sensitivity and balanced accuracy before and after."""
+    sens, bma = floor["val_sensitivity"], floor["balanced_accuracy"]
+    line = (
+        f"{floor['class']} offset +{floor['extra_offset']:.2f}: sensitivity {sens['before']:.3f} -> {sens['after']:.3f} "
+        f"({floor['n']} images), balanced accuracy {bma['before']:.3f} -> {bma['after']:.3f}"
+    )
+    return line if floor["reached"] else f"{line}; the floor is not reached even at +{floor['extra_offset']:.1f}"

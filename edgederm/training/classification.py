@@ -29,7 +29,7 @@ from ..core.spec import ModelSpec
 from ..data.pixels import PixelCache, load_pixels
 from ..data.samples import SampleSet
 from ..metrics import classification_metrics
-from ..metrics.decision import add_floor, choose_decision, parse_floor, training_prior
+from ..metrics.decision import add_floor, choose_decision, describe_floor, parse_floor, training_prior
 from ..metrics.operating_point import choose_operating_point, sensitivity_specificity
 from ..models import checkpoint, create_model, get_entry, pruning
 from ..models.inference import forward_batches, normalize_tensor, softmax
@@ -484,11 +484,7 @@ class _Trainer:
         if self.config.min_sensitivity:
             decision = add_floor(decision, labels, probs, spec.class_names, *parse_floor(self.config.min_sensitivity, spec.class_names))
             if floor := decision.get("floor"):
-                logger.info(
-                    f"{floor['class']} floor: offset +{floor['extra_offset']:.2f}, val sensitivity "
-                    f"{floor['val_sensitivity']['before']:.3f} -> {floor['val_sensitivity']['after']:.3f}, "
-                    f"balanced accuracy {floor['balanced_accuracy']['before']:.3f} -> {floor['balanced_accuracy']['after']:.3f}"
-                )
+                logger.info(f"floor on validation: {describe_floor(floor)}")
         return decision
 
 
