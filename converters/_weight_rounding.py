@@ -13,7 +13,7 @@ every converter here quantizes to (scale = max |w| / 127, TFLite, ONNX Runtime a
 with each channel's largest weight left where it is so that the converter finds the same scale. A
 batch norm folded into the conv afterwards scales each channel's grid, and the weights stay on it.
 
-Measured on ``zoo:lite0-ham10000`` (int8 weights, float activations, against fp32 on 300 training
+Measured on the HAM10000-only stage of ``zoo:lite0-ham10000`` (int8 weights, float activations, against fp32 on 300 training
 images not used to fit): mean |Δp| 0.0044 with nearest rounding, 0.0010 with this; the first
 depthwise conv alone held most of the nearest-rounding error.
 
