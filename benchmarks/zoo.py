@@ -1,6 +1,6 @@
 """Build the model zoo (edgederm/zoo/NAME/) from trained runs: weights, phone artifact, numerics and perf.
 
-    python benchmarks/zoo.py train NAME [NAME ...]     # train the recipe of each entry into runs/zoo/NAME
+    python benchmarks/zoo.py train NAME [NAME ...]     # train the recipe of each entry (or stage) into runs/zoo/NAME
     python benchmarks/zoo.py build NAME [NAME ...]     # pack runs/zoo/NAME into edgederm/zoo/NAME and measure it
     python benchmarks/zoo.py refresh NAME [NAME ...]   # re-export and re-measure the shipped weights of edgederm/zoo/NAME
     python benchmarks/zoo.py table                     # rewrite benchmarks/results/zoo.{json,md} from the entries
@@ -582,10 +582,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in args.names if n not in RECIPES]
     if unknown:
         parser.error(f"unknown entries {unknown}; choose from {', '.join(RECIPES)}")
-    names = args.names or list(RECIPES)
     if args.action == "table":
         table()
         return 0
+    stages = [n for n in args.names if not RECIPES[n].shipped]
+    if stages and args.action != "train":
+        parser.error(f"{', '.join(stages)}: a training stage, never packed; {args.action} the entries that start from it")
+    names = args.names or [n for n, r in RECIPES.items() if r.shipped or args.action == "train"]
     for name in names:
         if args.action == "train":
             train(RECIPES[name], args.runs, args.shared)
