@@ -138,7 +138,7 @@ RECIPES = {
         ),
         Recipe(
             "lite0-ham10000-p50",
-            description="lite0-ham10000-base (HAM10000 only) with half of every block's expansion channels pruned, then fine-tuned with distillation from it",
+            description="lite0-ham10000's HAM10000-only training stage with half of every block's expansion channels pruned, then fine-tuned with distillation from it",
             train=command(
                 f"{CLASSIFY} --img-size 224 --batch-size 32 --lr 3e-4 --init-from {{runs}}/lite0-ham10000-base --prune 0.5 --distill-from {{runs}}/lite0-ham10000-base --epochs 6 --out {{out}}"
             ),
@@ -147,7 +147,7 @@ RECIPES = {
         ),
         Recipe(
             "lite0-ham10000-s64",
-            description="lite0-ham10000-base (HAM10000 only) with half of every block's expansion channels pruned, fine-tuned at 64 px with distillation from it: the student for slow phones",
+            description="lite0-ham10000's HAM10000-only training stage with half of every block's expansion channels pruned, fine-tuned at 64 px with distillation from it: the student for slow phones",
             train=command(
                 f"{CLASSIFY} --img-size 64 --batch-size 64 --lr 5e-4 --init-from {{runs}}/lite0-ham10000-base --prune 0.5 --distill-from {{runs}}/lite0-ham10000-base --epochs 20 --ema 0.998 --out {{out}}"
             ),
