@@ -120,10 +120,12 @@ def add_floor(
     def sensitivity_at(named: np.ndarray) -> float:
         return float((named[positives] == index).mean())
 
-    steps = np.round(np.arange(0.0, FLOOR_MAX + FLOOR_STEP / 2, FLOOR_STEP), 6)
-    reached = [sensitivity_at(decide({"offsets": shifted(step)}, probs)) >= sensitivity for step in steps]
-    extra = float(steps[reached.index(True)]) if any(reached) else float(steps[-1])
-    before, after = decide({"offsets": base}, probs), decide({"offsets": shifted(extra)}, probs)
+    before = decide({"offsets": base}, probs)
+    for step in np.round(np.arange(0.0, FLOOR_MAX + FLOOR_STEP / 2, FLOOR_STEP), 6):
+        extra = float(step)
+        after = decide({"offsets": shifted(extra)}, probs) if extra else before
+        if sensitivity_at(after) >= sensitivity:
+            break  # the smallest step that reaches the floor; past FLOOR_MAX the last step is kept
     return {
         **decision,
         "rule": decision.get("rule", "argmax"),
@@ -133,7 +135,7 @@ def add_floor(
             "class": code,
             "sensitivity": sensitivity,
             "extra_offset": extra,
-            "reached": bool(any(reached)),
+            "reached": sensitivity_at(after) >= sensitivity,
             "val_sensitivity": {"before": round(sensitivity_at(before), 4), "after": round(sensitivity_at(after), 4)},
             "balanced_accuracy": {
                 "before": round(balanced_accuracy(labels, before, len(class_names)), 4),
