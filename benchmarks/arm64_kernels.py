@@ -76,9 +76,9 @@ levels = {"fused": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "unfused": ort.Gra
 def run(model, level):
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.graph_optimization_level = 1, level
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    rows = [session.run(names, {session.get_inputs()[0].name: image[None]}) for image in x]
+    runner = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in runner.get_outputs()]
+    rows = [runner.run(names, {runner.get_inputs()[0].name: image[None]}) for image in x]
     return names, {name: np.concatenate([r[k] for r in rows]) for k, name in enumerate(names)}
 out = {}
 for name, level in levels.items():
